@@ -1,0 +1,176 @@
+"""Streaming activation statistics and the methods that turn them into quantization ranges.
+
+An observer keeps a fixed number of histogram bins per tensor whatever the size of the data set:
+when a batch falls outside the current range, the range grows by a whole power of two of bins and
+old bins merge exactly into new ones. Memory is therefore O(bins) per tensor, not O(samples).
+numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .numerics import INTEGER_RANGES, affine_params
+
+DEFAULT_BINS = 2048
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+class HistogramObserver:
+    """Running min, max, mean and a fixed-size histogram of one tensor's values."""
+
+    def __init__(self, bins: int = DEFAULT_BINS):
+        self.bins = bins
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.low = self.width = None
+        self.min = np.inf
+        self.max = -np.inf
+        self.total = 0
+        self.sum = 0.0
+        self.sum_squares = 0.0
+
+    @property
+    def high(self) -> float:
+        return self.low + self.width * self.bins
+
+    def update(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float32).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return
+        vmin, vmax = float(values.min()), float(values.max())
+        self.min, self.max = min(self.min, vmin), max(self.max, vmax)
+        self.total += values.size
+        self.sum += float(values.sum(dtype=np.float64))
+        self.sum_squares += float(np.square(values, dtype=np.float64).sum())
+        if self.low is None:
+            span = vmax - vmin
+            if span == 0.0:
+                span = max(abs(vmax), 1e-6)
+            self.low = vmin
+            self.width = span * 1.0001 / self.bins
+        self._grow(vmin, vmax)
+        index = np.floor((values - self.low) / self.width).astype(np.int64)
+        np.clip(index, 0, self.bins - 1, out=index)
+        self.counts += np.bincount(index, minlength=self.bins)
+
+    def _grow(self, vmin: float, vmax: float) -> None:
+        """Widen the range, by merging 2**k old bins into one, until it covers [vmin, vmax]."""
+        while vmin < self.low or vmax >= self.high:
+            old_low = self.low
+            self.width *= 2.0
+            # Keep the old bin edges on the new grid: shift the start by a whole number of old bins.
+            shift = self.bins // 2 if vmin < old_low else 0
+            self.low = old_low - shift * (self.width / 2.0)
+            merged = np.zeros_like(self.counts)
+            positions = (np.arange(self.bins) + shift) // 2
+            np.add.at(merged, positions, self.counts)
+            self.counts = merged
+
+    def bin_centers(self) -> np.ndarray:
+        return self.low + self.width * (np.arange(self.bins) + 0.5)
+
+    @property
+    def mean(self) -> float:
+        return self.sum / max(self.total, 1)
+
+    @property
+    def variance(self) -> float:
+        return max(self.sum_squares / max(self.total, 1) - self.mean**2, 0.0)
+
+
+def compute_range(observer: HistogramObserver, method: str, dtype: str = "uint8",
+                  percentile: float = 99.99) -> tuple[float, float]:
+    """The ``(low, high)`` range to quantize a tensor to, by calibration ``method``.
+
+    * ``minmax``: the extremes seen; never clips, but one outlier spends the whole range.
+    * ``percentile``: clip the ``100 - percentile`` percent most extreme values on each side.
+    * ``entropy``: the clipping that keeps the quantized distribution closest (KL divergence).
+    * ``mse``: the clipping that minimises the expected squared quantization error.
+    """
+    if observer.total == 0:
+        return 0.0, 0.0
+    if method == "minmax":
+        return observer.min, observer.max
+    if method == "percentile":
+        return _percentile_range(observer, percentile)
+    if method == "entropy":
+        return _entropy_range(observer, dtype)
+    if method == "mse":
+        return _mse_range(observer, dtype)
+    raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
+
+
+def _percentile_range(observer: HistogramObserver, percentile: float) -> tuple[float, float]:
+    cumulative = np.cumsum(observer.counts) / observer.total
+    tail = (100.0 - percentile) / 100.0
+    edges = observer.low + observer.width * np.arange(observer.bins + 1)
+    low_index = int(np.searchsorted(cumulative, tail, side="right"))
+    high_index = int(np.searchsorted(cumulative, 1.0 - tail, side="left"))
+    low = max(observer.min, edges[low_index]) if observer.min < 0 else observer.min
+    high = min(observer.max, edges[min(high_index + 1, observer.bins)])
+    return float(low), float(high)
+
+
+def _candidate_ranges(observer: HistogramObserver, steps: int = 96) -> list[tuple[float, float]]:
+    """Shrunken versions of [min, max] (both ends scaled toward 0) to search over."""
+    low, high = min(observer.min, 0.0), max(observer.max, 0.0)
+    fractions = np.linspace(1.0, 0.05, steps)
+    return [(low * f, high * f) for f in fractions]
+
+
+def _expected_error(observer: HistogramObserver, low: float, high: float, dtype: str) -> float:
+    params = affine_params(low, high, dtype)
+    qmin, qmax = INTEGER_RANGES[dtype]
+    scale, zero_point = float(params.scale), float(params.zero_point)
+    centers = observer.bin_centers()
+    q = np.clip(np.rint(centers / scale) + zero_point, qmin, qmax)
+    error = (q - zero_point) * scale - centers
+    return float(np.dot(observer.counts, error * error))
+
+
+def _mse_range(observer: HistogramObserver, dtype: str) -> tuple[float, float]:
+    candidates = _candidate_ranges(observer)
+    errors = [_expected_error(observer, lo, hi, dtype) for lo, hi in candidates]
+    return candidates[int(np.argmin(errors))]
+
+
+def _entropy_range(observer: HistogramObserver, dtype: str) -> tuple[float, float]:
+    """KL-divergence calibration (as in TensorRT's entropy calibrator) on the observed histogram."""
+    qmin, qmax = INTEGER_RANGES[dtype]
+    levels = qmax - qmin + 1
+    centers = observer.bin_centers()
+    counts = observer.counts.astype(np.float64)
+    reference = counts / counts.sum()
+    best, best_divergence = (observer.min, observer.max), np.inf
+    for low, high in _candidate_ranges(observer, steps=64):
+        inside = (centers >= low) & (centers <= high)
+        if not inside.any():
+            continue
+        # Reference: clipped distribution (outliers folded into the edge bins).
+        p = np.where(inside, reference, 0.0)
+        first, last = np.argmax(inside), len(inside) - 1 - np.argmax(inside[::-1])
+        p[first] += reference[:first].sum()
+        p[last] += reference[last + 1:].sum()
+        # Candidate: the same mass after rounding to `levels` values, spread back over its bins.
+        level = np.clip(np.floor((centers - low) / max(high - low, 1e-12) * levels), 0, levels - 1)
+        level = level.astype(np.int64)
+        mass = np.bincount(level, weights=p, minlength=levels)
+        occupied = np.bincount(level, weights=(p > 0).astype(np.float64), minlength=levels)
+        q = np.where(p > 0, mass[level] / np.maximum(occupied[level], 1.0), 0.0)
+        mask = p > 0
+        divergence = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if divergence < best_divergence:
+            best, best_divergence = (low, high), divergence
+    return float(best[0]), float(best[1])
+
+
+def estimated_sqnr_db(observer: HistogramObserver, low: float, high: float, dtype: str) -> float:
+    """How much quantization noise a tensor gets with range [low, high], from its histogram."""
+    if observer.total == 0:
+        return float("inf")
+    noise = _expected_error(observer, low, high, dtype) / observer.total
+    signal = observer.sum_squares / observer.total
+    if noise <= 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(max(signal, 1e-30) / noise))

@@ -1,0 +1,149 @@
+"""A thin, mutable view of an ONNX graph for passes: producers, consumers, constants, dtypes.
+
+Passes edit the protobuf through this view; algorithms never touch it (they take numbers and
+return numbers).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+
+
+class GraphView:
+    """Indexes of one (main) graph; call :meth:`refresh` after editing nodes."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self._names = itertools.count()
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.initializers = {init.name: init for init in self.graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.output:
+                if name:
+                    self.producer[name] = node
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = {value.name for value in self.graph.output}
+        self.graph_inputs = {value.name for value in self.graph.input if value.name not in self.initializers}
+        self.used_names = set(self.producer) | set(self.initializers) | self.graph_inputs
+        self.used_names |= {node.name for node in self.graph.node}
+
+    def unique(self, base: str) -> str:
+        name = base
+        while name in self.used_names:
+            name = f"{base}_{next(self._names)}"
+        self.used_names.add(name)
+        return name
+
+    def constant(self, name: str) -> np.ndarray | None:
+        init = self.initializers.get(name)
+        return None if init is None else numpy_helper.to_array(init)
+
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers
+
+    def add_initializer(self, base: str, array: np.ndarray) -> str:
+        name = self.unique(base)
+        tensor = numpy_helper.from_array(np.asarray(array), name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+    def remove_unused_initializers(self) -> None:
+        used = {name for node in self.graph.node for name in node.input}
+        used |= _subgraph_inputs(self.graph) | self.graph_outputs
+        kept = [init for init in self.graph.initializer if init.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept)
+        inputs = [value for value in self.graph.input if value.name not in self.initializers or value.name in used]
+        del self.graph.input[:]
+        self.graph.input.extend(inputs)
+        self.refresh()
+
+    def make_node(self, op_type: str, inputs: list[str], outputs: list[str], name_hint: str,
+                  domain: str = "", **attributes) -> onnx.NodeProto:
+        return helper.make_node(op_type, inputs, outputs, name=self.unique(name_hint), domain=domain or None,
+                                **attributes)
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names read from an outer scope by If/Loop/Scan bodies (they must not be removed)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for body in bodies:
+                local = {o for n in body.node for o in n.output} | {i.name for i in body.initializer}
+                local |= {i.name for i in body.input}
+                names |= {i for n in body.node for i in n.input if i and i not in local}
+                names |= _subgraph_inputs(body)
+    return names
+
+
+def tensor_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the shape inference can type (inputs, outputs, intermediates)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        inferred = model
+    types: dict[str, int] = {}
+    graph = inferred.graph
+    for value in itertools.chain(graph.input, graph.output, graph.value_info):
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    for entry in model.opset_import:
+        if entry.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return entry.version
+    return 0
+
+
+def ensure_opset(model: onnx.ModelProto, domain: str, version: int = 1) -> None:
+    if not any(entry.domain == domain for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs (passes may append nodes)."""
+    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
+    available |= _subgraph_inputs(graph)
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            ordered.extend(remaining)  # cycle or outer-scope names: keep the original order
+            break
+        pending = remaining
+    del graph.node[:]
+    graph.node.extend(ordered)

@@ -1,0 +1,195 @@
+"""Graph preparation before quantization. Each pass edits the model and returns whether it changed.
+
+* :func:`upgrade_opset` – per-channel QuantizeLinear needs opset 13.
+* :func:`lift_constants` – weights held in Constant nodes become initializers (and get quantized).
+* :func:`fold_constants` – subgraphs computed only from constants are evaluated once.
+* :func:`fold_batch_norm` – BatchNormalization after Conv/ConvTranspose merges into its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import EdgeoptError
+from .graph import GraphView, attribute, opset_version, topological_sort
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+# Constant folding never materialises tensors larger than this (bytes), so that e.g. an
+# Expand or Tile of a small constant does not bloat the file.
+FOLD_LIMIT_BYTES = 1 << 22
+_NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
+               "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
+
+
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run every preparation pass; returns the same (edited) model."""
+    upgrade_opset(model)
+    lift_constants(model)
+    remove_initializer_inputs(model)
+    fold_constants(model)
+    fold_batch_norm(model)
+    return model
+
+
+def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
+    version = opset_version(model)
+    if version >= minimum:
+        return False
+    try:
+        upgraded = onnx.version_converter.convert_version(model, minimum)
+    except Exception as exc:
+        raise EdgeoptError(f"cannot convert the model from opset {version} to {minimum} "
+                           f"(needed for per-channel quantization): {str(exc).splitlines()[0][:160]}") from None
+    model.CopyFrom(upgraded)
+    logger.info("converted opset %d to %d", version, minimum)
+    return True
+
+
+def lift_constants(model: onnx.ModelProto) -> bool:
+    """Turn ``Constant`` nodes holding tensors into initializers of the main graph."""
+    graph = model.graph
+    kept, lifted = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:
+            attr = node.attribute[0]
+            array = None
+            if attr.name == "value":
+                array = numpy_helper.to_array(attr.t)
+            elif attr.name in ("value_float", "value_int"):
+                array = np.array(onnx.helper.get_attribute_value(attr),
+                                 dtype=np.float32 if attr.name == "value_float" else np.int64)
+            elif attr.name in ("value_floats", "value_ints"):
+                array = np.array(onnx.helper.get_attribute_value(attr),
+                                 dtype=np.float32 if attr.name == "value_floats" else np.int64)
+            if array is not None:
+                graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+                lifted += 1
+                continue
+        kept.append(node)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        logger.info("lifted %d Constant nodes to initializers", lifted)
+    return bool(lifted)
+
+
+def remove_initializer_inputs(model: onnx.ModelProto) -> bool:
+    """Older exporters list weights as graph inputs too; treat them as constants."""
+    names = {init.name for init in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in names]
+    if len(inputs) == len(model.graph.input):
+        return False
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return True
+
+
+def fold_constants(model: onnx.ModelProto) -> bool:
+    """Evaluate nodes whose inputs are all constants (onnx's reference evaluator, numpy)."""
+    from onnx.reference import ReferenceEvaluator
+
+    view = GraphView(model)
+    constants = dict(view.initializers)
+    folded = 0
+    kept = []
+    for node in model.graph.node:
+        foldable = (node.domain in ("", "ai.onnx") and node.op_type not in _NEVER_FOLD and node.input
+                    and all(name == "" or name in constants for name in node.input)
+                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                for a in node.attribute))
+        if foldable:
+            try:
+                results = _evaluate_node(ReferenceEvaluator, model, node, constants)
+            except Exception:
+                results = None
+            if results is not None and all(r.nbytes <= FOLD_LIMIT_BYTES for r in results):
+                for name, value in zip(node.output, results):
+                    tensor = numpy_helper.from_array(np.asarray(value), name)
+                    model.graph.initializer.append(tensor)
+                    constants[name] = tensor
+                folded += 1
+                continue
+        kept.append(node)
+    if folded:
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        # Outputs that became initializers still need a producer node: keep them via Identity.
+        _restore_folded_outputs(model)
+        GraphView(model).remove_unused_initializers()
+        logger.info("folded %d constant nodes", folded)
+    return bool(folded)
+
+
+def _evaluate_node(evaluator_type, model, node, constants):
+    inputs = [onnx.helper.make_tensor_value_info(name, constants[name].data_type, None)
+              for name in node.input if name]
+    outputs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+               for name in node.output]
+    graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
+    single = onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
+    feeds = {name: numpy_helper.to_array(constants[name]) for name in node.input if name}
+    return [np.asarray(r) for r in evaluator_type(single).run(None, feeds)]
+
+
+def _restore_folded_outputs(model: onnx.ModelProto) -> None:
+    produced = {name for node in model.graph.node for name in node.output}
+    initializers = {init.name: init for init in model.graph.initializer}
+    for output in model.graph.output:
+        if output.name not in produced and output.name in initializers:
+            source = initializers[output.name]
+            source.name = output.name + "_folded"
+            model.graph.node.append(onnx.helper.make_node("Identity", [source.name], [output.name]))
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> bool:
+    """Merge ``Conv -> BatchNormalization`` (inference mode, constant statistics) into the Conv."""
+    view = GraphView(model)
+    removed = set()
+    for bn in list(model.graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        conv = view.producer.get(bn.input[0])
+        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(view.consumers[bn.input[0]]) != 1:
+            continue
+        if bn.input[0] in view.graph_outputs or not all(view.is_constant(n) for n in list(bn.input[1:]) + [conv.input[1]]):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and not view.is_constant(conv.input[2]):
+            continue
+        gamma, beta, mean, var = (view.constant(n).astype(np.float64) for n in bn.input[1:])
+        epsilon = attribute(bn, "epsilon", 1e-5)
+        factor = gamma / np.sqrt(var + epsilon)
+        weight = view.constant(conv.input[1])
+        if conv.op_type == "Conv":
+            shape = (-1,) + (1,) * (weight.ndim - 1)
+            new_weight = weight * factor.reshape(shape)
+        else:
+            group = attribute(conv, "group", 1)
+            cin, cout_per_group = weight.shape[0], weight.shape[1]
+            grouped = weight.reshape(group, cin // group, cout_per_group, *weight.shape[2:])
+            scale = factor.reshape(group, 1, cout_per_group, *([1] * (weight.ndim - 2)))
+            new_weight = (grouped * scale).reshape(weight.shape)
+        bias = view.constant(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(factor))
+        new_bias = (bias - mean) * factor + beta
+        weight_name = view.add_initializer(conv.input[1] + "_bnfolded", new_weight.astype(weight.dtype))
+        bias_name = view.add_initializer(conv.name + "_bias_bnfolded", new_bias.astype(weight.dtype))
+        while len(conv.input) < 3:
+            conv.input.append("")
+        conv.input[1], conv.input[2] = weight_name, bias_name
+        conv.output[0] = bn.output[0]
+        removed.add(id(bn))
+    if not removed:
+        return False
+    kept = [node for node in model.graph.node if id(node) not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    view = GraphView(model)
+    view.remove_unused_initializers()
+    topological_sort(model.graph)
+    logger.info("folded %d BatchNormalization nodes", len(removed))
+    return True
