@@ -106,13 +106,3 @@ def weight_params(weight: np.ndarray, axis: int | None, dtype: str = "int8") -> 
     return symmetric_params(np.abs(weight).max(axis=reduce_axes, initial=0.0), dtype, axis)
 
 
-def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB; ``inf`` when the two are identical."""
-    reference = np.asarray(reference, dtype=np.float64)
-    noise = float(np.sum((reference - np.asarray(approximation, dtype=np.float64)) ** 2))
-    signal = float(np.sum(reference**2))
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return 10.0 * np.log10(signal / noise)

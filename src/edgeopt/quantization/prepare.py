@@ -34,6 +34,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     remove_initializer_inputs(model)
     fold_constants(model)
     fold_batch_norm(model)
+    name_nodes(model)
     return model
 
 
@@ -193,3 +194,20 @@ def fold_batch_norm(model: onnx.ModelProto) -> bool:
     topological_sort(model.graph)
     logger.info("folded %d BatchNormalization nodes", len(removed))
     return True
+
+
+def name_nodes(model: onnx.ModelProto) -> bool:
+    """Give every node a unique name (plans refer to nodes by name)."""
+    seen, changed = set(), False
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            base = f"{node.op_type}_{index}"
+            name = base
+            suffix = 0
+            while name in seen:
+                suffix += 1
+                name = f"{base}_{suffix}"
+            node.name = name
+            changed = True
+        seen.add(node.name)
+    return changed

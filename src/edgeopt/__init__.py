@@ -1,0 +1,22 @@
+"""edgeopt: make trained neural networks small and fast for edge devices, and measure it.
+
+    import edgeopt
+    result = edgeopt.quantize("model.onnx", edgeopt.Int8Config(), calibration="calibration.npz")
+    result.save("model.int8.onnx")
+    print(edgeopt.evaluate("model.int8.onnx", "test.npz", reference="model.onnx"))
+
+Heavy dependencies (onnxruntime, torch) load only when a function needs them.
+"""
+
+from .api import QuantizationResult, quantize
+from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .data import Dataset, ImagePreprocessing
+from .errors import EdgeoptError
+from .measure import evaluate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize", "evaluate", "QuantizationResult", "Float16Config", "DynamicConfig", "Int8Config",
+    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError", "__version__",
+]

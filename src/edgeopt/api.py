@@ -1,0 +1,216 @@
+"""``edgeopt.quantize``: one verb, a config object per technique, a handler registered per config."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
+from .data import input_specs, iterate_feeds, take
+from .errors import EdgeoptError
+from .model_io import load_model, save_model
+from .quantization import dynamic, qdq, static, weights
+from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
+from .quantization.integer_io import make_integer_io
+from .quantization.prepare import prepare
+
+logger = logging.getLogger(__name__)
+
+_HANDLERS: dict[type, Callable] = {}
+# Calibration samples replayed to check the result against float (and to steer the fallback).
+FIDELITY_SAMPLES = 64
+
+
+def register_handler(config_type: type):
+    def decorate(function):
+        _HANDLERS[config_type] = function
+        return function
+    return decorate
+
+
+@dataclass
+class QuantizationResult:
+    """The quantized model and a report of what was done (JSON-serialisable)."""
+
+    model: onnx.ModelProto
+    report: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        save_model(self.model, path)
+
+
+def quantize(model, config: _Config, calibration=None) -> QuantizationResult:
+    """Quantize ``model`` (path or ``onnx.ModelProto``) as ``config`` says.
+
+    ``calibration`` (needed by :class:`Int8Config` and :class:`Int16x8Config`) is an ``.npz`` path,
+    an image folder, a dict of arrays, or any iterable of input dicts.
+    """
+    if not isinstance(config, _Config):
+        raise EdgeoptError(f"config must be one of Float16Config, DynamicConfig, Int8Config, Int16x8Config; "
+                           f"got {type(config).__name__}")
+    handler = _HANDLERS[type(config)]
+    source = load_model(model)
+    _check_has_float_weights(source)
+    started = time.perf_counter()
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(source)
+    prepare(prepared)
+    result = handler(prepared, config, calibration)
+    onnx.checker.check_model(result.model, full_check=True)
+    result.report.update({
+        "mode": config.mode, "config": config.to_dict(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "size_bytes": {"float": source.ByteSize(), "quantized": result.model.ByteSize()},
+    })
+    return result
+
+
+def _check_has_float_weights(model: onnx.ModelProto) -> None:
+    def float_weights(graph):
+        if any(init.data_type in FLOAT_TYPES for init in graph.initializer):
+            return True
+        for node in graph.node:
+            if node.op_type == "Constant" and any(
+                    a.t.data_type in FLOAT_TYPES for a in node.attribute if a.name == "value"):
+                return True
+            for attr in node.attribute:
+                bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                if any(float_weights(body) for body in bodies):
+                    return True
+        return False
+
+    if not float_weights(model.graph):
+        raise EdgeoptError("the model has no float weights to quantize (expected float32 initializers or "
+                           "Constant nodes)")
+
+
+@register_handler(Float16Config)
+def _float16(model: onnx.ModelProto, config: Float16Config, calibration) -> QuantizationResult:
+    stored = weights.store_float16(model, config.min_elements)
+    return QuantizationResult(model, {"float16_weights": len(stored)})
+
+
+@register_handler(DynamicConfig)
+def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> QuantizationResult:
+    static.check_exclusions(GraphView(model), config.exclude)
+    rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude)
+    stored = weights.store_int8(model, config.min_elements, per_channel=config.per_channel)
+    return QuantizationResult(model, {"dynamic_matmuls": rewritten, "int8_stored_weights": len(stored)})
+
+
+@register_handler(Int8Config)
+@register_handler(Int16x8Config)
+def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> QuantizationResult:
+    if calibration is None:
+        raise EdgeoptError(f"mode {config.mode} needs calibration data (--calibration DATA.npz or an image folder)")
+    view = GraphView(model)
+    static.check_exclusions(view, config.exclude)
+    specs = input_specs(model)
+    dtypes = tensor_dtypes(model)
+    selection = static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
+                              exclude=config.exclude)
+    if not selection.nodes:
+        raise EdgeoptError("no operator in this model can be quantized statically (none of Conv, MatMul, Gemm, "
+                           "Add, ... with float inputs); try --mode dynamic or float16")
+    feeds = iterate_feeds(calibration, specs, "calibration data")
+    check_feeds: list = []
+
+    def remember(stream):
+        for feed in stream:
+            if len(check_feeds) * _batch(feed) < FIDELITY_SAMPLES:
+                check_feeds.append(feed)
+            yield feed
+
+    observers, samples = static.calibrate(model, selection.activations, remember(feeds),
+                                          config.max_calibration_samples)
+    logger.info("calibrated %d tensors on %d samples", len(observers), samples)
+    reference = _run(model, check_feeds)
+
+    keep_float: set[str] = set()
+    reasons: dict[str, str] = {}
+    ranked: list[tuple[str, float]] | None = None
+    attempts = []
+    while True:
+        current = select(view, dtypes, config, keep_float) if keep_float else selection
+        plan = static.plan(view, current, observers, method=config.calibration_method,
+                           percentile=config.percentile, activation_type=config.activation_type)
+        for name in keep_float:
+            plan.kept_float[name] = reasons[name]
+        quantized = onnx.ModelProto()
+        quantized.CopyFrom(model)
+        qdq.apply_plan(quantized, plan)
+        io_params = make_integer_io(quantized, plan) if config.integer_only else {}
+        weights.store_int8(quantized, skip=set(), per_channel=config.per_channel)
+        cosine = _worst_cosine(reference, quantized, check_feeds, io_params)
+        attempts.append({"kept_float": len(keep_float), "worst_cosine": round(cosine, 6)})
+        if config.integer_only or not config.fallback or cosine >= config.target_cosine:
+            break
+        if ranked is None:
+            ranked = static.sensitivity_order(plan, observers, config.calibration_method, config.percentile)
+        candidates = [(name, sqnr) for name, sqnr in ranked if name not in keep_float]
+        if not candidates:
+            break
+        count = max(1, len(keep_float))
+        for name, sqnr in candidates[:count]:
+            keep_float.add(name)
+            reasons[name] = (f"estimated SQNR {sqnr:.1f} dB, the noisiest left; kept float so that the worst "
+                             f"output cosine reaches {config.target_cosine}")
+        logger.info("worst output cosine %.4f < %.4f: keeping %d tensors float", cosine, config.target_cosine,
+                    len(keep_float))
+    report = {
+        "calibration_samples": samples,
+        "quantized_nodes": _count_ops(model, plan.nodes),
+        "absorbed_activations": len(plan.absorbed),
+        "kept_float": plan.kept_float,
+        "worst_output_cosine_on_calibration": round(cosine, 6),
+        "fallback_steps": attempts,
+        "integer_io": io_params,
+        "plan": plan.to_dict(),
+    }
+    if cosine < config.target_cosine:
+        logger.warning("worst output cosine %.4f is below the target %.4f", cosine, config.target_cosine)
+    return QuantizationResult(quantized, report)
+
+
+def select(view, dtypes, config, keep_float):
+    return static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
+                         exclude=config.exclude, keep_float=keep_float)
+
+
+def _batch(feed) -> int:
+    first = next(iter(feed.values()))
+    return len(first) if first.ndim else 1
+
+
+def _count_ops(model, names) -> dict[str, int]:
+    wanted = set(names)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.name in wanted:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _run(model, feeds, io_params=None):
+    from .runtime import make_session
+    from .measure import encode_feed, decode_outputs
+
+    session = make_session(model)
+    outputs = []
+    for feed in feeds:
+        feed = encode_feed(feed, io_params) if io_params else feed
+        result = session.run(None, feed)
+        if io_params:
+            result = decode_outputs(result, [o.name for o in session.get_outputs()], io_params)
+        outputs.append(result)
+    return outputs
+
+
+def _worst_cosine(reference, quantized, feeds, io_params) -> float:
+    from .fidelity import worst_cosine
+
+    return worst_cosine(reference, _run(quantized, feeds, io_params))

@@ -1,0 +1,148 @@
+"""Configuration objects: one frozen dataclass per technique, serialisable with a type and version.
+
+Pass one to :func:`edgeopt.quantize`. Unknown keys and out-of-range values are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import EdgeoptError
+from .quantization.calibration import CALIBRATION_METHODS
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Config:
+    #: Node names or operator types to keep in float. A name that matches nothing is an error.
+    exclude: tuple[str, ...] = ()
+
+    mode = ""
+
+    def __post_init__(self):
+        if isinstance(self.exclude, str) or not all(isinstance(e, str) for e in self.exclude):
+            raise EdgeoptError(f"exclude must be a list of node names or operator types, got {self.exclude!r}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def to_dict(self) -> dict:
+        fields = dataclasses.asdict(self)
+        fields["exclude"] = list(self.exclude)
+        return {"type": type(self).__name__, "version": CONFIG_VERSION, **fields}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "_Config":
+        data = dict(data)
+        kind = data.pop("type", cls.__name__)
+        version = data.pop("version", CONFIG_VERSION)
+        target = _CONFIG_TYPES.get(kind)
+        if target is None or (cls is not _Config and target is not cls):
+            raise EdgeoptError(f"unknown config type {kind!r}; expected one of {sorted(_CONFIG_TYPES)}")
+        if version != CONFIG_VERSION:
+            raise EdgeoptError(f"config version {version} is not supported; expected {CONFIG_VERSION}")
+        names = {f.name for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise EdgeoptError(f"unknown {kind} keys {unknown}; expected some of {sorted(names)}")
+        if "exclude" in data:
+            data["exclude"] = tuple(data["exclude"])
+        return target(**data)
+
+
+@dataclass(frozen=True)
+class Float16Config(_Config):
+    """Float16 weights: half the size, outputs within about 1e-3 of float.
+
+    ONNX Runtime's x86 CPU kernels compute in float32, so the weights are stored as float16 and
+    widened once when the session loads: the file halves, latency stays that of float.
+    """
+
+    #: Tensors with fewer elements stay float32 (their size is negligible; shapes and scales).
+    min_elements: int = 16
+    mode = "float16"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.min_elements < 1:
+            raise EdgeoptError(f"min_elements must be >= 1, got {self.min_elements}")
+
+
+@dataclass(frozen=True)
+class DynamicConfig(_Config):
+    """Dynamic range: int8 weights, activations quantized at run time. Needs no data.
+
+    MatMul and Gemm run integer kernels on activations quantized per inference; convolutions keep
+    int8 weights on disk only (ONNX Runtime's run-time-quantized convolution is many times slower
+    than float on x86), which still gives the 4x smaller file.
+    """
+
+    per_channel: bool = True
+    #: Weights with fewer elements stay float.
+    min_elements: int = 256
+    mode = "dynamic"
+
+
+@dataclass(frozen=True)
+class Int8Config(_Config):
+    """Full-integer static quantization from a representative data set.
+
+    int8 weights (symmetric, per output channel unless ``per_channel=False``), activations per
+    tensor with ranges from calibration. ``activation_type="uint8"`` is what ONNX Runtime's x86
+    integer kernels need to be fast; ``"int8"`` follows TFLite's spec. With ``integer_only`` the
+    model's inputs and outputs become integers and a float operator left anywhere is an error
+    (what Edge TPU-class accelerators require). With ``fallback`` the tensors that cost the most
+    accuracy stay float until the worst output cosine on calibration data reaches
+    ``target_cosine``.
+    """
+
+    calibration_method: str = "percentile"
+    percentile: float = 99.99
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    integer_only: bool = False
+    fallback: bool = True
+    target_cosine: float = 0.985
+    max_calibration_samples: int | None = None
+    mode = "int8"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise EdgeoptError(f"unknown calibration method {self.calibration_method!r}; "
+                               f"expected one of {', '.join(CALIBRATION_METHODS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise EdgeoptError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.activation_type not in self._activation_types():
+            raise EdgeoptError(f"activation_type must be one of {self._activation_types()}, "
+                               f"got {self.activation_type!r}")
+        if not 0.0 < self.target_cosine <= 1.0:
+            raise EdgeoptError(f"target_cosine must be in (0, 1], got {self.target_cosine}")
+        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
+            raise EdgeoptError(f"max_calibration_samples must be >= 1, got {self.max_calibration_samples}")
+
+    @staticmethod
+    def _activation_types():
+        return ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class Int16x8Config(Int8Config):
+    """16-bit activations (symmetric) with 8-bit weights, for activations int8 cannot hold.
+
+    Much closer to float than int8; ONNX Runtime has no 16-bit integer kernels on x86, so this is
+    a size (and accelerator) format, not a CPU speed-up.
+    """
+
+    calibration_method: str = "minmax"
+    activation_type: str = "int16"
+    target_cosine: float = 0.995
+    mode = "int16x8"
+
+    @staticmethod
+    def _activation_types():
+        return ("int16",)
+
+
+_CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config)}
+MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values()}

@@ -1,0 +1,52 @@
+"""How close an optimized model's outputs are to the float model's: numpy only."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_per_sample(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's flattened output (axis 0 = samples).
+
+    Two all-zero vectors count as identical (1.0); one zero and one not as 0.0.
+    """
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    out = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
+    dot = np.sum(ref * out, axis=1)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(out, axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where(both_zero, 1.0, cosine)
+
+
+def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB over all values (inf when identical)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((ref - np.asarray(output, dtype=np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0.0:
+        return float("inf")
+    return float(10.0 * np.log10(max(signal, 1e-300) / noise))
+
+
+def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float:
+    """Share of samples whose arg-max over the last axis is the same."""
+    ref = np.asarray(reference).reshape(len(reference), -1)
+    out = np.asarray(output).reshape(len(output), -1)
+    return float(np.mean(ref.argmax(axis=1) == out.argmax(axis=1)))
+
+
+def worst_cosine(reference_outputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
+    """The lowest per-sample cosine over every float output of every batch."""
+    worst = 1.0
+    for ref_batch, out_batch in zip(reference_outputs, outputs):
+        for ref, out in zip(ref_batch, out_batch):
+            ref, out = np.asarray(ref), np.asarray(out)
+            if not np.issubdtype(ref.dtype, np.floating):
+                continue
+            if ref.ndim == 0:
+                ref, out = ref.reshape(1), out.reshape(1)
+            worst = min(worst, float(cosine_per_sample(ref.reshape(len(ref), -1) if ref.ndim > 1 else ref[None],
+                                                       out.reshape(len(out), -1) if out.ndim > 1 else out[None]).min()))
+    return worst

@@ -1,0 +1,125 @@
+"""The pass that applies a :class:`QuantizationPlan` as QuantizeLinear/DequantizeLinear pairs.
+
+The result is the QDQ form ONNX Runtime fuses into integer kernels (QLinearConv, QGemm,
+QLinearMatMul, QLinearAdd, ...): every quantized activation gets one Q->DQ pair right after its
+producer, every quantized weight is stored as integers behind a DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import GraphView, ensure_opset, topological_sort
+from .numerics import QuantParams, quantize
+from .plan import QuantizationPlan
+
+MICROSOFT = "com.microsoft"
+
+
+def _qdq_domain(dtype: str) -> str:
+    # 16-bit QuantizeLinear is standard only from opset 21; ONNX Runtime's contrib ops take it at any opset.
+    return MICROSOFT if dtype in ("int16", "uint16") else ""
+
+
+def _add_params(view: GraphView, base: str, params: QuantParams, with_zero_point: bool = True) -> list[str]:
+    scale = view.add_initializer(f"{base}_scale", np.asarray(params.scale, dtype=np.float32))
+    if not with_zero_point:
+        return [scale]
+    zero_point = view.add_initializer(f"{base}_zero_point", np.asarray(params.zero_point, dtype=params.dtype))
+    return [scale, zero_point]
+
+
+def _dequantize_node(view: GraphView, base: str, quantized: str, params: QuantParams, output: str,
+                     with_zero_point: bool = True) -> onnx.NodeProto:
+    attributes = {"axis": params.axis} if params.axis is not None and np.ndim(params.scale) == 1 else {}
+    return view.make_node("DequantizeLinear", [quantized] + _add_params(view, base, params, with_zero_point),
+                          [output], f"{base}_DequantizeLinear", domain=_qdq_domain(params.dtype), **attributes)
+
+
+def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
+    """Edit ``model`` in place; returns the names of the Q->DQ outputs of graph inputs."""
+    nodes = {node.name: node for node in model.graph.node}
+    new_nodes: list[onnx.NodeProto] = []
+
+    # 1. Activations absorbed by the quantized range of their producer disappear.
+    for activation_name, producer_name in plan.absorbed.items():
+        nodes[producer_name].output[0] = nodes[activation_name].output[0]
+    kept = [node for node in model.graph.node if node.name not in plan.absorbed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)  # protobuf copies: look the nodes up again
+    nodes = {node.name: node for node in model.graph.node}
+    view = GraphView(model)
+
+    # 2. One Q->DQ pair per activation tensor.
+    input_aliases = []
+    scale_names: dict[str, str] = {}
+    aliases: dict[str, str] = {}  # DQ output of a graph input -> the input's name
+    for name, params in plan.activations.items():
+        base = name
+        quantized = view.unique(f"{base}_quantized")
+        domain = _qdq_domain(params.dtype)
+        if name in view.graph_inputs:
+            dequantized = view.unique(f"{base}_dequantized")
+            for consumer in view.consumers.get(name, []):
+                for i, value in enumerate(consumer.input):
+                    if value == name:
+                        consumer.input[i] = dequantized
+            source = name
+            input_aliases.append(dequantized)
+            aliases[dequantized] = name
+        else:
+            producer = view.producer[name]
+            source = view.unique(f"{base}_float")
+            for i, value in enumerate(producer.output):
+                if value == name:
+                    producer.output[i] = source
+            dequantized = name
+        scale_zero = _add_params(view, base, params)
+        scale_names[name] = scale_zero[0]
+        new_nodes.append(view.make_node("QuantizeLinear", [source] + scale_zero, [quantized], f"{base}_Q",
+                                        domain=domain))
+        new_nodes.append(view.make_node("DequantizeLinear", [quantized] + scale_zero, [dequantized],
+                                        f"{base}_DQ", domain=domain))
+
+    # 3. Weights (int8) and constant operands behind DequantizeLinear.
+    cache: dict[tuple, str] = {}
+    weight_scales: dict[str, str] = {}
+    for table, kind in ((plan.weights, "weight"), (plan.constants, "constant")):
+        for (node_name, index), params in table.items():
+            node = nodes[node_name]
+            source = node.input[index]
+            key = (source, params.dtype, params.axis, np.asarray(params.scale).tobytes())
+            if key not in cache:
+                values = view.constant(source)
+                quantized = view.add_initializer(f"{source}_quantized", quantize(values, params))
+                # ONNX Runtime fuses a Conv whose weight has no zero point (smaller file); Gemm needs it.
+                with_zero_point = not (kind == "weight" and node.op_type == "Conv")
+                output = view.unique(f"{source}_dequantized")
+                dequantize_node = _dequantize_node(view, source, quantized, params, output, with_zero_point)
+                new_nodes.append(dequantize_node)
+                cache[key] = output
+                weight_scales[output] = dequantize_node.input[1]
+            node.input[index] = cache[key]
+
+    # 4. int32 biases whose scale is input scale x weight scale, computed at load by a Mul (which
+    #    ONNX Runtime folds) instead of being stored a second time.
+    for (node_name, index), params in plan.biases.items():
+        node = nodes[node_name]
+        source = node.input[index]
+        quantized = view.add_initializer(f"{source}_quantized", quantize(view.constant(source), params))
+        scale = view.unique(f"{source}_scale")
+        new_nodes.append(view.make_node("Mul", [scale_names[aliases.get(node.input[0], node.input[0])],
+                                                weight_scales[node.input[1]]], [scale], f"{source}_scale"))
+        output = view.unique(f"{source}_dequantized")
+        attributes = {"axis": 0} if np.ndim(params.scale) == 1 else {}
+        new_nodes.append(view.make_node("DequantizeLinear", [quantized, scale], [output], f"{source}_DQ",
+                                        **attributes))
+        node.input[index] = output
+
+    model.graph.node.extend(new_nodes)
+    if any(_qdq_domain(p.dtype) for p in plan.activations.values()):
+        ensure_opset(model, MICROSOFT)
+    topological_sort(model.graph)
+    GraphView(model).remove_unused_initializers()
+    return input_aliases

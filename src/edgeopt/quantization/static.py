@@ -1,0 +1,220 @@
+"""Static (calibrated) quantization: select what to quantize, calibrate, plan the parameters.
+
+These functions decide and return data; :mod:`.qdq` edits the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..errors import EdgeoptError
+from .calibration import HistogramObserver, compute_range, estimated_sqnr_db
+from .graph import GraphView
+from .numerics import INTEGER_RANGES, QuantParams, affine_params, symmetric_params, weight_params
+from .operators import activation_bounds, rule_for
+from .plan import QuantizationPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """The nodes to quantize and the activation tensors their inputs and outputs need."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    activations: set[str] = field(default_factory=set)
+    constants: dict[tuple[str, int], str] = field(default_factory=dict)
+    weights: dict[tuple[str, int], tuple[str, "int | None"]] = field(default_factory=dict)
+    biases: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def check_exclusions(view: GraphView, exclude: tuple[str, ...]) -> None:
+    names = {node.name for node in view.graph.node} | {node.op_type for node in view.graph.node}
+    unknown = [item for item in exclude if item not in names]
+    if unknown:
+        raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model")
+
+
+def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_channel: bool,
+           exclude: tuple[str, ...] = (), keep_float: set[str] = frozenset()) -> Selection:
+    """Walk the graph in order and pick every node its rule can quantize."""
+    selection = Selection()
+    for node in view.graph.node:
+        rule = rule_for(node)
+        if rule is None or node.name in exclude or node.op_type in exclude:
+            continue
+        if not rule.default and not integer_only:
+            continue
+        if not rule.applies(node, view):
+            continue
+        inputs, constants = [], {}
+        for index in rule.activations:
+            if index >= len(node.input) or not node.input[index] or index in rule.weights and \
+                    view.is_constant(node.input[index]):
+                continue
+            name = node.input[index]
+            if dtypes.get(name) != TensorProto.FLOAT:
+                inputs = None
+                break
+            if view.is_constant(name):
+                constants[(node.name, index)] = name
+            else:
+                inputs.append(name)
+        outputs = [name for name in node.output if name]
+        if not inputs or any(dtypes.get(name) != TensorProto.FLOAT for name in outputs):
+            continue
+        if rule.shares_scale and inputs[0] not in selection.activations and not integer_only:
+            continue  # only worth it when the data is already quantized
+        if keep_float & (set(inputs) | set(outputs)):
+            continue
+        selection.nodes.append(node)
+        selection.activations.update(inputs)
+        selection.activations.update(outputs)
+        selection.constants.update(constants)
+        for index, axis_of in rule.weights.items():
+            if index < len(node.input) and view.is_constant(node.input[index]) \
+                    and view.initializers[node.input[index]].data_type == TensorProto.FLOAT:
+                axis = axis_of(node, view) if per_channel else None
+                selection.weights[(node.name, index)] = (node.input[index], axis)
+        if rule.bias is not None and rule.bias < len(node.input) and view.is_constant(node.input[rule.bias]):
+            selection.biases[(node.name, rule.bias)] = node.input[rule.bias]
+    return selection
+
+
+def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
+              ) -> tuple[dict[str, HistogramObserver], int]:
+    """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory)."""
+    from ..runtime import make_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {value.name for value in probe.graph.output}
+    inputs = {value.name for value in probe.graph.input}
+    for name in sorted(tensors - existing - inputs):
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = make_session(probe, optimize=False)
+    names = [value.name for value in probe.graph.output]
+    wanted = [name for name in names if name in tensors]
+    observers = {name: HistogramObserver() for name in tensors}
+    samples = 0
+    for feed in feeds:
+        results = session.run(wanted, feed)
+        for name, value in zip(wanted, results):
+            observers[name].update(value)
+        for name in tensors & set(feed):
+            observers[name].update(feed[name])
+        samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
+        if max_samples is not None and samples >= max_samples:
+            break
+    if samples == 0:
+        raise EdgeoptError("calibration data is empty; expected at least one sample")
+    return observers, samples
+
+
+def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], *,
+         method: str, percentile: float, activation_type: str) -> QuantizationPlan:
+    """Parameters for every selected tensor, activation absorption, and int32 biases."""
+    result = QuantizationPlan(activation_type)
+    symmetric = activation_type == "int16"
+
+    def activation_params(name: str) -> QuantParams:
+        observer = observers[name]
+        low, high = compute_range(observer, method, activation_type, percentile)
+        if symmetric:
+            return symmetric_params(max(abs(low), abs(high)), activation_type)
+        return affine_params(low, high, activation_type)
+
+    for node in selection.nodes:
+        rule = rule_for(node)
+        result.nodes.append(node.name)
+        for name in list(node.input) + list(node.output):
+            if name in selection.activations and name not in result.activations:
+                if rule.shares_scale and name in node.output and node.input[0] in result.activations:
+                    result.activations[name] = result.activations[node.input[0]]
+                else:
+                    result.activations[name] = activation_params(name)
+    _absorb_activations(view, selection, result)
+    for key, (name, axis) in selection.weights.items():
+        result.weights[key] = weight_params(view.constant(name), axis)
+    for key, name in selection.constants.items():
+        values = view.constant(name).astype(np.float32)
+        if symmetric:
+            result.constants[key] = symmetric_params(np.abs(values).max(initial=0.0), activation_type)
+        else:
+            result.constants[key] = affine_params(values.min(initial=0.0), values.max(initial=0.0), activation_type)
+    _plan_biases(view, selection, result)
+    return result
+
+
+def _absorb_activations(view: GraphView, selection: Selection, result: QuantizationPlan) -> None:
+    """Drop Relu/Clip after a quantized node when the quantized range already clamps the same way."""
+    selected = {node.name for node in selection.nodes}
+    for node in selection.nodes:
+        rule = rule_for(node)
+        if not rule.absorbs_activation or len(node.output) != 1:
+            continue
+        output = node.output[0]
+        consumers = view.consumers.get(output, [])
+        if len(consumers) != 1 or output in view.graph_outputs:
+            continue
+        activation = consumers[0]
+        bounds = activation_bounds(activation, view)
+        if bounds is None or activation.name not in selected or activation.output[0] not in result.activations:
+            continue
+        params = result.activations[activation.output[0]]
+        qmin, qmax = INTEGER_RANGES[params.dtype]
+        scale, zero_point = float(params.scale), float(params.zero_point)
+        low, high = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+        tolerance = 1e-6 * max(1.0, abs(low), abs(high))
+        if low < bounds[0] - tolerance or high > bounds[1] + tolerance:
+            continue
+        result.absorbed[activation.name] = node.name
+        del result.activations[output]
+
+
+def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan) -> None:
+    nodes = {node.name: node for node in selection.nodes}
+    limit = float(2**31 - 1)
+    for key, name in selection.biases.items():
+        node_name, index = key
+        node = nodes[node_name]
+        weight_key = (node_name, 1)
+        if weight_key not in result.weights or node.input[0] not in result.activations:
+            continue
+        bias = view.constant(name).astype(np.float64)
+        weight = result.weights[weight_key]
+        input_scale = float(result.activations[node.input[0]].scale)
+        weight_scale = np.asarray(weight.scale, dtype=np.float64)
+        if bias.ndim != 1 or (weight_scale.ndim == 1 and weight_scale.size != bias.size):
+            continue
+        scale = input_scale * weight_scale
+        # A bias too large for int32 at this scale: widen that channel's weight scale instead.
+        needed = np.abs(bias) / (input_scale * limit)
+        if np.any(needed > weight_scale):
+            widened = np.maximum(weight_scale, needed * 1.01)
+            result.weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
+                                                     weight.axis)
+            scale = input_scale * widened
+        scale = np.asarray(scale, dtype=np.float32)
+        result.biases[key] = QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), "int32",
+                                         0 if scale.ndim == 1 else None)
+
+
+def sensitivity_order(plan_: QuantizationPlan, observers: dict[str, HistogramObserver], method: str,
+                      percentile: float) -> list[tuple[str, float]]:
+    """Activation tensors from noisiest to cleanest (estimated SQNR of their own quantization)."""
+    ranked = []
+    for name, params in plan_.activations.items():
+        observer = observers.get(name)
+        if observer is None:
+            continue
+        qmin, qmax = INTEGER_RANGES[params.dtype]
+        scale, zero_point = float(params.scale), float(params.zero_point)
+        ranked.append((name, estimated_sqnr_db(observer, (qmin - zero_point) * scale, (qmax - zero_point) * scale,
+                                               params.dtype)))
+    return sorted(ranked, key=lambda item: item[1])

@@ -1,0 +1,22 @@
+"""ONNX Runtime sessions, imported lazily so that ``import edgeopt`` stays light."""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+
+def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | None = None,
+                 optimize: bool = True, outputs_for_calibration: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
