@@ -141,23 +141,34 @@ def _entropy_range(observer: HistogramObserver, dtype: str) -> tuple[float, floa
     levels = qmax - qmin + 1
     centers = observer.bin_centers()
     counts = observer.counts.astype(np.float64)
+    # Exact zeros (ReLU outputs, padding) are representable at any range: leave their spike out,
+    # or it dominates the divergence.
+    zero_bin = int(np.floor((0.0 - observer.low) / observer.width))
+    if 0 <= zero_bin < len(counts):
+        counts = counts.copy()
+        counts[zero_bin] = 0.0
+    if counts.sum() == 0:
+        return observer.min, observer.max
     reference = counts / counts.sum()
     best, best_divergence = (observer.min, observer.max), np.inf
     for low, high in _candidate_ranges(observer, steps=64):
         inside = (centers >= low) & (centers <= high)
         if not inside.any():
             continue
-        # Reference: clipped distribution (outliers folded into the edge bins).
-        p = np.where(inside, reference, 0.0)
+        # Reference P: the clipped distribution, outliers folded into the edge bins.
+        clipped = np.where(inside, reference, 0.0)
+        p = clipped.copy()
         first, last = np.argmax(inside), len(inside) - 1 - np.argmax(inside[::-1])
         p[first] += reference[:first].sum()
         p[last] += reference[last + 1:].sum()
-        # Candidate: the same mass after rounding to `levels` values, spread back over its bins.
+        # Candidate Q: the in-range mass (without the outliers) rounded to `levels` values and
+        # spread back over its bins, so clipping costs what the outliers carried.
         level = np.clip(np.floor((centers - low) / max(high - low, 1e-12) * levels), 0, levels - 1)
         level = level.astype(np.int64)
-        mass = np.bincount(level, weights=p, minlength=levels)
-        occupied = np.bincount(level, weights=(p > 0).astype(np.float64), minlength=levels)
-        q = np.where(p > 0, mass[level] / np.maximum(occupied[level], 1.0), 0.0)
+        mass = np.bincount(level, weights=clipped, minlength=levels)
+        occupied = np.bincount(level, weights=(clipped > 0).astype(np.float64), minlength=levels)
+        q = np.where(clipped > 0, mass[level] / np.maximum(occupied[level], 1.0), 0.0)
+        q = q / max(q.sum(), 1e-12)
         mask = p > 0
         divergence = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
         if divergence < best_divergence:

@@ -1,0 +1,1 @@
+"""edgeopt's benchmarks (not collected by pytest): ``python -m benchmarks``."""

@@ -1,0 +1,168 @@
+"""The ``edgeopt`` command: a thin layer over the API. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+
+from .config import MODES, DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .errors import EdgeoptError
+from .quantization.calibration import CALIBRATION_METHODS
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise EdgeoptError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgeopt", description="Make ONNX models small and fast for edge devices, measured.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = commands.add_parser("quantize", help="quantize an ONNX model")
+    q.add_argument("model", help="float ONNX model")
+    q.add_argument("-o", "--output", required=True, help="where to write the quantized model")
+    q.add_argument("--mode", required=True, choices=sorted(MODES), help="quantization mode")
+    q.add_argument("--calibration", help="representative data: .npz named by model input, or an image folder")
+    q.add_argument("--calibration-method", choices=CALIBRATION_METHODS, help="how activation ranges are chosen")
+    q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
+    q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
+    q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
+    q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
+    q.add_argument("--report", help="write the quantization report (JSON) here")
+
+    e = commands.add_parser("evaluate", help="measure size, latency, accuracy and fidelity")
+    e.add_argument("model", help="ONNX model to measure")
+    e.add_argument("--data", required=True, help=".npz named by model input (optional 'labels'), or image folder")
+    e.add_argument("--reference", help="float model to compare outputs with")
+    e.add_argument("--json", help="write the measurement (JSON) here")
+    e.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    e.add_argument("--runs", type=int, default=100, help="timed single-sample runs (default 100)")
+    e.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+
+    d = commands.add_parser("demo", help="quantize the embedded default model every way and measure it")
+    d.add_argument("--output-dir", default="edgeopt-demo", help="where models, data and tables go")
+    d.add_argument("--json", help="also write the table (JSON) here")
+    d.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def _config(args) -> object:
+    common = {"exclude": tuple(args.exclude)}
+    if args.mode == "float16":
+        return Float16Config(**common)
+    if args.mode == "dynamic":
+        return DynamicConfig(per_channel=not args.per_tensor, **common)
+    options = dict(common, per_channel=not args.per_tensor, integer_only=args.integer_only,
+                   fallback=not args.no_fallback)
+    if args.calibration_method:
+        options["calibration_method"] = args.calibration_method
+    if args.mode == "int8":
+        if args.activation_type:
+            options["activation_type"] = args.activation_type
+        return Int8Config(**options)
+    if args.integer_only or args.activation_type:
+        raise EdgeoptError("--integer-only and --activation-type apply to --mode int8 only")
+    return Int16x8Config(**options)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .model_io import check_writable, write_bytes_atomic
+
+    if args.command == "quantize":
+        from .api import quantize
+
+        if args.mode != "int8" and (args.integer_only or args.activation_type):
+            raise EdgeoptError("--integer-only and --activation-type apply to --mode int8 only")
+        config = _config(args)
+        if args.mode in ("int8", "int16x8") and not args.calibration:
+            raise EdgeoptError(f"--mode {args.mode} needs --calibration DATA (.npz or image folder)")
+        check_writable(args.output, inputs=(args.model, args.calibration))
+        if args.report:
+            check_writable(args.report, inputs=(args.model, args.calibration, args.output))
+        result = quantize(args.model, config, calibration=args.calibration)
+        result.save(args.output)
+        if args.report:
+            write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+        r = result.report
+        print(f"{args.output}: {args.mode}, {r['size_bytes']['quantized']:,} bytes "
+              f"({r['size_bytes']['quantized'] / r['size_bytes']['float']:.3f}x float)")
+        if r.get("worst_output_cosine_on_calibration") is not None:
+            print(f"worst output cosine on calibration data: {r['worst_output_cosine_on_calibration']:.4f}")
+        for name, reason in r.get("kept_float", {}).items():
+            print(f"kept float: {name}: {reason}")
+        return 0
+
+    if args.command == "evaluate":
+        from .measure import evaluate
+
+        if args.json:
+            check_writable(args.json, inputs=(args.model, args.data, args.reference))
+        result = evaluate(args.model, args.data, reference=args.reference, threads=args.threads, runs=args.runs,
+                          warmup=args.warmup)
+        if args.json:
+            write_bytes_atomic(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        print(_evaluation_text(result))
+        return 0
+
+    if args.command == "demo":
+        from .demo import markdown_table, run_demo
+
+        if args.json:
+            check_writable(args.json)
+        result = run_demo(args.output_dir, threads=args.threads)
+        print(f"edgeopt demo: {result['model']}, {result['evaluation_samples']} test images, "
+              f"{result['calibration_samples']} calibration images, {args.threads} thread(s)\n")
+        print(markdown_table(result["rows"]))
+        print(f"\nmodels, data and tables written to {pathlib.Path(args.output_dir).resolve()}")
+        if args.json:
+            write_bytes_atomic(args.json, (json.dumps(result["rows"], indent=2) + "\n").encode())
+        return 0
+    raise EdgeoptError(f"unknown command {args.command!r}")
+
+
+def _evaluation_text(result: dict) -> str:
+    lines = [f"{result['model']}: {result['samples']} samples, {result['threads']} thread(s)",
+             f"size: {result['size']['raw_bytes']:,} bytes, gzip -9 {result['size']['gzip_bytes']:,} bytes",
+             f"latency: median {result['latency_ms']['median']:.3f} ms, p90 {result['latency_ms']['p90']:.3f} ms"]
+    if result["top1"] is not None:
+        lines.append(f"top-1: {100 * result['top1']:.2f}%")
+    if result["fidelity"]:
+        f = result["fidelity"]
+        lines.append(f"vs reference: top-1 agreement {100 * f.get('top1_agreement', float('nan')):.2f}%, "
+                     f"SQNR {f.get('sqnr_db', float('nan')):.1f} dB, cosine worst {f['cosine_worst']:.5f}")
+    return "\n".join(lines)
+
+
+def entry_point(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(name)s: %(message)s")
+        return main(args)
+    except EdgeoptError as exc:
+        print(f"edgeopt: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("edgeopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(entry_point())
+
+
+def run() -> None:
+    """Console-script entry: the exit status reaches the shell."""
+    sys.exit(entry_point())

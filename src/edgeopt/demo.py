@@ -1,0 +1,104 @@
+"""``edgeopt demo``: the guide's Table 1 for the embedded default model, measured here and now."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from importlib import resources
+
+import numpy as np
+
+from .api import quantize
+from .config import DynamicConfig, Float16Config, Int8Config
+from .data import Dataset, input_specs
+from .measure import evaluate
+from .model_io import check_writable, load_model, save_model, write_bytes_atomic
+
+logger = logging.getLogger(__name__)
+
+ROWS = (
+    ("float", None),
+    ("float16", Float16Config()),
+    ("dynamic", DynamicConfig()),
+    ("int8", Int8Config()),
+    ("int8 integer-only", Int8Config(integer_only=True)),
+)
+
+
+def default_model_path() -> pathlib.Path:
+    return pathlib.Path(str(resources.files("edgeopt") / "assets" / "fashion_cnn.onnx"))
+
+
+def default_datasets() -> tuple[Dataset, Dataset]:
+    """The shipped real Fashion-MNIST subsets: (calibration, labelled evaluation), float in [0, 1]."""
+    specs = input_specs(load_model(default_model_path()))
+    with np.load(str(resources.files("edgeopt") / "assets" / "fashion_mnist_subsets.npz")) as archive:
+        calibration = archive["calibration_images"][:, None].astype(np.float32) / 255.0
+        images = archive["evaluation_images"][:, None].astype(np.float32) / 255.0
+        labels = archive["evaluation_labels"].astype(np.int64)
+    name = specs[0].name
+    return Dataset({name: calibration}, specs, where="calibration"), Dataset({name: images}, specs, labels,
+                                                                             where="evaluation")
+
+
+def run_demo(output_dir: "str | pathlib.Path" = "edgeopt-demo", threads: int = 1, runs: int = 200) -> dict:
+    """Quantize the default model every way, measure each, write models, data and tables to ``output_dir``."""
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir / "results.json")
+    source = default_model_path()
+    calibration, evaluation = default_datasets()
+    calibration.save(output_dir / "calibration.npz")
+    evaluation.save(output_dir / "evaluation.npz")
+    rows = []
+    for label, config in ROWS:
+        path = output_dir / f"fashion_cnn.{label.replace(' ', '-')}.onnx"
+        if config is None:
+            save_model(load_model(source), path)
+            report = {}
+        else:
+            result = quantize(source, config, calibration=calibration)
+            result.save(path)
+            report = {k: v for k, v in result.report.items() if k != "plan"}
+        measured = evaluate(path, evaluation, reference=source if config else None, threads=threads, runs=runs)
+        rows.append({"row": label, "model": path.name, "measurement": measured, "report": report})
+        logger.info("%s: top-1 %.4f", label, measured["top1"])
+    table = summarise(rows)
+    result = {"model": "fashion_cnn (embedded default, Fashion-MNIST)", "threads": threads,
+              "evaluation_samples": len(evaluation), "calibration_samples": len(calibration),
+              "rows": table, "details": rows}
+    write_bytes_atomic(output_dir / "results.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_bytes_atomic(output_dir / "results.md", (markdown_table(table) + "\n").encode())
+    return result
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    base = rows[0]["measurement"]
+    table = []
+    for row in rows:
+        m = row["measurement"]
+        table.append({
+            "row": row["row"],
+            "top1": m["top1"],
+            "top1_change_points": 100.0 * (m["top1"] - base["top1"]),
+            "latency_ms": m["latency_ms"]["median"],
+            "latency_p90_ms": m["latency_ms"]["p90"],
+            "latency_ratio": m["latency_ms"]["median"] / base["latency_ms"]["median"],
+            "size_bytes": m["size"]["raw_bytes"],
+            "size_ratio": m["size"]["raw_bytes"] / base["size"]["raw_bytes"],
+            "gzip_bytes": m["size"]["gzip_bytes"],
+            "gzip_ratio": m["size"]["gzip_bytes"] / base["size"]["gzip_bytes"],
+            "cosine_worst": (m["fidelity"] or {}).get("cosine_worst"),
+        })
+    return table
+
+
+def markdown_table(table: list[dict]) -> str:
+    lines = ["| model | top-1 | change | latency ms (x float) | size KB (x float) | gzip KB (x float) |",
+             "|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['row']} | {100 * r['top1']:.2f}% | {r['top1_change_points']:+.2f} | "
+                     f"{r['latency_ms']:.3f} ({r['latency_ratio']:.2f}x) | {r['size_bytes'] / 1000:.1f} "
+                     f"({r['size_ratio']:.3f}x) | {r['gzip_bytes'] / 1000:.1f} ({r['gzip_ratio']:.3f}x) |")
+    return "\n".join(lines)
