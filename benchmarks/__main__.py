@@ -174,18 +174,13 @@ def write_results(rows: dict, samples: int, quick: bool) -> None:
         f"{ours['latency_1t']['median'] / best['latency_1t']['median']:.2f}x |",
         f"| size | {ours['size']['raw_bytes']:,} B | {best['size']['raw_bytes']:,} B | "
         f"{ours['size']['raw_bytes'] / best['size']['raw_bytes']:.3f}x |",
-        "", "## Reading the table", "", READING.strip(), "",
+        "", "## Reading the table", "", (HERE / "READING.md").read_text().strip(), "",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
     (HERE / "results.json").write_text(json.dumps({"samples": samples, "machine": machine(), "rows": rows},
                                                   indent=2) + "\n")
     print("\n".join(lines))
 
-
-READING = """
-See the analysis written with these numbers in the section below the table (kept in the file
-`benchmarks/READING.md`, so that it is reviewed when the numbers change).
-"""
 
 if __name__ == "__main__":
     raise SystemExit(main())
