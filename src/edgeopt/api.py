@@ -114,8 +114,15 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     selection = static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
                               exclude=config.exclude)
     if not selection.nodes:
-        raise EdgeoptError("no operator in this model can be quantized statically (none of Conv, MatMul, Gemm, "
-                           "Add, ... with float inputs); try --mode dynamic or float16")
+        if config.integer_only:
+            raise EdgeoptError("integer-only: no operator in the main graph can be quantized (none of Conv, "
+                               "MatMul, Gemm, Add, ... with float inputs)")
+        # Nothing to calibrate (e.g. all compute inside If/Loop bodies): still shrink the weights.
+        stored = weights.store_int8(model, per_channel=config.per_channel)
+        logger.warning("no operator can be quantized statically; stored %d weights as int8 only", len(stored))
+        return QuantizationResult(model, {"quantized_nodes": {}, "int8_stored_weights": len(stored),
+                                          "kept_float": {"*": "no operator in the main graph can be quantized "
+                                                              "statically; weights stored as int8 only"}})
     feeds = iterate_feeds(calibration, specs, "calibration data")
     check_feeds: list = []
 

@@ -53,8 +53,22 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
 
 
 def lift_constants(model: onnx.ModelProto) -> bool:
-    """Turn ``Constant`` nodes holding tensors into initializers of the main graph."""
-    graph = model.graph
+    """Turn ``Constant`` nodes holding tensors into initializers (main graph and control-flow bodies)."""
+    changed = _lift_constants(model.graph)
+    for graph in _bodies(model.graph):
+        changed |= _lift_constants(graph)
+    return changed
+
+
+def _bodies(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                yield body
+                yield from _bodies(body)
+
+
+def _lift_constants(graph: onnx.GraphProto) -> bool:
     kept, lifted = [], 0
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1:

@@ -23,6 +23,8 @@ def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
     if array.ndim < 2:
         return None
     consumers = view.consumers.get(name, [])
+    if consumers and all(node.op_type in ("LSTM", "GRU", "RNN") for node in consumers):
+        return 1  # [directions, gates x hidden, input]: quantize per gate row
     if consumers and all(
             (node.op_type == "MatMul" and node.input[1] == name)
             or (node.op_type == "Gemm" and node.input[1] == name and not attribute(node, "transB", 0))
