@@ -288,3 +288,29 @@ def worst_cosine(reference: list[np.ndarray], outputs: list[np.ndarray]) -> floa
         cosine = np.sum(ref * out, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
         worst = min(worst, float(cosine.min()))
     return worst
+
+
+def run_integer_only(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run an integer-only model on float feeds: quantize inputs and dequantize outputs with the scales
+    stored in its metadata (``edgeopt.io.<name>``), written out here independently of edgeopt's helpers."""
+    import json
+
+    params = {entry.key[len("edgeopt.io."):]: json.loads(entry.value) for entry in model.metadata_props
+              if entry.key.startswith("edgeopt.io.")}
+    encoded = {}
+    for name, value in feeds.items():
+        p = params.get(name)
+        if p is None:
+            encoded[name] = value
+            continue
+        info = np.iinfo(p["dtype"])
+        q = np.rint(value.astype(np.float64) / np.float32(p["scale"])) + p["zero_point"]
+        encoded[name] = np.clip(q, info.min, info.max).astype(p["dtype"])
+    outputs = run(model, encoded)
+    names = [value.name for value in model.graph.output]
+    decoded = []
+    for name, value in zip(names, outputs):
+        p = params.get(name)
+        decoded.append(value if p is None else
+                       ((value.astype(np.float64) - p["zero_point"]) * p["scale"]).astype(np.float32))
+    return decoded

@@ -91,10 +91,8 @@ class Dataset:
                 raise EdgeoptError(f"{where}: array {spec.name!r} has shape {array.shape}; expected samples "
                                    f"along the batch axis of {_shape_text(spec.shape)}")
             self.stacked[spec.name] = stacked
-            sample_shape = array.shape[1:] if stacked else array.shape[1:]
+            sample_shape = array.shape[1:]
             want = spec.shape if stacked else spec.shape[1:]
-            if stacked:
-                sample_shape = array.shape[1:]
             if any(w is not None and w != g for w, g in zip(want, sample_shape)):
                 raise EdgeoptError(f"{where}: array {spec.name!r} has shape {array.shape}; the model expects "
                                    f"{_shape_text(spec.shape)}")
