@@ -18,5 +18,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "quantize", "evaluate", "QuantizationResult", "Float16Config", "DynamicConfig", "Int8Config",
-    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError", "__version__",
+    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError",
 ]

@@ -88,17 +88,24 @@ def _check_has_float_weights(model: onnx.ModelProto) -> None:
                            "Constant nodes)")
 
 
+def _excluded_weights(model: onnx.ModelProto, exclude: tuple[str, ...]) -> set[str]:
+    """Inputs of the nodes the user keeps float (checked: every entry must match a node)."""
+    static.check_exclusions(GraphView(model), exclude)
+    return {name for node in model.graph.node if node.name in exclude or node.op_type in exclude
+            for name in node.input}
+
+
 @register_handler(Float16Config)
 def _float16(model: onnx.ModelProto, config: Float16Config, calibration) -> QuantizationResult:
-    stored = weights.store_float16(model, config.min_elements)
+    stored = weights.store_float16(model, config.min_elements, skip=_excluded_weights(model, config.exclude))
     return QuantizationResult(model, {"float16_weights": len(stored)})
 
 
 @register_handler(DynamicConfig)
 def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> QuantizationResult:
-    static.check_exclusions(GraphView(model), config.exclude)
+    skip = _excluded_weights(model, config.exclude)
     rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude)
-    stored = weights.store_int8(model, config.min_elements, per_channel=config.per_channel)
+    stored = weights.store_int8(model, config.min_elements, skip=skip, per_channel=config.per_channel)
     return QuantizationResult(model, {"dynamic_matmuls": rewritten, "int8_stored_weights": len(stored)})
 
 
@@ -108,7 +115,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     if calibration is None:
         raise EdgeoptError(f"mode {config.mode} needs calibration data (--calibration DATA.npz or an image folder)")
     view = GraphView(model)
-    static.check_exclusions(view, config.exclude)
+    excluded = _excluded_weights(model, config.exclude)
     specs = input_specs(model)
     dtypes = tensor_dtypes(model)
     selection = static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
@@ -151,7 +158,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         quantized.CopyFrom(model)
         qdq.apply_plan(quantized, plan)
         io_params = make_integer_io(quantized, plan) if config.integer_only else {}
-        weights.store_int8(quantized, skip=set(), per_channel=config.per_channel)
+        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel)
         cosine = _worst_cosine(reference, quantized, check_feeds, io_params)
         attempts.append({"kept_float": len(keep_float), "worst_cosine": round(cosine, 6)})
         if config.integer_only or not config.fallback or cosine >= config.target_cosine:
@@ -210,7 +217,7 @@ def _run(model, feeds, io_params=None):
     outputs = []
     for feed in feeds:
         feed = encode_feed(feed, io_params) if io_params else feed
-        result = session.run(None, feed)
+        result = static.run_checked(session, None, feed, "calibration data")
         if io_params:
             result = decode_outputs(result, [o.name for o in session.get_outputs()], io_params)
         outputs.append(result)

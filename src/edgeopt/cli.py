@@ -90,7 +90,9 @@ def main(args: argparse.Namespace) -> int:
             raise EdgeoptError(f"--mode {args.mode} needs --calibration DATA (.npz or image folder)")
         check_writable(args.output, inputs=(args.model, args.calibration))
         if args.report:
-            check_writable(args.report, inputs=(args.model, args.calibration, args.output))
+            if pathlib.Path(args.report).resolve() == pathlib.Path(args.output).resolve():
+                raise EdgeoptError(f"--report {args.report} is the same path as --output; choose another")
+            check_writable(args.report, inputs=(args.model, args.calibration))
         result = quantize(args.model, config, calibration=args.calibration)
         result.save(args.output)
         if args.report:

@@ -30,8 +30,21 @@ class InputSpec:
     shape: tuple
 
     @property
+    def batch_axis(self) -> int:
+        """Axis 0, unless it is a fixed size above 1 (e.g. time-major sequences): then the first
+        symbolic axis."""
+        if self.shape and self.shape[0] not in (None, 1):
+            return next((i for i, d in enumerate(self.shape) if d is None), 0)
+        return 0
+
+    @property
     def batch_dynamic(self) -> bool:
-        return len(self.shape) > 0 and self.shape[0] is None
+        return len(self.shape) > 0 and self.shape[self.batch_axis] is None
+
+    @property
+    def samples_per_feed(self) -> int:
+        """How many rows of the batch axis one model call takes when that axis is fixed."""
+        return 1 if not self.shape or self.batch_dynamic else self.shape[self.batch_axis]
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -91,12 +104,18 @@ class Dataset:
                 raise EdgeoptError(f"{where}: array {spec.name!r} has shape {array.shape}; expected samples "
                                    f"along the batch axis of {_shape_text(spec.shape)}")
             self.stacked[spec.name] = stacked
-            sample_shape = array.shape[1:]
-            want = spec.shape if stacked else spec.shape[1:]
+            axis = 0 if stacked else spec.batch_axis
+            want = spec.shape if stacked else tuple(d for i, d in enumerate(spec.shape) if i != axis)
+            sample_shape = tuple(d for i, d in enumerate(array.shape) if i != axis)
             if any(w is not None and w != g for w, g in zip(want, sample_shape)):
                 raise EdgeoptError(f"{where}: array {spec.name!r} has shape {array.shape}; the model expects "
                                    f"{_shape_text(spec.shape)}")
-            counts.add(len(array) if array.ndim else 1)
+            per_feed = 1 if stacked else spec.samples_per_feed
+            rows = array.shape[axis] if array.ndim else 1
+            if rows % per_feed:
+                raise EdgeoptError(f"{where}: array {spec.name!r} has {rows} rows on axis {axis}; the model takes "
+                                   f"exactly {per_feed} per call, so expected a multiple of {per_feed}")
+            counts.add(rows // per_feed)
         if len(counts) != 1:
             raise EdgeoptError(f"{where}: arrays hold different numbers of samples {sorted(counts)}")
         self.count = counts.pop()
@@ -121,12 +140,23 @@ class Dataset:
         """Input dicts of ``batch_size`` samples (1 when the model's batch axis is fixed)."""
         count = self.count if limit is None else min(limit, self.count)
         step = batch_size if self.can_batch else 1
+        specs = {spec.name: spec for spec in self.specs}
         for start in range(0, count, step):
             stop = min(start + step, count)
-            yield {name: (array[start] if self.stacked[name] else array[start:stop])
-                   for name, array in self.arrays.items()}
+            feed = {}
+            for name, array in self.arrays.items():
+                spec = specs[name]
+                if self.stacked[name]:
+                    feed[name] = array[start]
+                    continue
+                rows = spec.samples_per_feed
+                index = [slice(None)] * array.ndim
+                index[spec.batch_axis] = slice(start * rows, stop * rows)
+                feed[name] = array[tuple(index)]
+            yield feed
 
     def subset(self, indices) -> "Dataset":
+        """The samples at ``indices`` (models that take one sample per call along axis 0)."""
         arrays = {name: array[indices] for name, array in self.arrays.items()}
         labels = None if self.labels is None else self.labels[indices]
         return Dataset(arrays, self.specs, labels, self.where)

@@ -84,8 +84,9 @@ def quantize(x: np.ndarray, params: QuantParams, clip_range: tuple[int, int] | N
     scale = _broadcast(params.scale, x.ndim, params.axis).astype(np.float32)
     zero_point = _broadcast(params.zero_point, x.ndim, params.axis).astype(np.int64)
     qmin, qmax = clip_range or INTEGER_RANGES[params.dtype]
-    q = np.rint(x / scale).astype(np.int64) + zero_point
-    return np.clip(q, qmin, qmax).astype(params.dtype)
+    # Saturate in float before the integer cast: x / scale may exceed int64 (or be inf).
+    q = np.rint(x / scale) + zero_point
+    return np.clip(np.nan_to_num(q, nan=0.0), qmin, qmax).astype(params.dtype)
 
 
 def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:

@@ -103,7 +103,7 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
     observers = {name: HistogramObserver() for name in tensors}
     samples = 0
     for feed in feeds:
-        results = session.run(wanted, feed)
+        results = run_checked(session, wanted, feed, "calibration data")
         for name, value in zip(wanted, results):
             observers[name].update(value)
         for name in tensors & set(feed):
@@ -114,6 +114,15 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
     if samples == 0:
         raise EdgeoptError("calibration data is empty; expected at least one sample")
     return observers, samples
+
+
+def run_checked(session, names, feed, where: str) -> list:
+    """``session.run`` with the runtime's complaints about the data turned into one-line errors."""
+    try:
+        return session.run(names, feed)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeoptError(f"{where} does not run through the model: {message[:240]}") from None
 
 
 def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], *,

@@ -1,0 +1,216 @@
+"""Bad input, through the CLI and the API: exit status 2, exactly one ``edgeopt: error:`` line on
+stderr, no output file, and every input file byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+
+import edgeopt
+from edgeopt.cli import entry_point
+
+import models
+from conftest import fingerprint
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = entry_point([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def workspace(tmp_path: pathlib.Path, conv_files) -> pathlib.Path:
+    """A folder of good and bad inputs for conv_net (input "input", shape (N, 3, 16, 16))."""
+    case = models.CASES["conv_net"]
+    good = conv_files["model"].read_bytes()
+    (tmp_path / "random.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "truncated.onnx").write_bytes(good[: len(good) // 2])
+    onnx.save(models.no_float_weights(), str(tmp_path / "relu_only.onnx"))
+    onnx.save(models.lstm(), str(tmp_path / "lstm.onnx"))
+    np.savez(tmp_path / "lstm_calibration.npz", **models.CASES["lstm"].feeds(seed=1, count=8))
+    samples = case.feeds(seed=1, count=8)["input"]
+    np.savez(tmp_path / "wrong_name.npz", image=samples)
+    np.savez(tmp_path / "wrong_shape.npz", input=samples[:, :, :15, :])
+    np.savez(tmp_path / "wrong_rank.npz", input=samples[:, 0])
+    np.savez(tmp_path / "float64.npz", input=samples.astype(np.float64))
+    np.savez(tmp_path / "empty.npz", input=samples[:0])
+    np.savez(tmp_path / "bad_labels.npz", input=samples, labels=np.zeros(3, dtype=np.int64))
+    np.savez(tmp_path / "relu_calibration.npz", x=np.ones((4, 4), np.float32))
+    (tmp_path / "not_an_archive.npz").write_bytes(b"this is not a zip file")
+    (tmp_path / "a_folder").mkdir()
+    return tmp_path
+
+
+def _cases():
+    conv, out = "conv.onnx", ["-o", "out.onnx"]
+    float16 = ["--mode", "float16"]
+    int16x8 = ["--mode", "int16x8", "--calibration"]
+
+    def int8(data):
+        return ["--mode", "int8", "--calibration", data]
+
+    return {
+        "not an ONNX file": ["quantize", "random.onnx", *out, *float16],
+        "truncated ONNX file": ["quantize", "truncated.onnx", *out, *float16],
+        "missing model file": ["quantize", "missing.onnx", *out, *float16],
+        "no float weights float16": ["quantize", "relu_only.onnx", *out, *float16],
+        "no float weights dynamic": ["quantize", "relu_only.onnx", *out, "--mode", "dynamic"],
+        "no float weights int8": ["quantize", "relu_only.onnx", *out, *int8("relu_calibration.npz")],
+        "calibration wrong input name": ["quantize", conv, *out, *int8("wrong_name.npz")],
+        "calibration wrong shape": ["quantize", conv, *out, *int8("wrong_shape.npz")],
+        "calibration wrong rank": ["quantize", conv, *out, *int8("wrong_rank.npz")],
+        "calibration float64": ["quantize", conv, *out, *int8("float64.npz")],
+        "calibration empty": ["quantize", conv, *out, *int8("empty.npz")],
+        "calibration empty int16x8": ["quantize", conv, *out, *int16x8, "empty.npz"],
+        "calibration bad labels": ["quantize", conv, *out, *int8("bad_labels.npz")],
+        "calibration missing file": ["quantize", conv, *out, *int8("missing.npz")],
+        "calibration not an archive": ["quantize", conv, *out, *int8("not_an_archive.npz")],
+        "output folder does not exist": ["quantize", conv, "-o", "no_such_folder/out.onnx", *float16],
+        "output is an existing folder": ["quantize", conv, "-o", "a_folder", *float16],
+        "int8 without calibration": ["quantize", conv, *out, "--mode", "int8"],
+        "int16x8 without calibration": ["quantize", conv, *out, "--mode", "int16x8"],
+        "unknown mode": ["quantize", conv, *out, "--mode", "int4"],
+        "unknown calibration method": ["quantize", conv, *out, *int8("calibration.npz"),
+                                       "--calibration-method", "nope"],
+        "output equals the model": ["quantize", conv, "-o", conv, *float16],
+        "output equals the model spelt differently": ["quantize", conv, "-o", "./a_folder/../conv.onnx",
+                                                      *float16],
+        "output equals the calibration": ["quantize", conv, "-o", "calibration.npz",
+                                          *int8("calibration.npz")],
+        "report equals the model": ["quantize", conv, *out, *float16, "--report", conv],
+        "integer-only with float16": ["quantize", conv, *out, *float16, "--integer-only"],
+        "integer-only with int16x8": ["quantize", conv, *out, *int16x8, "calibration.npz", "--integer-only"],
+        "integer-only impossible (LSTM)": ["quantize", "lstm.onnx", *out, *int8("lstm_calibration.npz"),
+                                           "--integer-only"],
+        "exclude matches nothing": ["quantize", conv, *out, *int8("calibration.npz"), "--exclude", "nope"],
+        "missing -o": ["quantize", conv, *float16],
+        "unknown command": ["compress", conv],
+        "no command": [],
+        "evaluate wrong dtype": ["evaluate", conv, "--data", "float64.npz"],
+        "evaluate missing data": ["evaluate", conv, "--data", "missing.npz"],
+        "evaluate not an ONNX file": ["evaluate", "random.onnx", "--data", "evaluation.npz"],
+        "evaluate reference not ONNX": ["evaluate", conv, "--data", "evaluation.npz",
+                                        "--reference", "truncated.onnx", "--runs", "1"],
+        "evaluate zero runs": ["evaluate", conv, "--data", "evaluation.npz", "--runs", "0"],
+        "evaluate json equals the model": ["evaluate", conv, "--data", "evaluation.npz", "--json", conv],
+        "evaluate json folder does not exist": ["evaluate", conv, "--data", "evaluation.npz",
+                                                "--json", "no_such_folder/e.json"],
+        "demo json folder does not exist": ["demo", "--output-dir", "demo",
+                                            "--json", "no_such_folder/d.json"],
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_cli_input_exits_2_with_one_line_and_touches_nothing(name, workspace, capsys, monkeypatch):
+    monkeypatch.chdir(workspace)
+    before = fingerprint(workspace)
+    code, out, err = run_cli(capsys, CASES[name])
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgeopt: error: ")
+    assert out == ""
+    # No file created (out.onnx, reports, demo folder...) and every input unchanged, byte for byte.
+    assert fingerprint(workspace) == before
+    assert not (workspace / "demo").exists()
+
+
+def test_report_path_equal_to_output_path_is_refused(workspace, capsys, monkeypatch):
+    """Writing the report over the model just written would lose the model (exit 0 today)."""
+    monkeypatch.chdir(workspace)
+    before = fingerprint(workspace)
+    code, _, err = run_cli(capsys, ["quantize", "conv.onnx", "-o", "same.onnx", "--mode", "float16",
+                                    "--report", "same.onnx"])
+    assert code == 2
+    assert err.startswith("edgeopt: error: ") and len(err.splitlines()) == 1
+    assert fingerprint(workspace) == before
+
+
+def test_data_for_a_fixed_leading_dimension_is_handled_in_one_line(tmp_path, capsys, monkeypatch):
+    """A time-major LSTM takes x of shape (4, N, 16): calibration data of exactly that shape must
+    either calibrate or be refused with one error line; today ONNX Runtime's InvalidArgument
+    escapes (traceback, exit 1), because the data set slices it along axis 0 into (1, N, 16)."""
+    monkeypatch.chdir(tmp_path)
+    onnx.save(models.lstm(time_major=True), "lstm_time_major.onnx")
+    np.savez("sequence.npz", x=np.random.default_rng(0).standard_normal((4, 8, 16)).astype(np.float32))
+    try:
+        code, _, err = run_cli(capsys, ["quantize", "lstm_time_major.onnx", "-o", "out.onnx",
+                                        "--mode", "int8", "--calibration", "sequence.npz"])
+    except Exception as exc:  # noqa: BLE001 - the point is that nothing escapes entry_point
+        pytest.fail(f"entry_point raised {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    assert code in (0, 2)
+    if code == 2:
+        assert len(err.splitlines()) == 1 and err.startswith("edgeopt: error: ")
+        assert not pathlib.Path("out.onnx").exists()
+
+
+# --- the same checks through the API ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv():
+    return models.conv_net()
+
+
+def _samples(count=8):
+    return models.CASES["conv_net"].feeds(seed=1, count=count)["input"]
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ({"image": _samples()}, "do not match"),
+    ({"input": _samples().astype(np.float64)}, "float64"),
+    ({"input": _samples()[:, :, :8]}, "shape"),
+    ({"input": _samples()[:0]}, "empty"),
+    ({"input": _samples(), "extra": _samples()}, "do not match"),
+    ([], "empty"),
+    (iter([]), "empty"),
+    ([{"input": _samples().astype(np.float64)}], "float64"),
+    ([{"wrong": _samples()}], "do not match"),
+    ([{"input": _samples().tolist()}], "numpy array"),
+    ([_samples()], "dict"),
+    (42, "expected a path"),
+    ("no_such_file.npz", "no such file"),
+], ids=["name", "dtype", "shape", "empty-array", "extra-array", "empty-list", "empty-iterator", "item-dtype",
+        "item-name", "item-list", "item-array", "number", "missing-file"])
+def test_bad_calibration_raises_edgeopt_error(conv, calibration, message):
+    with pytest.raises(edgeopt.EdgeoptError, match=message) as info:
+        edgeopt.quantize(conv, edgeopt.Int8Config(), calibration=calibration)
+    assert "\n" not in str(info.value)
+
+
+def test_static_modes_need_calibration(conv):
+    for config in (edgeopt.Int8Config(), edgeopt.Int16x8Config()):
+        with pytest.raises(edgeopt.EdgeoptError, match="calibration"):
+            edgeopt.quantize(conv, config)
+
+
+def test_quantize_rejects_what_is_not_a_config(conv):
+    with pytest.raises(edgeopt.EdgeoptError, match="config"):
+        edgeopt.quantize(conv, {"type": "Int8Config"})
+
+
+def test_quantize_rejects_a_model_without_float_weights():
+    with pytest.raises(edgeopt.EdgeoptError, match="no float weights"):
+        edgeopt.quantize(models.no_float_weights(), edgeopt.Float16Config())
+
+
+def test_quantize_rejects_an_invalid_model_proto():
+    model = models.conv_net()
+    del model.graph.node[:]
+    with pytest.raises(edgeopt.EdgeoptError):
+        edgeopt.quantize(model, edgeopt.Float16Config())
+
+
+def test_evaluate_rejects_bad_settings(conv_files):
+    with pytest.raises(edgeopt.EdgeoptError):
+        edgeopt.evaluate(conv_files["model"], conv_files["evaluation"], threads=0)
+    with pytest.raises(edgeopt.EdgeoptError):
+        edgeopt.evaluate(conv_files["model"], conv_files["evaluation"], warmup=-1)

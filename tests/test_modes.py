@@ -1,0 +1,215 @@
+"""Every quantization mode on every inline model: valid ONNX, runs in ONNX Runtime, smaller, and
+close to float on held-out inputs. Also the forms calibration data may take.
+
+Bounds on the worst per-sample output cosine against the float model (held-out inputs: the
+calibration uses seed 1, the comparison seed 2) are the issue's: float16 >= 0.999, dynamic >=
+0.98, int8 >= 0.97. Size bounds apply to these models because their weights are >= 64x64 and make
+up nearly all of the file: int8 weights are 1/4 of float32 (plus scales and graph), float16 1/2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+import edgeopt
+
+import models
+
+MODES = {
+    "float16": lambda: edgeopt.Float16Config(),
+    "dynamic": lambda: edgeopt.DynamicConfig(),
+    "int8": lambda: edgeopt.Int8Config(),
+    "int8_integer_only": lambda: edgeopt.Int8Config(integer_only=True),
+    "int16x8": lambda: edgeopt.Int16x8Config(),
+}
+# Worst-sample cosine bounds from the issue; int16x8 has int8 weights and finer activations, so it
+# is held to the int8 bound (it is never worse than int8 by construction).
+COSINE_BOUND = {"float16": 0.999, "dynamic": 0.98, "int8": 0.97, "int8_integer_only": 0.97, "int16x8": 0.97}
+# File size relative to float: float16 halves weights (0.5 + graph and small tensors kept float32);
+# int8 weights are a quarter (0.25 + per-channel scales, zero points, graph).
+SIZE_BOUND = {"float16": 0.55, "dynamic": 0.4, "int8": 0.4, "int8_integer_only": 0.4, "int16x8": 0.4}
+# Integer-only needs every operator to run on integers: LSTM and a Gather on a float table cannot.
+INTEGER_ONLY_IMPOSSIBLE = {"lstm": "LSTM", "embedding": "Gather"}
+
+CALIBRATION_SEED, HELD_OUT_SEED = 1, 2
+
+_results: dict[tuple[str, str], edgeopt.QuantizationResult] = {}
+
+
+def quantized(case_name: str, mode: str) -> edgeopt.QuantizationResult:
+    """Quantize once per (model, mode) and share the result between the tests below."""
+    key = (case_name, mode)
+    if key not in _results:
+        case = models.CASES[case_name]
+        _results[key] = edgeopt.quantize(case.build(), MODES[mode](),
+                                         calibration=case.feeds(CALIBRATION_SEED, 64))
+    return _results[key]
+
+
+def combinations():
+    for case_name in models.CASES:
+        for mode in MODES:
+            if mode == "int8_integer_only" and case_name in INTEGER_ONLY_IMPOSSIBLE:
+                continue
+            yield pytest.param(case_name, mode, id=f"{case_name}-{mode}")
+
+
+def outputs(result: edgeopt.QuantizationResult, feeds, optimize: bool) -> list[np.ndarray]:
+    if result.report.get("integer_io"):
+        return models.run_integer_only(result.model, feeds, optimize=optimize)
+    return models.run(result.model, feeds, optimize=optimize)
+
+
+@pytest.mark.parametrize("case_name, mode", list(combinations()))
+def test_mode_gives_a_valid_model_close_to_float(case_name, mode):
+    case = models.CASES[case_name]
+    result = quantized(case_name, mode)
+    onnx.checker.check_model(result.model, full_check=True)
+    feeds = case.feeds(HELD_OUT_SEED, 32)
+    reference = models.run(case.build(), feeds)
+    # As written (no graph rewrites) and as deployed (ONNX Runtime fuses Q/DQ into integer kernels).
+    for optimize in (False, True):
+        result_outputs = outputs(result, feeds, optimize)
+        assert [o.shape for o in result_outputs] == [r.shape for r in reference]
+        cosine = models.worst_cosine(reference, result_outputs)
+        assert cosine >= COSINE_BOUND[mode], f"optimize={optimize}: worst cosine {cosine:.5f}"
+
+
+@pytest.mark.parametrize("case_name, mode", list(combinations()))
+def test_mode_shrinks_the_file(case_name, mode):
+    case = models.CASES[case_name]
+    result = quantized(case_name, mode)
+    ratio = len(result.model.SerializeToString()) / len(case.build().SerializeToString())
+    assert ratio <= SIZE_BOUND[mode]
+    assert result.report["size_bytes"]["quantized"] == result.model.ByteSize()
+
+
+@pytest.mark.parametrize("case_name, mode", list(combinations()))
+def test_report_is_complete(case_name, mode):
+    result = quantized(case_name, mode)
+    report = result.report
+    assert report["mode"] == MODES[mode]().mode
+    assert report["config"] == MODES[mode]().to_dict()
+    if mode in ("int8", "int8_integer_only", "int16x8"):
+        assert isinstance(report["kept_float"], dict)
+        assert report["calibration_samples"] == 64
+
+
+@pytest.mark.parametrize("case_name", sorted(INTEGER_ONLY_IMPOSSIBLE))
+def test_integer_only_names_the_operator_it_cannot_quantize(case_name):
+    case = models.CASES[case_name]
+    with pytest.raises(edgeopt.EdgeoptError, match=INTEGER_ONLY_IMPOSSIBLE[case_name]):
+        edgeopt.quantize(case.build(), edgeopt.Int8Config(integer_only=True),
+                         calibration=case.feeds(CALIBRATION_SEED, 16))
+
+
+def test_integer_only_two_inputs_two_outputs_are_all_integers():
+    result = quantized("two_io", "int8_integer_only")
+    assert {v.name: v.type.tensor_type.elem_type for v in result.model.graph.input} == \
+        {"a": TensorProto.UINT8, "b": TensorProto.UINT8}
+    assert {v.name: v.type.tensor_type.elem_type for v in result.model.graph.output} == \
+        {"out_sum": TensorProto.UINT8, "out_b": TensorProto.UINT8}
+
+
+def test_int16x8_uses_16_bit_activations():
+    result = quantized("conv_net", "int16x8")
+    activation_types = {p["dtype"] for p in result.report["plan"]["activations"].values()}
+    assert activation_types == {"int16"}
+
+
+def test_dynamic_rewrites_matmuls_to_integer_kernels():
+    result = quantized("attention", "dynamic")
+    ops = [node.op_type for node in result.model.graph.node]
+    # q, k, v and output projections: four constant-weight MatMuls; scores and context stay float.
+    assert ops.count("MatMulInteger") == 4
+    assert ops.count("MatMul") == 2
+
+
+@pytest.mark.parametrize("options", [
+    {"calibration_method": "minmax"}, {"calibration_method": "entropy"}, {"calibration_method": "mse"},
+    {"activation_type": "int8"}, {"per_channel": False}, {"fallback": False},
+    {"max_calibration_samples": 16},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_int8_options_stay_close_to_float(options):
+    case = models.CASES["conv_net"]
+    result = edgeopt.quantize(case.build(), edgeopt.Int8Config(**options),
+                              calibration=case.feeds(CALIBRATION_SEED, 64))
+    feeds = case.feeds(HELD_OUT_SEED, 32)
+    cosine = models.worst_cosine(models.run(case.build(), feeds), models.run(result.model, feeds))
+    assert cosine >= COSINE_BOUND["int8"]
+    if "max_calibration_samples" in options:
+        # Batches are 16 samples; calibration stops at the first batch that reaches the limit.
+        assert result.report["calibration_samples"] == 16
+
+
+def test_float16_keeps_excluded_nodes_float32():
+    # Config docs: "exclude: Node names or operator types to keep in float".
+    model = models.conv_net()
+    result = edgeopt.quantize(model, edgeopt.Float16Config(exclude=("fc1",)))
+    types = {init.name: init.data_type for init in result.model.graph.initializer}
+    assert types.get("fc1_w") == TensorProto.FLOAT
+
+
+# --- calibration data forms ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv_calibration():
+    return models.CASES["conv_net"].feeds(CALIBRATION_SEED, 48)
+
+
+@pytest.fixture(scope="module")
+def plan_from_dict(conv_calibration):
+    result = edgeopt.quantize(models.conv_net(), edgeopt.Int8Config(), calibration=conv_calibration)
+    return result.report["plan"]
+
+
+def test_calibration_as_iterable_of_dicts(conv_calibration, plan_from_dict):
+    array = conv_calibration["input"]
+
+    def batches():  # a generator, consumed once; batches of 16 as the dict form uses
+        for start in range(0, len(array), 16):
+            yield {"input": array[start:start + 16]}
+
+    result = edgeopt.quantize(models.conv_net(), edgeopt.Int8Config(), calibration=batches())
+    assert result.report["calibration_samples"] == 48
+    # The same values in the same batches give the same histograms and so the same plan.
+    assert result.report["plan"] == plan_from_dict
+
+
+def test_calibration_as_list_of_single_samples(conv_calibration):
+    samples = [{"input": conv_calibration["input"][i:i + 1]} for i in range(12)]
+    result = edgeopt.quantize(models.conv_net(), edgeopt.Int8Config(), calibration=samples)
+    assert result.report["calibration_samples"] == 12
+
+
+def test_calibration_as_npz_path(tmp_path, conv_calibration, plan_from_dict):
+    path = tmp_path / "calibration.npz"
+    np.savez(path, **conv_calibration)
+    for source in (path, str(path)):
+        result = edgeopt.quantize(models.conv_net(), edgeopt.Int8Config(), calibration=source)
+        assert result.report["calibration_samples"] == 48
+        assert result.report["plan"] == plan_from_dict
+
+
+def test_npz_with_a_single_array_named_x_feeds_a_one_input_model(tmp_path, conv_calibration, plan_from_dict):
+    path = tmp_path / "x.npz"
+    np.savez(path, x=conv_calibration["input"])  # the model's input is named "input"
+    result = edgeopt.quantize(models.conv_net(), edgeopt.Int8Config(), calibration=path)
+    assert result.report["plan"] == plan_from_dict
+
+
+def test_calibration_dict_for_two_inputs_and_model_from_path(tmp_path):
+    case = models.CASES["two_io"]
+    model_path = tmp_path / "two_io.onnx"
+    onnx.save(case.build(), str(model_path))
+    calibration = case.feeds(CALIBRATION_SEED, 20)
+    result = edgeopt.quantize(model_path, edgeopt.Int16x8Config(), calibration=calibration)
+    assert result.report["calibration_samples"] == 20
+    out = tmp_path / "two_io.int16x8.onnx"
+    result.save(out)
+    onnx.checker.check_model(str(out), full_check=True)
+    assert out.read_bytes() == result.model.SerializeToString()
