@@ -72,7 +72,10 @@ def make_integer_io(model: onnx.ModelProto, plan: QuantizationPlan) -> dict[str,
 
 
 def _consumer_ops(view: GraphView, name: str) -> str:
-    return ", ".join(f"{n.op_type} {n.name!r}" for n in view.consumers.get(name, []))
+    consumers = view.consumers.get(name, [])
+    if not consumers:
+        return "it is read only inside If/Loop/Scan bodies"
+    return ", ".join(f"{n.op_type} {n.name!r}" for n in consumers)
 
 
 def check_no_float_operators(model: onnx.ModelProto) -> None:
