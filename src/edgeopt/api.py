@@ -12,7 +12,7 @@ import onnx
 from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
 from .data import input_specs, iterate_feeds, take
 from .errors import EdgeoptError
-from .model_io import load_model, save_model
+from .model_io import load_model, passes_full_check, save_model
 from .quantization import dynamic, qdq, static, weights
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.integer_io import make_integer_io
@@ -55,12 +55,18 @@ def quantize(model, config: _Config, calibration=None) -> QuantizationResult:
     handler = _HANDLERS[type(config)]
     source = load_model(model)
     _check_has_float_weights(source)
+    full_check = passes_full_check(source)
     started = time.perf_counter()
     prepared = onnx.ModelProto()
     prepared.CopyFrom(source)
     prepare(prepared)
     result = handler(prepared, config, calibration)
-    onnx.checker.check_model(result.model, full_check=True)
+    try:
+        onnx.checker.check_model(result.model, full_check=full_check)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise EdgeoptError(f"the {config.mode} model edgeopt built fails onnx's checker ({first}); "
+                           "please report this with the model") from None
     result.report.update({
         "mode": config.mode, "config": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 3),
@@ -104,8 +110,10 @@ def _float16(model: onnx.ModelProto, config: Float16Config, calibration) -> Quan
 @register_handler(DynamicConfig)
 def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> QuantizationResult:
     skip = _excluded_weights(model, config.exclude)
+    original = {init.name for init in model.graph.initializer}
     rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude)
-    stored = weights.store_int8(model, config.min_elements, skip=skip, per_channel=config.per_channel)
+    stored = weights.store_int8(model, config.min_elements, skip=skip, per_channel=config.per_channel,
+                                only=original)
     return QuantizationResult(model, {"dynamic_matmuls": rewritten, "int8_stored_weights": len(stored)})
 
 
@@ -116,6 +124,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         raise EdgeoptError(f"mode {config.mode} needs calibration data (--calibration DATA.npz or an image folder)")
     view = GraphView(model)
     excluded = _excluded_weights(model, config.exclude)
+    original = {init.name for init in model.graph.initializer}
     specs = input_specs(model)
     dtypes = tensor_dtypes(model)
     selection = static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
@@ -125,7 +134,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
             raise EdgeoptError("integer-only: no operator in the main graph can be quantized (none of Conv, "
                                "MatMul, Gemm, Add, ... with float inputs)")
         # Nothing to calibrate (e.g. all compute inside If/Loop bodies): still shrink the weights.
-        stored = weights.store_int8(model, per_channel=config.per_channel)
+        stored = weights.store_int8(model, skip=excluded, per_channel=config.per_channel)
         logger.warning("no operator can be quantized statically; stored %d weights as int8 only", len(stored))
         return QuantizationResult(model, {"quantized_nodes": {}, "int8_stored_weights": len(stored),
                                           "kept_float": {"*": "no operator in the main graph can be quantized "
@@ -158,7 +167,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         quantized.CopyFrom(model)
         qdq.apply_plan(quantized, plan)
         io_params = make_integer_io(quantized, plan) if config.integer_only else {}
-        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel)
+        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original)
         cosine = _worst_cosine(reference, quantized, check_feeds, io_params)
         attempts.append({"kept_float": len(keep_float), "worst_cosine": round(cosine, 6)})
         if config.integer_only or not config.fallback or cosine >= config.target_cosine:

@@ -147,7 +147,7 @@ class Dataset:
             for name, array in self.arrays.items():
                 spec = specs[name]
                 if self.stacked[name]:
-                    feed[name] = array[start]
+                    feed[name] = np.asarray(array[start])
                     continue
                 rows = spec.samples_per_feed
                 index = [slice(None)] * array.ndim

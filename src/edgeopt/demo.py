@@ -12,6 +12,7 @@ import numpy as np
 from .api import quantize
 from .config import DynamicConfig, Float16Config, Int8Config
 from .data import Dataset, input_specs
+from .errors import EdgeoptError
 from .measure import evaluate
 from .model_io import check_writable, load_model, save_model, write_bytes_atomic
 
@@ -45,7 +46,14 @@ def default_datasets() -> tuple[Dataset, Dataset]:
 def run_demo(output_dir: "str | pathlib.Path" = "edgeopt-demo", threads: int = 1, runs: int = 200) -> dict:
     """Quantize the default model every way, measure each, write models, data and tables to ``output_dir``."""
     output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if threads < 1 or runs < 1:
+        raise EdgeoptError(f"threads and runs must be >= 1, got {threads} and {runs}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise EdgeoptError(f"--output-dir {output_dir} is a file; expected a folder (it is created if missing)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeoptError(f"--output-dir {output_dir}: cannot create it ({exc.strerror})") from None
     check_writable(output_dir / "results.json")
     source = default_model_path()
     calibration, evaluation = default_datasets()

@@ -81,10 +81,12 @@ class _Runner:
         return encode_feed(feed, self.io_params) if self.io_params else feed
 
     def run_encoded(self, feed):
-        return self.session.run(None, feed)
+        from .quantization.static import run_checked
+
+        return run_checked(self.session, None, feed, "the data")
 
     def run(self, feed) -> list:
-        outputs = self.session.run(None, self.encode(feed))
+        outputs = self.run_encoded(self.encode(feed))
         return decode_outputs(outputs, self.output_names, self.io_params) if self.io_params else outputs
 
 
@@ -108,7 +110,12 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     outputs = _run_all(runner, dataset, batch_size)
     result["latency_ms"] = measure_latency(runner, dataset, warmup, runs)
     if dataset.labels is not None:
-        logits = np.concatenate([batch[0] for batch in outputs]).reshape(len(dataset), -1)
+        first = [np.asarray(batch[0]) for batch in outputs]
+        rows = sum(len(batch) if batch.ndim else 0 for batch in first)
+        if rows != len(dataset):
+            raise EdgeoptError(f"labels need one row of scores per sample from the first output; it gave "
+                               f"{rows} rows for {len(dataset)} samples")
+        logits = np.concatenate(first).reshape(len(dataset), -1)
         result["top1"] = float(np.mean(logits.argmax(axis=1) == dataset.labels))
     else:
         result["top1"] = None
@@ -116,6 +123,11 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     if reference is not None:
         reference_model = load_model(reference)
         reference_runner = _Runner(reference_model, threads)
+        ours = [(spec.name, spec.shape) for spec in runner.float_specs]
+        theirs = [(spec.name, spec.shape) for spec in reference_runner.float_specs]
+        if [name for name, _ in ours] != [name for name, _ in theirs]:
+            raise EdgeoptError(f"--reference {reference} has inputs {[n for n, _ in theirs]}; the model has "
+                               f"{[n for n, _ in ours]} (expected the float model this one was made from)")
         result["reference"] = str(reference)
         result["fidelity"] = compare(_run_all(reference_runner, dataset, batch_size), outputs,
                                      reference_runner.output_names)

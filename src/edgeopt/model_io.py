@@ -44,6 +44,16 @@ def _check(model: onnx.ModelProto, where: str) -> None:
         raise EdgeoptError(f"{where}: invalid ONNX model ({first_line[:200]})") from None
 
 
+def passes_full_check(model: onnx.ModelProto) -> bool:
+    """Whether onnx's checker with shape inference accepts the model (some models that run fine
+    declare output shapes inference disagrees with; their outputs get the plain check)."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return True
+    except Exception:
+        return False
+
+
 def check_writable(path: "str | os.PathLike", *, inputs: tuple = ()) -> pathlib.Path:
     """Fail early, before any work, when ``path`` cannot be written or would overwrite an input."""
     path = pathlib.Path(path)
@@ -72,6 +82,9 @@ def write_bytes_atomic(path: "str | os.PathLike", data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -127,23 +127,34 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's If/Loop/Scan bodies read from the enclosing graph."""
+    wrapper = onnx.GraphProto()
+    wrapper.node.append(node)
+    return _subgraph_inputs(wrapper)
+
+
 def topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so each comes after the producers of its inputs (passes may append nodes)."""
-    available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
-    available |= _subgraph_inputs(graph)
-    pending = list(graph.node)
+    """Reorder nodes so each comes after the producers of its inputs, including the names its
+    control-flow bodies read (passes may append nodes)."""
+    produced = {name for node in graph.node for name in node.output}
+    needs = [[name for name in list(node.input) + sorted(_outer_reads(node)) if name in produced]
+             for node in graph.node]
+    available: set[str] = set()
+    pending = list(zip(graph.node, needs))
     ordered: list[onnx.NodeProto] = []
     while pending:
         remaining = []
-        for node in pending:
-            if all(name in available for name in node.input):
+        for node, wanted in pending:
+            if all(name in available for name in wanted):
                 ordered.append(node)
                 available.update(node.output)
             else:
-                remaining.append(node)
+                remaining.append((node, wanted))
         if len(remaining) == len(pending):
-            ordered.extend(remaining)  # cycle or outer-scope names: keep the original order
+            ordered.extend(node for node, _ in remaining)  # a cycle: keep the original order
             break
         pending = remaining
+    ordered = [onnx.NodeProto.FromString(node.SerializeToString()) for node in ordered]
     del graph.node[:]
     graph.node.extend(ordered)

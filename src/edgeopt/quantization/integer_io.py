@@ -51,7 +51,17 @@ def make_integer_io(model: onnx.ModelProto, plan: QuantizationPlan) -> dict[str,
                                f"({producer.name if producer is not None else ''}), which cannot be quantized")
         params = plan.activations[value.name]
         quantize_output = producer.input[0]
-        removed.add(producer.name)
+        internal = view.consumers.get(value.name, [])
+        if internal:
+            # Also read inside the graph: those readers keep a DequantizeLinear of their own.
+            inner = view.unique(f"{value.name}_dequantized")
+            producer.output[0] = inner
+            for consumer in internal:
+                for i, name in enumerate(consumer.input):
+                    if name == value.name:
+                        consumer.input[i] = inner
+        else:
+            removed.add(producer.name)
         quantize_node = view.producer[quantize_output]
         quantize_node.output[0] = value.name
         for consumer in view.consumers.get(quantize_output, []):

@@ -136,6 +136,7 @@ def fold_constants(model: onnx.ModelProto) -> bool:
         model.graph.node.extend(kept)
         # Outputs that became initializers still need a producer node: keep them via Identity.
         _restore_folded_outputs(model)
+        topological_sort(model.graph)
         GraphView(model).remove_unused_initializers()
         logger.info("folded %d constant nodes", folded)
     return bool(folded)

@@ -62,6 +62,9 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
                 inputs = None
                 break
             if view.is_constant(name):
+                if not np.all(np.isfinite(view.constant(name))):
+                    inputs = None  # e.g. a -inf attention mask: no integer can hold it
+                    break
                 constants[(node.name, index)] = name
             else:
                 inputs.append(name)
@@ -71,6 +74,9 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
         if rule.shares_scale and inputs[0] not in selection.activations and not integer_only:
             continue  # only worth it when the data is already quantized
         if keep_float & (set(inputs) | set(outputs)):
+            continue
+        if any(view.is_constant(node.input[i]) and not np.all(np.isfinite(view.constant(node.input[i])))
+               for i in list(rule.weights) + ([rule.bias] if rule.bias is not None else []) if i < len(node.input)):
             continue
         selection.nodes.append(node)
         selection.activations.update(inputs)
@@ -199,13 +205,16 @@ def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan
         weight = result.weights[weight_key]
         input_scale = float(result.activations[node.input[0]].scale)
         weight_scale = np.asarray(weight.scale, dtype=np.float64)
-        if bias.ndim != 1 or (weight_scale.ndim == 1 and weight_scale.size != bias.size):
+        if bias.ndim != 1 or (weight_scale.ndim == 1 and weight_scale.size != bias.size) \
+                or not np.all(np.isfinite(bias)):
             continue
         scale = input_scale * weight_scale
         # A bias too large for int32 at this scale: widen that channel's weight scale instead.
         needed = np.abs(bias) / (input_scale * limit)
         if np.any(needed > weight_scale):
             widened = np.maximum(weight_scale, needed * 1.01)
+            if weight_scale.ndim == 0:  # per tensor: one wider scale for all channels
+                widened = np.asarray(widened.max())
             result.weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
                                                      weight.axis)
             scale = input_scale * widened

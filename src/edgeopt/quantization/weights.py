@@ -44,7 +44,11 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
             kept.append(init)
             continue
         array = numpy_helper.to_array(init)
-        initializers, nodes = encode(init.name, array, view)
+        encoded = encode(init.name, array, view)
+        if encoded is None:
+            kept.append(init)
+            continue
+        initializers, nodes = encoded
         kept.extend(initializers)
         new_nodes.extend(nodes)
         stored.append(init.name)
@@ -58,11 +62,24 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
 
 
 def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] = frozenset(),
-               per_channel: bool = True) -> list[str]:
-    """Store float initializers of at least ``min_elements`` values as int8 + scale; returns their names."""
+               per_channel: bool = True, only: set[str] | None = None) -> list[str]:
+    """Store float weights of at least ``min_elements`` values as int8 + scale; returns their names.
+
+    ``only`` limits the main graph to these initializers: callers pass the model's own weights, so
+    that scales and other parameters a quantization pass created are never quantized again.
+    """
+    if only is not None:
+        skip = set(skip) | ({init.name for init in model.graph.initializer} - set(only))
 
     def encode(name, array, view):
-        params = weight_params(array, _weight_axis(name, array, view) if per_channel else None)
+        # Only real weights: matrices and kernels with finite values, at least 8 values per scale
+        # (a bias or a per-gate vector would grow, or lose precision, as int8).
+        if array.ndim < 2 or not np.all(np.isfinite(array)):
+            return None
+        axis = _weight_axis(name, array, view) if per_channel else None
+        if axis is not None and array.size // array.shape[axis] < 8:
+            return None
+        params = weight_params(array, axis)
         quantized = numpy_helper.from_array(quantize(array, params), view.unique(f"{name}_int8"))
         scale = np.asarray(params.scale, dtype=np.float32)
         if params.axis is not None:
@@ -82,7 +99,11 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
     """Store float initializers as float16 behind a Cast back to float32; returns their names."""
 
     def encode(name, array, view):
-        half = numpy_helper.from_array(array.astype(np.float16), view.unique(f"{name}_float16"))
+        # Saturate to float16's range: attention masks often hold float32's lowest value, which
+        # would become -inf (and NaN after a fully masked softmax).
+        limit = float(np.finfo(np.float16).max)
+        half = numpy_helper.from_array(np.clip(array, -limit, limit).astype(np.float16),
+                                       view.unique(f"{name}_float16"))
         return [half], [view.make_node("Cast", [half.name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
 
     return _apply_everywhere(model, min_elements, skip, encode)
