@@ -4,6 +4,8 @@
 * :func:`lift_constants` – weights held in Constant nodes become initializers (and get quantized).
 * :func:`fold_constants` – subgraphs computed only from constants are evaluated once.
 * :func:`fold_batch_norm` – BatchNormalization after Conv/ConvTranspose merges into its weights.
+* :func:`strip_node_metadata` – exporter provenance on every node (PyTorch's dynamo exporter
+  writes stack traces and module paths) goes; it can weigh as much as the weights.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "R
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every preparation pass; returns the same (edited) model."""
     upgrade_opset(model)
+    strip_node_metadata(model)
     lift_constants(model)
     remove_initializer_inputs(model)
     fold_constants(model)
@@ -50,6 +53,18 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
     model.CopyFrom(upgraded)
     logger.info("converted opset %d to %d", version, minimum)
     return True
+
+
+def strip_node_metadata(model: onnx.ModelProto) -> bool:
+    """Drop per-node ``metadata_props`` and ``doc_string`` (debug information, not semantics)."""
+    changed = False
+    for graph in [model.graph, *_bodies(model.graph)]:
+        for node in graph.node:
+            if len(node.metadata_props) or node.doc_string:
+                node.ClearField("metadata_props")
+                node.ClearField("doc_string")
+                changed = True
+    return changed
 
 
 def lift_constants(model: onnx.ModelProto) -> bool:
