@@ -17,6 +17,9 @@ from onnx import TensorProto, numpy_helper
 from .graph import GraphView, attribute
 from .numerics import quantize, weight_params
 
+# Above this magnitude a "weight" is a mask or a sentinel; int8 storage would overflow on restore.
+LARGEST_WEIGHT = 1e30
+
 
 def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
     """Quantize along the output channel: last axis for MatMul right operands, else axis 0."""
@@ -74,8 +77,8 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
     def encode(name, array, view):
         # Only real weights: matrices and kernels with finite values, at least 8 values per scale
         # (a bias or a per-gate vector would grow, or lose precision, as int8).
-        if array.ndim < 2 or not np.all(np.isfinite(array)):
-            return None
+        if array.ndim < 2 or not np.all(np.isfinite(array)) or np.abs(array).max(initial=0.0) > LARGEST_WEIGHT:
+            return None  # masks of -inf or float32's lowest value are not weights: keep them exact
         axis = _weight_axis(name, array, view) if per_channel else None
         if axis is not None and array.size // array.shape[axis] < 8:
             return None
@@ -99,11 +102,11 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
     """Store float initializers as float16 behind a Cast back to float32; returns their names."""
 
     def encode(name, array, view):
-        # Saturate to float16's range: attention masks often hold float32's lowest value, which
-        # would become -inf (and NaN after a fully masked softmax).
-        limit = float(np.finfo(np.float16).max)
-        half = numpy_helper.from_array(np.clip(array, -limit, limit).astype(np.float16),
-                                       view.unique(f"{name}_float16"))
+        # Values outside float16's range (attention masks holding float32's lowest value) would
+        # become -inf, and NaN after a fully masked softmax: such tensors stay float32.
+        if np.any(np.abs(array[np.isfinite(array)]) > np.finfo(np.float16).max):
+            return None
+        half = numpy_helper.from_array(array.astype(np.float16), view.unique(f"{name}_float16"))
         return [half], [view.make_node("Cast", [half.name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
 
     return _apply_everywhere(model, min_elements, skip, encode)
