@@ -1,90 +1,105 @@
-"""Run edgeopt's benchmarks and write benchmarks/RESULTS.md and results.json.
+"""Run edgeopt's reference benchmark and write benchmarks/RESULTS.md, results.json and results.png.
 
-    python -m benchmarks            # the default CNN on the full Fashion-MNIST test set
-    python -m benchmarks --quick    # 2,000 shipped test images, fewer latency runs
+    python -m benchmarks                       # every case (about 30 minutes on 2 cores)
+    python -m benchmarks --quick               # two cases, 1,000 samples, fewer variants (< 5 minutes)
+    python -m benchmarks --only minilm silero-vad
+    python -m benchmarks --render              # rewrite RESULTS.md/png from results.json
 
-Every row is measured in this run on this machine; latency ratios compare rows measured in
-interleaved rounds of the same run, since shared machines are noisy.
+Each optimizer runs in a fresh process (wall time, peak memory, a timeout); every variant is scored
+on the same evaluation data against the same float model; latencies of a case's variants are
+measured in interleaved rounds in one run, so their ratios share this machine's noise.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-import edgeopt
-from edgeopt.data import Dataset, input_specs
-from edgeopt.demo import default_datasets, default_model_path
-from edgeopt.model_io import load_model
-
-from . import anchors
+from . import cases as case_registry
+from .optimize import ANCHORS, EDGEOPT, VARIANTS
 
 HERE = pathlib.Path(__file__).resolve().parent
-FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
+TIMEOUT_S = 300
+QUICK_CASES = ("default-cnn", "mobilenet-v2-fashion")
+QUICK_VARIANTS = ("edgeopt float16", "edgeopt dynamic", "edgeopt int8 percentile", "edgeopt int8 integer-only",
+                  "onnxruntime static U8S8 minmax", "onnxruntime dynamic")
+METRIC_NAMES = {"top1": "top-1", "agreement": "top-1 agreement with float", "cosine": "mean embedding cosine",
+                "vad": "speech/no-speech agreement"}
 
 
-def full_test_set(specs) -> Dataset | None:
-    """The 10,000 Fashion-MNIST test images from the Debian package, when it is installed."""
-    images_path, labels_path = FASHION / "t10k-images-idx3-ubyte.gz", FASHION / "t10k-labels-idx1-ubyte.gz"
-    if not images_path.exists():
-        return None
-    images = np.frombuffer(gzip.decompress(images_path.read_bytes()), np.uint8, offset=16).reshape(-1, 1, 28, 28)
-    labels = np.frombuffer(gzip.decompress(labels_path.read_bytes()), np.uint8, offset=8).astype(np.int64)
-    return Dataset({specs[0].name: images.astype(np.float32) / 255.0}, specs, labels, where="fashion-mnist test")
-
-
-def build_variants(work: pathlib.Path, calibration: Dataset) -> dict[str, tuple[pathlib.Path, float]]:
-    """Every optimized model: name -> (path, seconds to produce it)."""
-    source = default_model_path()
-    variants = {"float": (source, 0.0)}
-    edgeopt_configs = {
-        "edgeopt float16": edgeopt.Float16Config(),
-        "edgeopt dynamic": edgeopt.DynamicConfig(),
-        **{f"edgeopt int8 {m}": edgeopt.Int8Config(calibration_method=m)
-           for m in ("percentile", "minmax", "entropy", "mse")},
-        "edgeopt int8 integer-only": edgeopt.Int8Config(integer_only=True),
-        "edgeopt int16x8": edgeopt.Int16x8Config(),
-    }
-    for name, config in edgeopt_configs.items():
-        path = work / (name.replace(" ", "_") + ".onnx")
+def produce(case, variants, work: pathlib.Path) -> dict[str, dict]:
+    """Every optimized model of a case, each made in its own process."""
+    calibration = work / "calibration.npz"
+    case.calibration.save(calibration)
+    made = {"float": {"path": str(case.model), "seconds": 0.0, "peak_mb": None, "error": None}}
+    for variant in variants:
+        output = work / (variant.replace(" ", "_") + ".onnx")
+        command = [sys.executable, "-m", "benchmarks.optimize", variant, str(case.model), str(calibration),
+                   str(output)]
         start = time.perf_counter()
-        edgeopt.quantize(source, config, calibration=calibration).save(path)
-        variants[name] = (path, time.perf_counter() - start)
-    feeds = anchors.batches_of_one(calibration.arrays)
-    for method in ("minmax", "entropy", "percentile"):
-        path = work / f"ort_static_{method}.onnx"
-        start = time.perf_counter()
-        anchors.onnxruntime_static(source, path, feeds, method)
-        variants[f"onnxruntime static U8S8 {method}"] = (path, time.perf_counter() - start)
-    path = work / "ort_static_s8s8_minmax.onnx"
-    start = time.perf_counter()
-    anchors.onnxruntime_static(source, path, feeds, "minmax", activation_type="int8")
-    variants["onnxruntime static S8S8 minmax"] = (path, time.perf_counter() - start)
-    path = work / "ort_dynamic.onnx"
-    start = time.perf_counter()
-    anchors.onnxruntime_dynamic(source, path)
-    variants["onnxruntime dynamic"] = (path, time.perf_counter() - start)
-    return variants
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=HERE.parent)
+            report = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else \
+                {"seconds": time.perf_counter() - start, "peak_mb": None,
+                 "error": (done.stderr.strip().splitlines() or ["crashed"])[-1][:200]}
+        except subprocess.TimeoutExpired:
+            report = {"seconds": TIMEOUT_S, "peak_mb": None, "error": f"timed out after {TIMEOUT_S} s"}
+        if report["error"] is None and not output.exists():
+            report["error"] = "no model written"
+        report["path"] = str(output) if report["error"] is None else None
+        made[variant] = report
+        print(f"  {variant}: {report['seconds']:.1f} s, {report['error'] or 'ok'}", flush=True)
+    return made
 
 
-def interleaved_latency(paths: dict[str, pathlib.Path], dataset: Dataset, threads: int, rounds: int,
-                        runs: int) -> dict[str, dict]:
-    """Median and p90 single-image latency, rounds interleaved across models to share the noise."""
-    from edgeopt.measure import _Runner
+def outputs_of(path: str, dataset, threads: int = 2) -> list[np.ndarray]:
+    from edgeopt.measure import ModelRunner
+    from edgeopt.model_io import load_model
 
-    runners = {name: _Runner(load_model(path), threads) for name, path in paths.items()}
-    feeds = {name: [r.encode(f) for f in dataset.batches(1, limit=32)] for name, r in runners.items()}
+    runner = ModelRunner(load_model(path), threads)
+    batches = [runner.run(feed) for feed in dataset.batches(64)]
+    return [np.concatenate([np.asarray(b[i]).reshape(len(np.asarray(b[i])) if np.ndim(b[i]) else 1, -1)
+                            for b in batches]) for i in range(len(batches[0]))]
+
+
+def score(metric: str, outputs: list[np.ndarray], reference: list[np.ndarray], labels) -> dict:
+    from edgeopt import fidelity
+
+    out, ref = outputs[0], reference[0]
+    cosine = fidelity.cosine_per_sample(ref, out)
+    result = {"sqnr_db": fidelity.sqnr_db(ref, out), "cosine_worst": float(cosine.min()),
+              "cosine_mean": float(cosine.mean())}
+    if metric == "top1":
+        result["metric"] = float(np.mean(out.argmax(1) == labels))
+        result["agreement"] = fidelity.top1_agreement(ref, out)
+    elif metric == "agreement":
+        result["metric"] = fidelity.top1_agreement(ref, out)
+    elif metric == "cosine":
+        result["metric"] = float(cosine.mean())
+    elif metric == "vad":
+        result["metric"] = float(np.mean((out.ravel() > 0.5) == (ref.ravel() > 0.5)))
+        result["max_abs_difference"] = float(np.abs(out.ravel() - ref.ravel()).max())
+    return result
+
+
+def interleaved_latency(paths: dict[str, str], dataset, threads: int, rounds: int, runs: int) -> dict:
+    from edgeopt.measure import ModelRunner
+    from edgeopt.model_io import load_model
+
+    runners = {name: ModelRunner(load_model(path), threads) for name, path in paths.items()}
+    feeds = {name: [r.encode(f) for f in dataset.batches(1, limit=16)] for name, r in runners.items()}
     times = {name: [] for name in paths}
     for name, runner in runners.items():
-        for feed in feeds[name][:10]:
+        for feed in feeds[name][:5]:
             runner.run_encoded(feed)
     for _ in range(rounds):
         for name, runner in runners.items():
@@ -95,91 +110,79 @@ def interleaved_latency(paths: dict[str, pathlib.Path], dataset: Dataset, thread
     return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90))} for name, t in times.items()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="edgeopt benchmarks")
-    parser.add_argument("--quick", action="store_true", help="shipped 2,000-image subset, fewer latency runs")
-    parser.add_argument("--work", type=pathlib.Path, default=HERE / ".cache")
-    args = parser.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-
-    specs = input_specs(load_model(default_model_path()))
-    calibration, subset = default_datasets()
-    test = None if args.quick else full_test_set(specs)
-    test = test or subset
-    variants = build_variants(args.work, calibration)
+def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
+    print(f"{name}: preparing model and data", flush=True)
+    case = case_registry.CASES[name]()
+    evaluation = case.evaluation
+    if quick and len(evaluation) > 1000:
+        evaluation = evaluation.subset(np.arange(1000))
+    work = work / name
+    work.mkdir(parents=True, exist_ok=True)
+    made = produce(case, QUICK_VARIANTS if quick else VARIANTS, work)
+    reference = outputs_of(str(case.model), evaluation)
     rows = {}
-    for name, (path, seconds) in variants.items():
-        measured = edgeopt.evaluate(path, test, reference=None if name == "float" else default_model_path(),
-                                    runs=1, warmup=0)
-        rows[name] = {"top1": measured["top1"], "size": measured["size"], "seconds": seconds,
-                      "fidelity": measured["fidelity"]}
-    paths = {name: path for name, (path, _) in variants.items()}
+    for variant, report in made.items():
+        row = {"seconds": report["seconds"], "peak_mb": report["peak_mb"], "error": report["error"]}
+        if report["path"]:
+            try:
+                row.update(score(case.metric, outputs_of(report["path"], evaluation), reference, evaluation.labels))
+                data = pathlib.Path(report["path"]).read_bytes()
+                import gzip
+
+                row["size"] = {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
+            except Exception as exc:
+                row["error"] = f"does not run in onnxruntime: {str(exc).splitlines()[0][:160]}"
+        rows[variant] = row
+    runnable = {v: made[v]["path"] for v in rows if rows[v]["error"] is None}
+    heavy = case.metric in ("agreement", "cosine") or "mobilenet" in name
     for threads in (1, 2):
-        latency = interleaved_latency(paths, test, threads, rounds=3 if args.quick else 10, runs=50)
-        for name in rows:
-            rows[name][f"latency_{threads}t"] = latency[name]
-    write_results(rows, len(test), args.quick)
-    return 0
+        latency = interleaved_latency(runnable, evaluation, threads, rounds=2 if quick else (4 if heavy else 8),
+                                      runs=10 if heavy else 40)
+        for variant, value in latency.items():
+            rows[variant][f"latency_{threads}t"] = value
+    return {"name": name, "title": case.title, "metric": case.metric, "note": case.note,
+            "samples": len(evaluation), "rows": rows}
 
 
 def machine() -> str:
     cpu = "unknown CPU"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
     import onnx
     import onnxruntime
+
+    import edgeopt
 
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, onnx {onnx.__version__}, "
             f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}, edgeopt {edgeopt.__version__}")
 
 
-def write_results(rows: dict, samples: int, quick: bool) -> None:
-    base = rows["float"]
-    lines = [
-        "# edgeopt benchmark results", "",
-        f"Generated by `python -m benchmarks{' --quick' if quick else ''}` on "
-        f"{datetime.date.today().isoformat()}: {machine()}.", "",
-        f"## Default CNN (embedded model), Fashion-MNIST, {samples:,} test images", "",
-        "Calibration: the 500 shipped calibration images (held-out training images), the same for every tool. "
-        "Latency: single-image inference on ONNX Runtime, median (p90) over interleaved rounds.", "",
-        "| variant | top-1 | change (points) | latency 1 thread ms | x float | latency 2 threads ms | size KB | "
-        "x float | gzip KB | cosine worst | optimizer s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in rows.items():
-        l1, l2 = r["latency_1t"], r["latency_2t"]
-        cosine = (r["fidelity"] or {}).get("cosine_worst")
-        lines.append(
-            f"| {name} | {100 * r['top1']:.2f}% | {100 * (r['top1'] - base['top1']):+.2f} | "
-            f"{l1['median']:.3f} ({l1['p90']:.3f}) | {l1['median'] / base['latency_1t']['median']:.2f} | "
-            f"{l2['median']:.3f} ({l2['p90']:.3f}) | {r['size']['raw_bytes'] / 1000:.1f} | "
-            f"{r['size']['raw_bytes'] / base['size']['raw_bytes']:.3f} | {r['size']['gzip_bytes'] / 1000:.1f} | "
-            f"{'' if cosine is None else f'{cosine:.4f}'} | {r['seconds']:.1f} |")
-    ort = {k: v for k, v in rows.items() if k.startswith("onnxruntime static")}
-    best_name = max(ort, key=lambda k: (ort[k]["top1"], -ort[k]["latency_1t"]["median"]))
-    ours = rows["edgeopt int8 percentile"]
-    best = ort[best_name]
-    lines += [
-        "", "## edgeopt int8 (default settings) against the best onnxruntime static configuration", "",
-        f"Best onnxruntime static configuration by top-1: **{best_name}**.", "",
-        "| | edgeopt int8 | best onnxruntime | edgeopt / onnxruntime |", "|---|---|---|---|",
-        f"| top-1 | {100 * ours['top1']:.2f}% | {100 * best['top1']:.2f}% | "
-        f"{100 * (ours['top1'] - best['top1']):+.2f} points |",
-        f"| latency 1 thread | {ours['latency_1t']['median']:.3f} ms | {best['latency_1t']['median']:.3f} ms | "
-        f"{ours['latency_1t']['median'] / best['latency_1t']['median']:.2f}x |",
-        f"| size | {ours['size']['raw_bytes']:,} B | {best['size']['raw_bytes']:,} B | "
-        f"{ours['size']['raw_bytes'] / best['size']['raw_bytes']:.3f}x |",
-        "", "## Reading the table", "", (HERE / "READING.md").read_text().strip(), "",
-    ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    (HERE / "results.json").write_text(json.dumps({"samples": samples, "machine": machine(), "rows": rows},
-                                                  indent=2) + "\n")
-    print("\n".join(lines))
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="edgeopt reference benchmark")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=sorted(case_registry.CASES))
+    parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md and the figure")
+    parser.add_argument("--work", type=pathlib.Path, default=HERE / ".cache" / "runs")
+    args = parser.parse_args(argv)
+    results_path = HERE / "results.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if not args.render:
+        names = args.only or (QUICK_CASES if args.quick else list(case_registry.CASES))
+        previous_cases = {c["name"]: c for c in previous.get("cases", [])} if args.only else {}
+        for name in names:
+            started = time.perf_counter()
+            previous_cases[name] = run_case(name, args.quick, args.work)
+            previous_cases[name]["benchmark_seconds"] = round(time.perf_counter() - started)
+        ordered = [previous_cases[n] for n in case_registry.CASES if n in previous_cases]
+        previous = {"date": datetime.date.today().isoformat(), "machine": machine(), "quick": args.quick,
+                    "command": "python -m benchmarks" + (" --quick" if args.quick else ""), "cases": ordered}
+        results_path.write_text(json.dumps(previous, indent=2) + "\n")
+    from .report import render
+
+    render(previous, HERE)
+    return 0
 
 
 if __name__ == "__main__":

@@ -45,3 +45,13 @@ def onnxruntime_dynamic(model_path, output_path) -> None:
 def batches_of_one(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     count = len(next(iter(arrays.values())))
     return [{name: array[i:i + 1] for name, array in arrays.items()} for i in range(count)]
+
+
+def nncf_ptq(model_path, output_path, feeds) -> None:
+    """NNCF's post-training quantization on the ONNX model, default (performance) preset."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(model_path))
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=min(300, len(feeds)))
+    onnx.save(quantized, str(output_path))

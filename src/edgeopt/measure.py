@@ -62,7 +62,7 @@ def file_size(path: "str | os.PathLike") -> dict:
     return {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
 
 
-class _Runner:
+class ModelRunner:
     """One ONNX Runtime session that takes and returns float data, integer-only models included."""
 
     def __init__(self, model: onnx.ModelProto, threads: int | None):
@@ -101,7 +101,7 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     if threads < 1 or runs < 1 or warmup < 0:
         raise EdgeoptError(f"threads and runs must be >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
     model = load_model(model_path)
-    runner = _Runner(model, threads)
+    runner = ModelRunner(model, threads)
     dataset = data if isinstance(data, Dataset) else load_data(data, runner.float_specs, preprocessing)
     result = {"schema_version": SCHEMA_VERSION, "model": str(model_path), "samples": len(dataset),
               "threads": threads}
@@ -122,7 +122,7 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     result["fidelity"] = None
     if reference is not None:
         reference_model = load_model(reference)
-        reference_runner = _Runner(reference_model, threads)
+        reference_runner = ModelRunner(reference_model, threads)
         ours = [(spec.name, spec.shape) for spec in runner.float_specs]
         theirs = [(spec.name, spec.shape) for spec in reference_runner.float_specs]
         if [name for name, _ in ours] != [name for name, _ in theirs]:
@@ -134,11 +134,11 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     return result
 
 
-def _run_all(runner: _Runner, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
+def _run_all(runner: ModelRunner, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
     return [runner.run(feed) for feed in dataset.batches(batch_size)]
 
 
-def measure_latency(runner: _Runner, dataset: Dataset, warmup: int, runs: int) -> dict:
+def measure_latency(runner: ModelRunner, dataset: Dataset, warmup: int, runs: int) -> dict:
     feeds = [runner.encode(feed) for feed in dataset.batches(1, limit=min(len(dataset), 32))]
     for i in range(warmup):
         runner.run_encoded(feeds[i % len(feeds)])

@@ -1,0 +1,83 @@
+"""Produce one optimized model in this process and report its wall time and peak memory.
+
+    python -m benchmarks.optimize VARIANT MODEL.onnx CALIBRATION.npz OUT.onnx
+
+Run by the benchmark in a fresh process per variant, so each optimizer's peak memory (VmHWM) is
+its own. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt int8 percentile", "edgeopt int8 minmax",
+           "edgeopt int8 entropy", "edgeopt int8 mse", "edgeopt int8 integer-only", "edgeopt int16x8")
+ANCHORS = ("onnxruntime static U8S8 minmax", "onnxruntime static U8S8 entropy",
+           "onnxruntime static U8S8 percentile", "onnxruntime static S8S8 minmax", "onnxruntime dynamic",
+           "nncf ptq")
+VARIANTS = EDGEOPT + ANCHORS
+
+
+def peak_memory_mb() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def calibration_feeds(model_path: str, calibration: str) -> list[dict]:
+    from edgeopt.data import input_specs, load_npz
+    from edgeopt.model_io import load_model
+
+    return list(load_npz(calibration, input_specs(load_model(model_path))).batches(1))
+
+
+def produce(variant: str, model: str, calibration: str, output: str) -> None:
+    import edgeopt
+
+    from . import anchors
+
+    configs = {
+        "edgeopt float16": edgeopt.Float16Config(),
+        "edgeopt dynamic": edgeopt.DynamicConfig(),
+        "edgeopt int8 percentile": edgeopt.Int8Config(calibration_method="percentile"),
+        "edgeopt int8 minmax": edgeopt.Int8Config(calibration_method="minmax"),
+        "edgeopt int8 entropy": edgeopt.Int8Config(calibration_method="entropy"),
+        "edgeopt int8 mse": edgeopt.Int8Config(calibration_method="mse"),
+        "edgeopt int8 integer-only": edgeopt.Int8Config(integer_only=True),
+        "edgeopt int16x8": edgeopt.Int16x8Config(),
+    }
+    if variant in configs:
+        edgeopt.quantize(model, configs[variant], calibration=calibration).save(output)
+    elif variant.startswith("onnxruntime static"):
+        method = variant.rsplit(" ", 1)[1]
+        activation = "int8" if "S8S8" in variant else "uint8"
+        anchors.onnxruntime_static(model, output, calibration_feeds(model, calibration), method, activation)
+    elif variant == "onnxruntime dynamic":
+        anchors.onnxruntime_dynamic(model, output)
+    elif variant == "nncf ptq":
+        anchors.nncf_ptq(model, output, calibration_feeds(model, calibration))
+    else:
+        raise SystemExit(f"unknown variant {variant!r}")
+
+
+def main(argv=None) -> int:
+    variant, model, calibration, output = (argv or sys.argv[1:])
+    start = time.perf_counter()
+    try:
+        produce(variant, model, calibration, output)
+        error = None
+    except Exception as exc:  # recorded in the table: why this tool could not handle the model
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(), "error": error}))
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    raise SystemExit(main())

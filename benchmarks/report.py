@@ -1,0 +1,142 @@
+"""Turn results.json into RESULTS.md (tables, edgeopt/anchor ratios, targets) and results.png."""
+
+from __future__ import annotations
+
+import pathlib
+
+METRIC_NAMES = {"top1": "top-1", "agreement": "top-1 agreement with float", "cosine": "mean embedding cosine",
+                "vad": "speech/no-speech agreement with float"}
+EDGEOPT_INT8 = "edgeopt int8 percentile"
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _case_table(case: dict) -> list[str]:
+    rows = case["rows"]
+    base = rows["float"]
+    lines = [f"| variant | {METRIC_NAMES[case['metric']]} | change (points) | worst cosine | SQNR dB | "
+             "1 thread ms median (p90) | x float | 2 threads ms median (p90) | x float | size KB | x float | "
+             "gzip KB | optimizer s | peak MB |", "|" + "---|" * 14]
+    for name, r in rows.items():
+        if r.get("error"):
+            lines.append(f"| {name} | failed: {r['error']} |" + " |" * 12)
+            continue
+        l1, l2 = r["latency_1t"], r["latency_2t"]
+        sqnr = "" if name == "float" else f"{r['sqnr_db']:.1f}"
+        cosine = "" if name == "float" else f"{r['cosine_worst']:.4f}"
+        peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
+        lines.append(
+            f"| {name} | {_pct(r['metric'])} | {100 * (r['metric'] - base['metric']):+.2f} | {cosine} | {sqnr} | "
+            f"{l1['median']:.3f} ({l1['p90']:.3f}) | {l1['median'] / base['latency_1t']['median']:.2f} | "
+            f"{l2['median']:.3f} ({l2['p90']:.3f}) | {l2['median'] / base['latency_2t']['median']:.2f} | "
+            f"{r['size']['raw_bytes'] / 1000:.1f} | {r['size']['raw_bytes'] / base['size']['raw_bytes']:.3f} | "
+            f"{r['size']['gzip_bytes'] / 1000:.1f} | {r['seconds']:.1f} | {peak} |")
+    return lines
+
+
+def best_anchor(case: dict, static_only: bool = True) -> tuple[str, dict] | None:
+    anchors = {n: r for n, r in case["rows"].items() if not r.get("error") and
+               (n.startswith("onnxruntime static") or n == "nncf ptq" or (not static_only and "dynamic" in n))}
+    if not anchors:
+        return None
+    name = max(anchors, key=lambda n: (round(anchors[n]["metric"], 6), -anchors[n]["latency_1t"]["median"]))
+    return name, anchors[name]
+
+
+def _comparison(case: dict) -> list[str]:
+    ours = case["rows"].get(EDGEOPT_INT8)
+    best = best_anchor(case)
+    if ours is None or ours.get("error") or best is None:
+        return ["No comparison: edgeopt int8 or every static anchor failed on this model (see the table)."]
+    name, anchor = best
+    return [f"edgeopt int8 (defaults) against the most accurate static anchor, **{name}**: "
+            f"{METRIC_NAMES[case['metric']]} {100 * (ours['metric'] - anchor['metric']):+.2f} points, latency "
+            f"{ours['latency_1t']['median'] / anchor['latency_1t']['median']:.2f}x at 1 thread and "
+            f"{ours['latency_2t']['median'] / anchor['latency_2t']['median']:.2f}x at 2, size "
+            f"{ours['size']['raw_bytes'] / anchor['size']['raw_bytes']:.2f}x."]
+
+
+def targets(results: dict) -> list[str]:
+    cases = {c["name"]: c for c in results["cases"]}
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def row(text, measured, met):
+        lines.append(f"| {text} | {measured} | {'yes' if met else '**no**'} |")
+
+    mobilenet = cases.get("mobilenet-v2-fashion")
+    if mobilenet and not mobilenet["rows"].get(EDGEOPT_INT8, {}).get("error"):
+        base, ours = mobilenet["rows"]["float"], mobilenet["rows"][EDGEOPT_INT8]
+        change = 100 * (ours["metric"] - base["metric"])
+        row("MobileNetV2-Fashion int8 top-1 within 0.5 point of float", f"{change:+.2f} points", change >= -0.5)
+        ratio = ours["latency_1t"]["median"] / base["latency_1t"]["median"]
+        row("MobileNetV2-Fashion int8 latency <= 0.6x float (1 thread)", f"{ratio:.2f}x", ratio <= 0.6)
+        size = ours["size"]["raw_bytes"] / base["size"]["raw_bytes"]
+        row("MobileNetV2-Fashion int8 size <= 0.27x float", f"{size:.3f}x", size <= 0.27)
+    for case in results["cases"]:
+        ours = case["rows"].get(EDGEOPT_INT8)
+        best = best_anchor(case)
+        if ours is None or ours.get("error") or best is None:
+            continue
+        name, anchor = best
+        delta = 100 * (ours["metric"] - anchor["metric"])
+        ratio = ours["latency_1t"]["median"] / anchor["latency_1t"]["median"]
+        row(f"{case['name']}: int8 as accurate as the best anchor ({name})", f"{delta:+.2f} points", delta >= 0)
+        row(f"{case['name']}: int8 latency within 5% of that anchor", f"{ratio:.2f}x", ratio <= 1.05)
+    minilm = cases.get("minilm")
+    if minilm and not minilm["rows"].get("edgeopt dynamic", {}).get("error"):
+        dyn, base = minilm["rows"]["edgeopt dynamic"], minilm["rows"]["float"]
+        row("MiniLM dynamic: embedding cosine >= 0.99 (worst sentence)", f"{dyn['cosine_worst']:.4f}",
+            dyn["cosine_worst"] >= 0.99)
+        ratio = dyn["latency_1t"]["median"] / base["latency_1t"]["median"]
+        row("MiniLM dynamic: latency <= 0.7x float (1 thread)", f"{ratio:.2f}x", ratio <= 0.7)
+    return lines
+
+
+def figure(results: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = results["cases"]
+    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 3.2 * len(cases)), squeeze=False)
+    for (left, right), case in zip(axes, cases):
+        base = case["rows"]["float"]
+        for name, r in case["rows"].items():
+            if r.get("error"):
+                continue
+            colour = "black" if name == "float" else ("tab:blue" if name.startswith("edgeopt") else "tab:orange")
+            y = 100 * r["metric"]
+            left.scatter(r["size"]["raw_bytes"] / base["size"]["raw_bytes"], y, color=colour, s=18)
+            right.scatter(r["latency_1t"]["median"] / base["latency_1t"]["median"], y, color=colour, s=18)
+        left.set_title(f"{case['name']}: {METRIC_NAMES[case['metric']]} vs size", fontsize=9)
+        right.set_title(f"{case['name']}: {METRIC_NAMES[case['metric']]} vs latency (1 thread)", fontsize=9)
+        left.set_xlabel("size / float")
+        right.set_xlabel("latency / float")
+        right.set_xscale("log")
+        left.set_ylabel("%")
+    fig.legend(handles=[plt.Line2D([], [], marker="o", ls="", color=c, label=l) for c, l in
+                        (("black", "float"), ("tab:blue", "edgeopt"), ("tab:orange", "anchors"))], loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(results: dict, here: pathlib.Path) -> None:
+    lines = ["# edgeopt benchmark results", "",
+             f"Generated by `{results['command']}` on {results['date']}: {results['machine']}.", "",
+             "Every row was measured in that run. Latency: single-sample inference on ONNX Runtime, median "
+             "(p90), rounds interleaved across a model's variants. Optimizer time and peak memory: each "
+             "optimizer ran in a fresh process. Anchors got the same model and calibration data as edgeopt. "
+             "Figure: [results.png](results.png) (accuracy against size and against latency).", ""]
+    for case in results["cases"]:
+        lines += [f"## {case['title']}", "", f"{case['note']}.", ""] + _case_table(case) + [""]
+        lines += _comparison(case) + [""]
+    lines += ["## Targets", ""] + targets(results) + [""]
+    reading = here / "READING.md"
+    if reading.exists():
+        lines += ["## Reading the table", "", reading.read_text().strip(), ""]
+    (here / "RESULTS.md").write_text("\n".join(lines))
+    figure(results, here / "results.png")
