@@ -13,7 +13,7 @@ from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Co
 from .data import input_specs, iterate_feeds, take
 from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
-from .quantization import dynamic, qdq, static, weights
+from .quantization import dynamic, fallback, qdq, static, weights
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.integer_io import make_integer_io
 from .quantization.prepare import prepare
@@ -148,42 +148,39 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
                 check_feeds.append(feed)
             yield feed
 
+    means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()
     observers, samples = static.calibrate(model, selection.activations, remember(feeds),
-                                          config.max_calibration_samples)
+                                          config.max_calibration_samples, channel_means_for=means_for)
     logger.info("calibrated %d tensors on %d samples", len(observers), samples)
     reference = _run(model, check_feeds)
 
-    keep_float: set[str] = set()
-    reasons: dict[str, str] = {}
-    ranked: list[tuple[str, float]] | None = None
-    attempts = []
-    while True:
-        current = select(view, dtypes, config, keep_float) if keep_float else selection
+    def build(keep_float: frozenset):
+        current = select(view, dtypes, config, set(keep_float)) if keep_float else selection
         plan = static.plan(view, current, observers, method=config.calibration_method,
                            percentile=config.percentile, activation_type=config.activation_type)
-        for name in keep_float:
-            plan.kept_float[name] = reasons[name]
         quantized = onnx.ModelProto()
         quantized.CopyFrom(model)
         qdq.apply_plan(quantized, plan)
         io_params = make_integer_io(quantized, plan) if config.integer_only else {}
         weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original)
-        cosine = _worst_cosine(reference, quantized, check_feeds, io_params)
-        attempts.append({"kept_float": len(keep_float), "worst_cosine": round(cosine, 6)})
-        if config.integer_only or not config.fallback or cosine >= config.target_cosine:
-            break
-        if ranked is None:
-            ranked = static.sensitivity_order(plan, observers, config.calibration_method, config.percentile)
-        candidates = [(name, sqnr) for name, sqnr in ranked if name not in keep_float]
-        if not candidates:
-            break
-        count = max(1, len(keep_float))
-        for name, sqnr in candidates[:count]:
-            keep_float.add(name)
-            reasons[name] = (f"estimated SQNR {sqnr:.1f} dB, the noisiest left; kept float so that the worst "
-                             f"output cosine reaches {config.target_cosine}")
-        logger.info("worst output cosine %.4f < %.4f: keeping %d tensors float", cosine, config.target_cosine,
-                    len(keep_float))
+        return plan, quantized, io_params
+
+    def evaluate(keep_float: frozenset) -> tuple[float, float]:
+        _, quantized, io_params = build(keep_float)
+        return _fidelity(reference, _run(quantized, check_feeds, io_params))
+
+    if config.integer_only or not config.fallback:
+        cosine, _ = evaluate(frozenset())
+        decision = fallback.FallbackDecision(worst_cosine=cosine, steps=[{"kept_float": 0,
+                                                                          "worst_cosine": round(cosine, 6)}])
+    else:
+        first_plan = static.plan(view, selection, observers, method=config.calibration_method,
+                                 percentile=config.percentile, activation_type=config.activation_type)
+        decision = fallback.choose(sorted(first_plan.activations), evaluate, config.target_cosine,
+                                   config.fallback_max_fraction)
+    plan, quantized, io_params = build(frozenset(decision.keep_float))
+    plan.kept_float.update(decision.keep_float)
+    cosine, attempts = decision.worst_cosine, decision.steps
     report = {
         "calibration_samples": samples,
         "quantized_nodes": _count_ops(model, plan.nodes),
@@ -233,7 +230,17 @@ def _run(model, feeds, io_params=None):
     return outputs
 
 
-def _worst_cosine(reference, quantized, feeds, io_params) -> float:
+def _fidelity(reference, outputs) -> tuple[float, float]:
+    """Worst per-sample cosine over the float outputs, and their relative squared error."""
+    import numpy as np
+
     from .fidelity import worst_cosine
 
-    return worst_cosine(reference, _run(quantized, feeds, io_params))
+    noise = signal = 0.0
+    for ref_batch, out_batch in zip(reference, outputs):
+        for ref, out in zip(ref_batch, out_batch):
+            ref = np.asarray(ref, dtype=np.float64)
+            if np.issubdtype(ref.dtype, np.floating):
+                noise += float(np.sum((ref - np.asarray(out, dtype=np.float64)) ** 2))
+                signal += float(np.sum(ref**2))
+    return worst_cosine(reference, outputs), noise / max(signal, 1e-30)

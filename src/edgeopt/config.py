@@ -103,6 +103,10 @@ class Int8Config(_Config):
     integer_only: bool = False
     fallback: bool = True
     target_cosine: float = 0.985
+    #: Subtract the mean shift int8 weights cause from each Conv/Gemm bias (from calibration means).
+    bias_correction: bool = True
+    #: At most this share of the activation tensors may stay float (the speed-up survives).
+    fallback_max_fraction: float = 0.1
     max_calibration_samples: int | None = None
     mode = "int8"
 
@@ -116,6 +120,8 @@ class Int8Config(_Config):
         if self.activation_type not in self._activation_types():
             raise EdgeoptError(f"activation_type must be one of {self._activation_types()}, "
                                f"got {self.activation_type!r}")
+        if not 0.0 <= self.fallback_max_fraction <= 1.0:
+            raise EdgeoptError(f"fallback_max_fraction must be in [0, 1], got {self.fallback_max_fraction}")
         if not 0.0 < self.target_cosine <= 1.0:
             raise EdgeoptError(f"target_cosine must be in (0, 1], got {self.target_cosine}")
         if self.max_calibration_samples is not None and self.max_calibration_samples < 1:

@@ -28,6 +28,25 @@ class HistogramObserver:
         self.total = 0
         self.sum = 0.0
         self.sum_squares = 0.0
+        self.channel_sums: np.ndarray | None = None
+        self.channel_count = 0
+
+    def update_channel_means(self, values: np.ndarray) -> None:
+        """Accumulate the mean of axis 1 (channels of NCHW, features of N x K) for bias correction."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim < 2:
+            return
+        axes = tuple(i for i in range(values.ndim) if i != 1)
+        sums = values.sum(axis=axes)
+        if self.channel_sums is None:
+            self.channel_sums = np.zeros_like(sums)
+        if sums.shape == self.channel_sums.shape:
+            self.channel_sums += sums
+            self.channel_count += values.size // values.shape[1]
+
+    @property
+    def channel_means(self) -> np.ndarray | None:
+        return None if self.channel_sums is None else self.channel_sums / max(self.channel_count, 1)
 
     @property
     def high(self) -> float:
@@ -174,21 +193,3 @@ def _entropy_range(observer: HistogramObserver, dtype: str) -> tuple[float, floa
         if divergence < best_divergence:
             best, best_divergence = (low, high), divergence
     return float(best[0]), float(best[1])
-
-
-def estimated_sqnr_db(observer: HistogramObserver, low: float, high: float, dtype: str) -> float:
-    """How much quantization noise a tensor gets with range [low, high], from its histogram."""
-    if observer.total == 0:
-        return float("inf")
-    noise = _expected_error(observer, low, high, dtype) / observer.total
-    # Signal power of the bulk of the values (0.1-99.9 percentiles): a few huge values (an
-    # additive attention mask of -1e9) must not make the everyday values look well resolved.
-    cumulative = np.cumsum(observer.counts) / observer.total
-    first = int(np.searchsorted(cumulative, 0.001, side="left"))
-    last = int(np.searchsorted(cumulative, 0.999, side="left"))
-    centers = observer.bin_centers()[first:last + 1]
-    counts = observer.counts[first:last + 1]
-    signal = float(np.dot(counts, centers * centers)) / max(int(counts.sum()), 1)
-    if noise <= 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(max(signal, 1e-30) / noise))

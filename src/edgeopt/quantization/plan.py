@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .numerics import QuantParams
 
 
@@ -19,6 +21,8 @@ class QuantizationPlan:
     #: (node name, input index) -> parameters of a constant input (weight, bias or operand)
     weights: dict[tuple[str, int], QuantParams] = field(default_factory=dict)
     biases: dict[tuple[str, int], QuantParams] = field(default_factory=dict)
+    #: (node name, bias index) -> float bias after bias correction (when it differs from the model's)
+    bias_values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     constants: dict[tuple[str, int], QuantParams] = field(default_factory=dict)
     #: names of the nodes that run quantized
     nodes: list[str] = field(default_factory=list)
@@ -37,6 +41,7 @@ class QuantizationPlan:
             "weights": keyed(self.weights),
             "biases": keyed(self.biases),
             "constants": keyed(self.constants),
+            "corrected_biases": sorted(f"{node}:{index}" for node, index in self.bias_values),
             "nodes": list(self.nodes),
             "absorbed": dict(self.absorbed),
             "kept_float": dict(self.kept_float),

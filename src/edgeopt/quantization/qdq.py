@@ -107,7 +107,8 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
     for (node_name, index), params in plan.biases.items():
         node = nodes[node_name]
         source = node.input[index]
-        quantized = view.add_initializer(f"{source}_quantized", quantize(view.constant(source), params))
+        values = plan.bias_values.get((node_name, index), view.constant(source))
+        quantized = view.add_initializer(f"{source}_quantized", quantize(values, params))
         scale = view.unique(f"{source}_scale")
         new_nodes.append(view.make_node("Mul", [scale_names[aliases.get(node.input[0], node.input[0])],
                                                 weight_scales[node.input[1]]], [scale], f"{source}_scale"))

@@ -13,8 +13,8 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import EdgeoptError
-from .calibration import HistogramObserver, compute_range, estimated_sqnr_db
-from .graph import GraphView
+from .calibration import HistogramObserver, compute_range
+from .graph import GraphView, attribute
 from .numerics import INTEGER_RANGES, QuantParams, affine_params, symmetric_params, weight_params
 from .operators import activation_bounds, rule_for
 from .plan import QuantizationPlan
@@ -93,7 +93,7 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
 
 
 def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
-              ) -> tuple[dict[str, HistogramObserver], int]:
+              channel_means_for: set[str] = frozenset()) -> tuple[dict[str, HistogramObserver], int]:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory)."""
     from ..runtime import make_session
 
@@ -110,10 +110,10 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
     samples = 0
     for feed in feeds:
         results = run_checked(session, wanted, feed, "calibration data")
-        for name, value in zip(wanted, results):
+        for name, value in list(zip(wanted, results)) + [(n, feed[n]) for n in tensors & set(feed)]:
             observers[name].update(value)
-        for name in tensors & set(feed):
-            observers[name].update(feed[name])
+            if name in channel_means_for:
+                observers[name].update_channel_means(value)
         samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
         if max_samples is not None and samples >= max_samples:
             break
@@ -162,8 +162,55 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
             result.constants[key] = symmetric_params(np.abs(values).max(initial=0.0), activation_type)
         else:
             result.constants[key] = affine_params(values.min(initial=0.0), values.max(initial=0.0), activation_type)
+    _correct_biases(view, selection, result, observers)
     _plan_biases(view, selection, result)
     return result
+
+
+def bias_correction_inputs(selection: Selection) -> set[str]:
+    """Activations whose per-channel means :func:`plan` needs for bias correction."""
+    return {node.input[0] for node in selection.nodes
+            if node.op_type in ("Conv", "Gemm") and (node.name, 1) in selection.weights
+            and (node.name, 2) in selection.biases}
+
+
+def _correct_biases(view: GraphView, selection: Selection, result: QuantizationPlan,
+                    observers: dict[str, HistogramObserver]) -> None:
+    """Bias correction (Nagel et al., 2019): int8 weights shift each output by (W_q - W) E[x];
+    subtract that shift, measured with the calibrated mean of every input channel.
+
+    It matters most where inputs have a large mean, e.g. a first convolution fed images whose
+    normalised background is far from zero.
+    """
+    from .numerics import dequantize, quantize
+
+    for node in selection.nodes:
+        key, weight_key = (node.name, 2), (node.name, 1)
+        observer = observers.get(node.input[0])
+        if key not in selection.biases or weight_key not in result.weights or observer is None \
+                or observer.channel_means is None:
+            continue
+        weight = view.constant(node.input[1]).astype(np.float32)
+        params = result.weights[weight_key]
+        delta = dequantize(quantize(weight, params), params).astype(np.float64) - weight
+        means = observer.channel_means
+        if node.op_type == "Conv":
+            group = attribute(node, "group", 1)
+            cout, cin_group = delta.shape[0], delta.shape[1]
+            if means.size != cin_group * group:
+                continue
+            per_input = delta.reshape(cout, cin_group, -1).sum(axis=2)
+            group_means = means.reshape(group, cin_group)[np.arange(cout) // (cout // group)]
+            shift = np.sum(per_input * group_means, axis=1)
+        else:  # Gemm
+            matrix = delta.T if attribute(node, "transB", 0) else delta  # K x N
+            if matrix.shape[0] != means.size:
+                continue
+            shift = means @ matrix
+        bias = view.constant(selection.biases[key]).astype(np.float64)
+        if bias.shape != shift.shape:
+            continue
+        result.bias_values[key] = (bias - shift).astype(np.float32)
 
 
 def _absorb_activations(view: GraphView, selection: Selection, result: QuantizationPlan) -> None:
@@ -201,7 +248,7 @@ def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan
         weight_key = (node_name, 1)
         if weight_key not in result.weights or node.input[0] not in result.activations:
             continue
-        bias = view.constant(name).astype(np.float64)
+        bias = result.bias_values.get(key, view.constant(name)).astype(np.float64)
         weight = result.weights[weight_key]
         input_scale = float(result.activations[node.input[0]].scale)
         weight_scale = np.asarray(weight.scale, dtype=np.float64)
@@ -221,18 +268,3 @@ def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan
         scale = np.asarray(scale, dtype=np.float32)
         result.biases[key] = QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), "int32",
                                          0 if scale.ndim == 1 else None)
-
-
-def sensitivity_order(plan_: QuantizationPlan, observers: dict[str, HistogramObserver], method: str,
-                      percentile: float) -> list[tuple[str, float]]:
-    """Activation tensors from noisiest to cleanest (estimated SQNR of their own quantization)."""
-    ranked = []
-    for name, params in plan_.activations.items():
-        observer = observers.get(name)
-        if observer is None:
-            continue
-        qmin, qmax = INTEGER_RANGES[params.dtype]
-        scale, zero_point = float(params.scale), float(params.zero_point)
-        ranked.append((name, estimated_sqnr_db(observer, (qmin - zero_point) * scale, (qmax - zero_point) * scale,
-                                               params.dtype)))
-    return sorted(ranked, key=lambda item: item[1])
