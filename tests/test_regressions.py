@@ -277,10 +277,11 @@ def test_attention_mask_int8_with_fallback_is_close_to_float(kind):
     result = edgeopt.quantize(model, edgeopt.Int8Config(), calibration=[{"x": _MASK_CALIBRATION}])
     reference = _run(model, {"x": _MASK_HELD_OUT})[0]
     output = _run(result.model, {"x": _MASK_HELD_OUT})[0]
-    # Softmax probabilities lie in [0, 1]: a uint8 step over that range is 1/255 ~ 0.004, so 0.01
-    # allows output rounding plus input noise, while quantizing the scores together with a -1e9
-    # mask (one step ~ 4e6) gives errors of about 0.2-0.3 (measured 0.27 without fallback).
-    assert np.abs(output - reference).max() < 0.01
+    # The masked tensor stays float (it holds sentinels); the scores themselves may stay int8: 256
+    # steps over their range of about 10 make a step of ~0.04, which moves a softmax probability by
+    # up to ~0.02 (measured 0.019). Quantizing the scores together with a -1e9 mask (one step ~4e6)
+    # gives errors of 0.2-0.3 (measured 0.27 without fallback), so 0.03 still catches the bug.
+    assert np.abs(output - reference).max() < 0.03
     if kind == "causal_-1e9":
         assert result.report["kept_float"], "fallback should have kept the masked scores in float"
 

@@ -15,6 +15,7 @@ from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
 from .quantization import dynamic, fallback, qdq, static, weights
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
+from .quantization.calibration import holds_sentinels
 from .quantization.integer_io import make_integer_io
 from .quantization.prepare import prepare
 
@@ -154,8 +155,21 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     logger.info("calibrated %d tensors on %d samples", len(observers), samples)
     reference = _run(model, check_feeds)
 
+    # Tensors that hold sentinel values (additive attention masks) stay float whatever the mode.
+    sentinels = {name: "holds sentinel values (e.g. an additive attention mask): the calibrated range "
+                       f"[{observers[name].min:.3g}, {observers[name].max:.3g}] would leave the other values "
+                       "no integer steps"
+                 for name in sorted(selection.activations) if holds_sentinels(observers[name])}
+    if sentinels and config.integer_only:
+        name = next(iter(sentinels))
+        raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
+    if sentinels:
+        selection = select(view, dtypes, config, set(sentinels))
+
     def build(keep_float: frozenset):
-        current = select(view, dtypes, config, set(keep_float)) if keep_float else selection
+        keep_float = keep_float | frozenset(sentinels)
+        current = select(view, dtypes, config, set(keep_float)) if keep_float != frozenset(sentinels) \
+            else selection
         plan = static.plan(view, current, observers, method=config.calibration_method,
                            percentile=config.percentile, activation_type=config.activation_type)
         quantized = onnx.ModelProto()
@@ -176,9 +190,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     else:
         first_plan = static.plan(view, selection, observers, method=config.calibration_method,
                                  percentile=config.percentile, activation_type=config.activation_type)
-        decision = fallback.choose(sorted(first_plan.activations), evaluate, config.target_cosine,
+        decision = fallback.choose(list(first_plan.activations), evaluate, config.target_cosine,
                                    config.fallback_max_fraction)
     plan, quantized, io_params = build(frozenset(decision.keep_float))
+    plan.kept_float.update(sentinels)
     plan.kept_float.update(decision.keep_float)
     cosine, attempts = decision.worst_cosine, decision.steps
     report = {

@@ -28,6 +28,7 @@ class HistogramObserver:
         self.total = 0
         self.sum = 0.0
         self.sum_squares = 0.0
+        self.nonfinite = 0  # -inf masks, NaN: counted, kept out of the histogram
         self.channel_sums: np.ndarray | None = None
         self.channel_count = 0
 
@@ -54,7 +55,10 @@ class HistogramObserver:
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float32).ravel()
-        values = values[np.isfinite(values)]
+        finite = np.isfinite(values)
+        if not finite.all():
+            self.nonfinite += int(values.size - np.count_nonzero(finite))
+            values = values[finite]
         if values.size == 0:
             return
         vmin, vmax = float(values.min()), float(values.max())
@@ -193,3 +197,21 @@ def _entropy_range(observer: HistogramObserver, dtype: str) -> tuple[float, floa
         if divergence < best_divergence:
             best, best_divergence = (low, high), divergence
     return float(best[0]), float(best[1])
+
+
+# A tensor whose full range is this many times the range of its bulk (0.1-99.9 percentiles) holds
+# sentinel values, like an additive attention mask of -3.4e38: no 8- or 16-bit grid holds both.
+SENTINEL_RATIO = 1e4
+
+
+def holds_sentinels(observer: HistogramObserver) -> bool:
+    """Whether a few extreme values (masks, padding markers) dwarf the everyday values."""
+    if observer.nonfinite:
+        return True
+    if observer.total == 0:
+        return False
+    if max(abs(observer.min), abs(observer.max)) > 1e30:
+        return True
+    low, high = _percentile_range(observer, 99.9)
+    bulk = max(high - low, 1e-12 * max(abs(observer.min), abs(observer.max), 1e-30))
+    return (observer.max - observer.min) > SENTINEL_RATIO * bulk

@@ -16,6 +16,10 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
+# Above this many candidates, scan groups of tensors first, then the tensors of the best groups.
+GROUP_SCAN_ABOVE = 48
+GROUPS = 16
+GROUPS_REFINED = 3
 # Keep tensors float only if that closes at least this share of the gap to the target.
 MIN_GAP_CLOSED = 0.25
 # evaluate(keep_float) -> (worst output cosine, relative squared error of the outputs)
@@ -36,8 +40,17 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
                                 steps=[{"kept_float": 0, "worst_cosine": round(base_cosine, 6)}])
     if base_cosine >= target or not candidates or max_fraction <= 0:
         return decision
+    scanned = candidates
+    if len(candidates) > GROUP_SCAN_ABOVE:
+        # Large models: find the most sensitive stretches of the graph first (contiguous groups in
+        # graph order), then measure their tensors one by one.
+        groups = [candidates[start:start + math.ceil(len(candidates) / GROUPS)]
+                  for start in range(0, len(candidates), math.ceil(len(candidates) / GROUPS))]
+        group_gains = sorted(((base_error - evaluate(frozenset(group))[1], index)
+                              for index, group in enumerate(groups)), reverse=True)
+        scanned = [name for _, index in group_gains[:GROUPS_REFINED] for name in groups[index]]
     gains = []
-    for name in candidates:
+    for name in scanned:
         cosine, error = evaluate(frozenset({name}))
         gains.append((base_error - error, cosine, name))
     gains.sort(key=lambda item: (-item[0], -item[1]))
