@@ -219,9 +219,15 @@ def speech_clips() -> list[np.ndarray]:
                        stdout=subprocess.DEVNULL)
         deb = next(root.glob("pocketsphinx-testdata*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    clips = []
-    for raw in sorted(data.glob("*.raw")):
-        clips.append(np.fromfile(raw, dtype=np.int16).astype(np.float32) / 32768.0)
+    import wave
+
+    clips = [np.fromfile(raw, dtype=np.int16).astype(np.float32) / 32768.0 for raw in sorted(data.glob("*.raw"))]
+    for path in sorted(data.glob("**/*.wav")):
+        with wave.open(str(path)) as clip:
+            if (clip.getframerate(), clip.getnchannels(), clip.getsampwidth()) != (16000, 1, 2):
+                continue
+            frames = clip.readframes(clip.getnframes())
+        clips.append(np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0)
     return clips
 
 
@@ -249,9 +255,9 @@ def silero_vad() -> Case:
         return {"input": np.concatenate(inputs), "state": np.stack(states),
                 "sr": np.full(count, 16000, np.int64)}
 
-    calibration = _dataset(path, chunks(clips[:2]), where="calibration")
-    evaluation = _dataset(path, chunks(clips[2:]), where="evaluation")
+    calibration = _dataset(path, chunks(clips[0::4]), where="calibration")
+    evaluation = _dataset(path, chunks([c for i, c in enumerate(clips) if i % 4]), where="evaluation")
     return Case("silero-vad", "Silero VAD v6 (CNN + LSTM in If branches, shipped as ONNX)", "vad", path,
                 calibration, evaluation,
-                f"{len(evaluation)} chunks of 32 ms from {len(clips) - 2} real speech recordings, each with the "
+                f"{len(evaluation)} chunks of 32 ms from {len(clips) - len(clips[0::4])} real speech recordings, each with the "
                 "state the float model carried; scored by speech/no-speech agreement (threshold 0.5) with float")

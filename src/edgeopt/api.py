@@ -150,8 +150,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
             yield feed
 
     means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()
+    windows = static.conv_window_geometry(selection, view) if config.bias_correction else {}
     observers, samples = static.calibrate(model, selection.activations, remember(feeds),
-                                          config.max_calibration_samples, channel_means_for=means_for)
+                                          config.max_calibration_samples, channel_means_for=means_for,
+                                          conv_windows=windows)
     logger.info("calibrated %d tensors on %d samples", len(observers), samples)
     reference = _run(model, check_feeds)
 
@@ -166,12 +168,15 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     if sentinels:
         selection = select(view, dtypes, config, set(sentinels))
 
+    correct_biases = config.bias_correction
+
     def build(keep_float: frozenset):
         keep_float = keep_float | frozenset(sentinels)
         current = select(view, dtypes, config, set(keep_float)) if keep_float != frozenset(sentinels) \
             else selection
         plan = static.plan(view, current, observers, method=config.calibration_method,
-                           percentile=config.percentile, activation_type=config.activation_type)
+                           percentile=config.percentile, activation_type=config.activation_type,
+                           correct_biases=correct_biases)
         quantized = onnx.ModelProto()
         quantized.CopyFrom(model)
         qdq.apply_plan(quantized, plan)
@@ -183,13 +188,22 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         _, quantized, io_params = build(keep_float)
         return _fidelity(reference, _run(quantized, check_feeds, io_params))
 
+    if correct_biases:
+        # Bias correction is an estimate (float-model means); keep it only where it measurably helps.
+        with_correction = evaluate(frozenset())
+        correct_biases = False
+        without_correction = evaluate(frozenset())
+        correct_biases = with_correction[1] < without_correction[1]
+        logger.info("bias correction: relative output error %.3g with, %.3g without: %s", with_correction[1],
+                    without_correction[1], "kept" if correct_biases else "dropped")
     if config.integer_only or not config.fallback:
         cosine, _ = evaluate(frozenset())
         decision = fallback.FallbackDecision(worst_cosine=cosine, steps=[{"kept_float": 0,
                                                                           "worst_cosine": round(cosine, 6)}])
     else:
         first_plan = static.plan(view, selection, observers, method=config.calibration_method,
-                                 percentile=config.percentile, activation_type=config.activation_type)
+                                 percentile=config.percentile, activation_type=config.activation_type,
+                                 correct_biases=correct_biases)
         decision = fallback.choose(list(first_plan.activations), evaluate, config.target_cosine,
                                    config.fallback_max_fraction)
     plan, quantized, io_params = build(frozenset(decision.keep_float))
@@ -200,6 +214,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         "calibration_samples": samples,
         "quantized_nodes": _count_ops(model, plan.nodes),
         "absorbed_activations": len(plan.absorbed),
+        "bias_correction": correct_biases,
         "kept_float": plan.kept_float,
         "worst_output_cosine_on_calibration": round(cosine, 6),
         "fallback_steps": attempts,

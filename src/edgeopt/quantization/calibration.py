@@ -30,6 +30,7 @@ class HistogramObserver:
         self.sum_squares = 0.0
         self.nonfinite = 0  # -inf masks, NaN: counted, kept out of the histogram
         self.channel_sums: np.ndarray | None = None
+        self.window_totals: dict[str, list] = {}
         self.channel_count = 0
 
     def update_channel_means(self, values: np.ndarray) -> None:
@@ -44,6 +45,23 @@ class HistogramObserver:
         if sums.shape == self.channel_sums.shape:
             self.channel_sums += sums
             self.channel_count += values.size // values.shape[1]
+
+    def update_window_means(self, key: str, values: np.ndarray, kernel, strides, pads, dilations) -> None:
+        """Accumulate, per input channel and kernel offset, the mean of the zero-padded input that a
+        2-D convolution's output positions see (exact bias correction with padding and stride)."""
+        sums, count = window_sums(np.asarray(values, dtype=np.float64), kernel, strides, pads, dilations)
+        if key not in self.window_totals:
+            self.window_totals[key] = [np.zeros_like(sums), 0]
+        total = self.window_totals[key]
+        if total[0].shape == sums.shape:
+            total[0] += sums
+            total[1] += count
+
+    def window_means(self, key: str) -> np.ndarray | None:
+        if key not in self.window_totals or self.window_totals[key][1] == 0:
+            return None
+        sums, count = self.window_totals[key]
+        return sums / count
 
     @property
     def channel_means(self) -> np.ndarray | None:
@@ -100,6 +118,23 @@ class HistogramObserver:
     @property
     def variance(self) -> float:
         return max(self.sum_squares / max(self.total, 1) - self.mean**2, 0.0)
+
+
+def window_sums(x: np.ndarray, kernel, strides, pads, dilations) -> tuple[np.ndarray, int]:
+    """Sum over samples and output positions of the zero-padded NCHW input seen at each kernel
+    offset: shape (channels, kernel_h * kernel_w), and the number of (sample, position) pairs."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    top, left, bottom, right = pads
+    n, c, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + left + right - dw * (kw - 1) - 1) // sw + 1
+    sums = np.empty((c, kh * kw))
+    for a in range(kh):
+        for b in range(kw):
+            window = padded[:, :, a * dh:a * dh + sh * (out_h - 1) + 1:sh, b * dw:b * dw + sw * (out_w - 1) + 1:sw]
+            sums[:, a * kw + b] = window.sum(axis=(0, 2, 3))
+    return sums, n * out_h * out_w
 
 
 def compute_range(observer: HistogramObserver, method: str, dtype: str = "uint8",

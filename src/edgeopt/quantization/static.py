@@ -93,7 +93,8 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
 
 
 def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
-              channel_means_for: set[str] = frozenset()) -> tuple[dict[str, HistogramObserver], int]:
+              channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
+              ) -> tuple[dict[str, HistogramObserver], int]:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory)."""
     from ..runtime import make_session
 
@@ -114,6 +115,9 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
             observers[name].update(value)
             if name in channel_means_for:
                 observers[name].update_channel_means(value)
+            for node_name, geometry in (conv_windows or {}).get(name, []):
+                if np.ndim(value) == 4:
+                    observers[name].update_window_means(node_name, value, *geometry)
         samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
         if max_samples is not None and samples >= max_samples:
             break
@@ -132,7 +136,7 @@ def run_checked(session, names, feed, where: str) -> list:
 
 
 def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], *,
-         method: str, percentile: float, activation_type: str) -> QuantizationPlan:
+         method: str, percentile: float, activation_type: str, correct_biases: bool = True) -> QuantizationPlan:
     """Parameters for every selected tensor, activation absorption, and int32 biases."""
     result = QuantizationPlan(activation_type)
     symmetric = activation_type == "int16"
@@ -162,9 +166,29 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
             result.constants[key] = symmetric_params(np.abs(values).max(initial=0.0), activation_type)
         else:
             result.constants[key] = affine_params(values.min(initial=0.0), values.max(initial=0.0), activation_type)
-    _correct_biases(view, selection, result, observers)
+    if correct_biases:
+        _correct_biases(view, selection, result, observers)
     _plan_biases(view, selection, result)
     return result
+
+
+def conv_window_geometry(selection: Selection, view: GraphView) -> dict[str, list]:
+    """For 2-D convolutions to bias-correct: input name -> [(node name, (kernel, strides, pads,
+    dilations))], so calibration can measure what the zero-padded windows see."""
+    windows: dict[str, list] = {}
+    for node in selection.nodes:
+        if node.op_type != "Conv" or (node.name, 2) not in selection.biases:
+            continue
+        weight = view.initializers.get(node.input[1])
+        if weight is None or len(weight.dims) != 4 or attribute(node, "auto_pad", b"NOTSET") not in (
+                b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            continue
+        kernel = tuple(weight.dims[2:])
+        strides = tuple(attribute(node, "strides", [1, 1]))
+        pads = tuple(attribute(node, "pads", [0, 0, 0, 0]))
+        dilations = tuple(attribute(node, "dilations", [1, 1]))
+        windows.setdefault(node.input[0], []).append((node.name, (kernel, strides, pads, dilations)))
+    return windows
 
 
 def bias_correction_inputs(selection: Selection) -> set[str]:
@@ -199,9 +223,15 @@ def _correct_biases(view: GraphView, selection: Selection, result: QuantizationP
             cout, cin_group = delta.shape[0], delta.shape[1]
             if means.size != cin_group * group:
                 continue
-            per_input = delta.reshape(cout, cin_group, -1).sum(axis=2)
-            group_means = means.reshape(group, cin_group)[np.arange(cout) // (cout // group)]
-            shift = np.sum(per_input * group_means, axis=1)
+            owner = np.arange(cout) // (cout // group)
+            windows = observer.window_means(node.name)
+            if windows is not None and windows.shape == (cin_group * group, int(np.prod(delta.shape[2:]))):
+                # Exact: each kernel offset sees its own mean (zero padding lowers it at the borders).
+                per_offset = windows.reshape(group, cin_group, -1)[owner]
+                shift = np.sum(delta.reshape(cout, cin_group, -1) * per_offset, axis=(1, 2))
+            else:
+                per_input = delta.reshape(cout, cin_group, -1).sum(axis=2)
+                shift = np.sum(per_input * means.reshape(group, cin_group)[owner], axis=1)
         else:  # Gemm
             matrix = delta.T if attribute(node, "transB", 0) else delta  # K x N
             if matrix.shape[0] != means.size:
