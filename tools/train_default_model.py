@@ -13,15 +13,18 @@ Writes src/edgeopt/assets/fashion_cnn.onnx, fashion_mnist_subsets.npz and fashio
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import pathlib
 import time
 
+import sys
+
 import numpy as np
 
-DATA_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import fashion  # noqa: E402  (the repository's IDX reader)
+
 ASSETS = pathlib.Path(__file__).resolve().parents[1] / "src" / "edgeopt" / "assets"
 CALIBRATION_COUNT = 500
 EVALUATION_COUNT = 2000
@@ -29,18 +32,9 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def read_idx(path: pathlib.Path) -> np.ndarray:
-    """Read a gzip IDX file: 4 magic bytes (the last is the rank), big-endian uint32 dims, uint8 data."""
-    raw = gzip.decompress(path.read_bytes())
-    rank = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=rank, offset=4).astype(int)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
-
-
 def load_split(name: str) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(DATA_DIR / f"{name}-images-idx3-ubyte.gz")
-    labels = read_idx(DATA_DIR / f"{name}-labels-idx1-ubyte.gz")
-    return images, labels
+    images, labels = fashion.split(name)
+    return images, labels.astype(np.uint8)
 
 
 def build_model():
