@@ -47,7 +47,8 @@ def produce(case, variants, work: pathlib.Path) -> dict[str, dict]:
                    str(output)]
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=HERE.parent)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=work,
+                                  env={**os.environ, "PYTHONPATH": str(HERE.parent)})
             report = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else \
                 {"seconds": time.perf_counter() - start, "peak_mb": None,
                  "error": (done.stderr.strip().splitlines() or ["crashed"])[-1][:200]}
