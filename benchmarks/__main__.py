@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from . import cases as case_registry
-from .optimize import ANCHORS, EDGEOPT, VARIANTS
+from .optimize import VARIANTS
 
 HERE = pathlib.Path(__file__).resolve().parent
 TIMEOUT_S = 300

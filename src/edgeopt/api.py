@@ -10,7 +10,7 @@ from typing import Callable
 import onnx
 
 from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
-from .data import input_specs, iterate_feeds, take
+from .data import input_specs, iterate_feeds
 from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
 from .quantization import dynamic, fallback, qdq, static, weights

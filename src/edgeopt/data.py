@@ -6,7 +6,6 @@ dimensions) before any work starts, and problems are reported in one line.
 
 from __future__ import annotations
 
-import itertools
 import os
 import pathlib
 from dataclasses import dataclass
@@ -284,7 +283,3 @@ def iterate_feeds(source, specs: list[InputSpec], where: str = "calibration data
         yield feed
     if not seen:
         raise EdgeoptError(f"{where}: the data set is empty; expected at least one sample")
-
-
-def take(feeds: Iterable, count: int) -> list:
-    return list(itertools.islice(feeds, count))

@@ -8,7 +8,7 @@ import onnx
 
 
 def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | None = None,
-                 optimize: bool = True, outputs_for_calibration: bool = False):
+                 optimize: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()

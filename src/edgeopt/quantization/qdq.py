@@ -37,8 +37,8 @@ def _dequantize_node(view: GraphView, base: str, quantized: str, params: QuantPa
                           [output], f"{base}_DQ", domain=_qdq_domain(params.dtype), **attributes)
 
 
-def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
-    """Edit ``model`` in place; returns the names of the Q->DQ outputs of graph inputs."""
+def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
+    """Edit ``model`` in place."""
     nodes = {node.name: node for node in model.graph.node}
     new_nodes: list[onnx.NodeProto] = []
 
@@ -52,7 +52,6 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
     view = GraphView(model)
 
     # 2. One Q->DQ pair per activation tensor.
-    input_aliases = []
     scale_names: dict[str, str] = {}
     aliases: dict[str, str] = {}  # DQ output of a graph input -> the input's name
     # Short generated names (a<n>, w<n>, b<n>): on MobileNetV2 names of the form
@@ -68,7 +67,6 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
                     if value == name:
                         consumer.input[i] = dequantized
             source = name
-            input_aliases.append(dequantized)
             aliases[dequantized] = name
         else:
             producer = view.producer[name]
@@ -127,4 +125,3 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> list[str]:
         ensure_opset(model, MICROSOFT)
     topological_sort(model.graph)
     GraphView(model).remove_unused_initializers()
-    return input_aliases
