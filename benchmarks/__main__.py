@@ -32,8 +32,7 @@ TIMEOUT_S = 300
 QUICK_CASES = ("default-cnn", "mobilenet-v2-fashion")
 QUICK_VARIANTS = ("edgeopt float16", "edgeopt dynamic", "edgeopt int8 percentile", "edgeopt int8 integer-only",
                   "onnxruntime static U8S8 minmax", "onnxruntime dynamic")
-METRIC_NAMES = {"top1": "top-1", "agreement": "top-1 agreement with float", "cosine": "mean embedding cosine",
-                "vad": "speech/no-speech agreement"}
+
 
 
 def produce(case, variants, work: pathlib.Path) -> dict[str, dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 
 
 class _Reader:
@@ -40,11 +39,6 @@ def onnxruntime_dynamic(model_path, output_path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(model_path), str(output_path), weight_type=QuantType.QInt8, per_channel=True)
-
-
-def batches_of_one(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    count = len(next(iter(arrays.values())))
-    return [{name: array[i:i + 1] for name, array in arrays.items()} for i in range(count)]
 
 
 def nncf_ptq(model_path, output_path, feeds) -> None:

@@ -15,6 +15,7 @@ from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
 from .quantization import dynamic, fallback, qdq, static, weights
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
+from .fidelity import relative_error, worst_cosine
 from .quantization.calibration import holds_sentinels
 from .quantization.integer_io import make_integer_io
 from .quantization.prepare import prepare
@@ -158,22 +159,17 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     reference = _run(model, check_feeds)
 
     # Tensors that hold sentinel values (additive attention masks) stay float whatever the mode.
-    sentinels = {name: "holds sentinel values (e.g. an additive attention mask): the calibrated range "
-                       f"[{observers[name].min:.3g}, {observers[name].max:.3g}] would leave the other values "
-                       "no integer steps"
-                 for name in sorted(selection.activations) if holds_sentinels(observers[name])}
+    sentinels = {name: _sentinel_reason(observers[name]) for name in sorted(selection.activations)
+                 if holds_sentinels(observers[name])}
     if sentinels and config.integer_only:
         name = next(iter(sentinels))
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
-    if sentinels:
-        selection = select(view, dtypes, config, set(sentinels))
-
+    selection = _select(view, dtypes, config, set(sentinels))
     correct_biases = config.bias_correction
+    measured: dict[tuple, tuple[float, float]] = {}
 
     def build(keep_float: frozenset):
-        keep_float = keep_float | frozenset(sentinels)
-        current = select(view, dtypes, config, set(keep_float)) if keep_float != frozenset(sentinels) \
-            else selection
+        current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)))
         plan = static.plan(view, current, observers, method=config.calibration_method,
                            percentile=config.percentile, activation_type=config.activation_type,
                            correct_biases=correct_biases)
@@ -185,8 +181,13 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         return plan, quantized, io_params
 
     def evaluate(keep_float: frozenset) -> tuple[float, float]:
-        _, quantized, io_params = build(keep_float)
-        return _fidelity(reference, _run(quantized, check_feeds, io_params))
+        """(worst output cosine, relative squared error) on the check samples; each build once."""
+        key = (keep_float, correct_biases)
+        if key not in measured:
+            _, quantized, io_params = build(keep_float)
+            outputs = _run(quantized, check_feeds, io_params)
+            measured[key] = (worst_cosine(reference, outputs), relative_error(reference, outputs))
+        return measured[key]
 
     if correct_biases:
         # Bias correction is an estimate (float-model means); keep it only where it measurably helps.
@@ -201,6 +202,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         decision = fallback.FallbackDecision(worst_cosine=cosine, steps=[{"kept_float": 0,
                                                                           "worst_cosine": round(cosine, 6)}])
     else:
+        # Candidates: the tensors the all-int8 plan quantizes, in graph order.
         first_plan = static.plan(view, selection, observers, method=config.calibration_method,
                                  percentile=config.percentile, activation_type=config.activation_type,
                                  correct_biases=correct_biases)
@@ -226,7 +228,15 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     return QuantizationResult(quantized, report)
 
 
-def select(view, dtypes, config, keep_float):
+def _sentinel_reason(observer) -> str:
+    seen = f"values in [{observer.min:.3g}, {observer.max:.3g}]"
+    if observer.nonfinite:
+        seen += f" and {observer.nonfinite} infinite or NaN values"
+    return (f"holds sentinel values (e.g. an additive attention mask): {seen}; no integer grid holds "
+            "them and the other values together")
+
+
+def _select(view, dtypes, config, keep_float):
     return static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
                          exclude=config.exclude, keep_float=keep_float)
 
@@ -246,31 +256,15 @@ def _count_ops(model, names) -> dict[str, int]:
 
 
 def _run(model, feeds, io_params=None):
-    from .runtime import make_session
-    from .measure import encode_feed, decode_outputs
+    from .measure import decode_outputs, encode_feed
+    from .runtime import make_session, run_checked
 
     session = make_session(model)
     outputs = []
     for feed in feeds:
         feed = encode_feed(feed, io_params) if io_params else feed
-        result = static.run_checked(session, None, feed, "calibration data")
+        result = run_checked(session, None, feed, "calibration data")
         if io_params:
             result = decode_outputs(result, [o.name for o in session.get_outputs()], io_params)
         outputs.append(result)
     return outputs
-
-
-def _fidelity(reference, outputs) -> tuple[float, float]:
-    """Worst per-sample cosine over the float outputs, and their relative squared error."""
-    import numpy as np
-
-    from .fidelity import worst_cosine
-
-    noise = signal = 0.0
-    for ref_batch, out_batch in zip(reference, outputs):
-        for ref, out in zip(ref_batch, out_batch):
-            ref = np.asarray(ref, dtype=np.float64)
-            if np.issubdtype(ref.dtype, np.floating):
-                noise += float(np.sum((ref - np.asarray(out, dtype=np.float64)) ** 2))
-                signal += float(np.sum(ref**2))
-    return worst_cosine(reference, outputs), noise / max(signal, 1e-30)

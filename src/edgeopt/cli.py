@@ -72,8 +72,6 @@ def _config(args) -> object:
         if args.activation_type:
             options["activation_type"] = args.activation_type
         return Int8Config(**options)
-    if args.integer_only or args.activation_type:
-        raise EdgeoptError("--integer-only and --activation-type apply to --mode int8 only")
     return Int16x8Config(**options)
 
 

@@ -50,3 +50,16 @@ def worst_cosine(reference_outputs: list[list[np.ndarray]], outputs: list[list[n
             worst = min(worst, float(cosine_per_sample(ref.reshape(len(ref), -1) if ref.ndim > 1 else ref[None],
                                                        out.reshape(len(out), -1) if out.ndim > 1 else out[None]).min()))
     return worst
+
+
+def relative_error(reference_outputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
+    """Squared error of every float output over their squared norm (0 when identical)."""
+    noise = signal = 0.0
+    for ref_batch, out_batch in zip(reference_outputs, outputs):
+        for ref, out in zip(ref_batch, out_batch):
+            ref = np.asarray(ref)
+            if np.issubdtype(ref.dtype, np.floating):
+                ref = ref.astype(np.float64)
+                noise += float(np.sum((ref - np.asarray(out, dtype=np.float64)) ** 2))
+                signal += float(np.sum(ref**2))
+    return noise / max(signal, 1e-30)

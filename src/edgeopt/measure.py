@@ -81,7 +81,7 @@ class ModelRunner:
         return encode_feed(feed, self.io_params) if self.io_params else feed
 
     def run_encoded(self, feed):
-        from .quantization.static import run_checked
+        from .runtime import run_checked
 
         return run_checked(self.session, None, feed, "the data")
 

@@ -26,3 +26,14 @@ def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | No
 
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeoptError(f"ONNX Runtime cannot load the model: {message[:240]}") from None
+
+
+def run_checked(session, names, feed, where: str) -> list:
+    """``session.run`` with the runtime's complaints about the data turned into one-line errors."""
+    try:
+        return session.run(names, feed)
+    except Exception as exc:
+        from .errors import EdgeoptError
+
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeoptError(f"{where} does not run through the model: {message[:240]}") from None

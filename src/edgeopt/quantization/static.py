@@ -96,7 +96,7 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
               channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
               ) -> tuple[dict[str, HistogramObserver], int]:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory)."""
-    from ..runtime import make_session
+    from ..runtime import make_session, run_checked
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -124,15 +124,6 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
     if samples == 0:
         raise EdgeoptError("calibration data is empty; expected at least one sample")
     return observers, samples
-
-
-def run_checked(session, names, feed, where: str) -> list:
-    """``session.run`` with the runtime's complaints about the data turned into one-line errors."""
-    try:
-        return session.run(names, feed)
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeoptError(f"{where} does not run through the model: {message[:240]}") from None
 
 
 def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], *,
