@@ -129,18 +129,26 @@ def test_int8_options(options, conv_files, capsys, monkeypatch, tmp_path):
         assert not excluded & {op_types[name] for name in quantized_nodes}
 
 
-def test_dynamic_per_tensor(conv_files, capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+def test_dynamic_per_tensor(conv_files, capsys, monkeypatch, tmp_path, granularity):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, ["quantize", "conv.onnx", "-o", "out.onnx", "--mode", "dynamic",
-                                    "--per-tensor", "--report", "report.json"])
+                                    "--per-tensor", "--activation-granularity", granularity,
+                                    "--report", "report.json"])
     assert code == 0, err
-    assert json.loads(pathlib.Path("report.json").read_text())["config"]["per_channel"] is False
+    config = json.loads(pathlib.Path("report.json").read_text())["config"]
+    assert config["per_channel"] is False and config["activation_granularity"] == granularity
     model = onnx.load("out.onnx")
     matmul_integer = [node for node in model.graph.node if node.op_type == "MatMulInteger"]
     assert len(matmul_integer) == 2  # fc1 (65 536 weights) and fc2 (1 280): both >= 256 elements
     initializers = {init.name: init for init in model.graph.initializer}
-    for node in matmul_integer:
-        assert list(initializers[node.input[3]].dims) == []  # one weight zero point per tensor
+    scale_muls = [node for node in model.graph.node if node.op_type == "Mul"
+                  and node.name.endswith("_weight_scale" if granularity == "row" else "_scale_product")]
+    assert len(scale_muls) == 2
+    for node in scale_muls:  # one weight scale per tensor
+        assert list(initializers[node.input[1]].dims) == []
+    assert sum(node.op_type == "DynamicQuantizeLinear" for node in model.graph.node) == \
+        (2 if granularity == "tensor" else 0)
 
 
 def test_quantize_overwrites_an_existing_output_file(conv_files, capsys, monkeypatch, tmp_path):

@@ -94,23 +94,27 @@ def _wide_matmul():
     return model, calibration, held_out
 
 
-def test_dynamic_per_channel_scales_of_512_channels_stay_float32():
+@pytest.mark.parametrize("granularity", ["row", "tensor"])
+def test_dynamic_per_channel_scales_of_512_channels_stay_float32(granularity):
     """Bug: dynamic mode re-quantized a >= 256-element per-channel scale vector to int8."""
     model, _, x = _wide_matmul()
-    result = edgeopt.quantize(model, edgeopt.DynamicConfig())
+    result = edgeopt.quantize(model, edgeopt.DynamicConfig(activation_granularity=granularity))
     quantized = result.model
     inits = _initializers(quantized)
     producers = {out: node for node in quantized.graph.node for out in node.output}
 
     # No weight-only restore chain (Cast of a stored integer tensor) anywhere in the graph.
     assert not [n.name for n in quantized.graph.node if n.op_type == "Cast" and n.input[0] in inits]
-    # The Mul that combines the run-time activation scale with the weight scales reads a float32
-    # initializer with one scale per output channel, not the output of a Cast/Mul chain.
-    dynamic_scales = {n.output[1] for n in quantized.graph.node if n.op_type == "DynamicQuantizeLinear"}
-    scale_muls = [n for n in quantized.graph.node if n.op_type == "Mul" and set(n.input) & dynamic_scales]
-    assert scale_muls
-    for node in scale_muls:
-        (other,) = [name for name in node.input if name not in dynamic_scales]
+    # The Mul that applies the weight scales reads a float32 initializer with one scale per output
+    # channel, not the output of a Cast/Mul chain.
+    if granularity == "tensor":
+        dynamic_scales = {n.output[1] for n in quantized.graph.node if n.op_type == "DynamicQuantizeLinear"}
+        scale_muls = [n for n in quantized.graph.node if n.op_type == "Mul" and set(n.input) & dynamic_scales]
+        others = [[name for name in n.input if name not in dynamic_scales][0] for n in scale_muls]
+    else:
+        others = [n.input[1] for n in quantized.graph.node if n.name.endswith("_weight_scale")]
+    assert others
+    for other in others:
         assert other not in producers, f"{other} is computed by {producers[other].op_type}"
         assert other in inits and inits[other].data_type == TensorProto.FLOAT
         assert numpy_helper.to_array(inits[other]).size == 512

@@ -113,7 +113,8 @@ def _float16(model: onnx.ModelProto, config: Float16Config, calibration) -> Quan
 def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> QuantizationResult:
     skip = _excluded_weights(model, config.exclude)
     original = {init.name for init in model.graph.initializer}
-    rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude)
+    rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude,
+                                         config.activation_granularity)
     stored = weights.store_int8(model, config.min_elements, skip=skip, per_channel=config.per_channel,
                                 only=original)
     return QuantizationResult(model, {"dynamic_matmuls": rewritten, "int8_stored_weights": len(stored)})

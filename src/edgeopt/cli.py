@@ -8,7 +8,7 @@ import logging
 import pathlib
 import sys
 
-from .config import MODES, DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .config import ACTIVATION_GRANULARITIES, MODES, DynamicConfig, Float16Config, Int8Config, Int16x8Config
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
     q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
+                   help="dynamic: one activation range per row (default) or per tensor")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
@@ -63,6 +65,8 @@ def _config(args) -> object:
     if args.mode == "float16":
         return Float16Config(**common)
     if args.mode == "dynamic":
+        if args.activation_granularity:
+            common["activation_granularity"] = args.activation_granularity
         return DynamicConfig(per_channel=not args.per_tensor, **common)
     options = dict(common, per_channel=not args.per_tensor, integer_only=args.integer_only,
                    fallback=not args.no_fallback)

@@ -12,6 +12,7 @@ from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 
 CONFIG_VERSION = 1
+ACTIVATION_GRANULARITIES = ("row", "tensor")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,20 @@ class DynamicConfig(_Config):
     per_channel: bool = True
     #: Weights with fewer elements stay float.
     min_elements: int = 256
+    #: ``"row"``: each row of a MatMul input (one token, one sample) gets its own uint8 range, as
+    #: TFLite's hybrid kernels do; a sample's result then does not depend on the rest of its batch.
+    #: ``"tensor"``: one range per input tensor (ONNX Runtime's ``DynamicQuantizeLinear``; fewer
+    #: operators, coarser).
+    activation_granularity: str = "row"
     mode = "dynamic"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.activation_granularity not in ACTIVATION_GRANULARITIES:
+            raise EdgeoptError(f"activation_granularity must be one of {', '.join(ACTIVATION_GRANULARITIES)}, "
+                               f"got {self.activation_granularity!r}")
+        if self.min_elements < 1:
+            raise EdgeoptError(f"min_elements must be >= 1, got {self.min_elements}")
 
 
 @dataclass(frozen=True)
