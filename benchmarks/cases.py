@@ -76,6 +76,27 @@ def mobilenet_v2_fashion() -> Case:
                 "10,000 test images upsampled to 96 px; calibration: 500 training images not used for fine-tuning")
 
 
+@case("efficientnet-lite0-fashion")
+def efficientnet_lite0_fashion() -> Case:
+    from .models.finetune import LITE_MEAN, LITE_STD
+
+    path = CACHE / "efficientnet_lite0_fashion.onnx"
+    if not path.exists():
+        from .models.finetune import finetune
+
+        finetune("efficientnet_lite0", 15000, 1)
+    train_x, _ = fashion.split("train")
+    test_x, test_y = fashion.split("t10k")
+    calibration = _dataset(path, {"image": fashion.to_imagenet_input(train_x[-500:], 96, LITE_MEAN, LITE_STD)},
+                           where="calibration")
+    evaluation = _dataset(path, {"image": fashion.to_imagenet_input(test_x, 96, LITE_MEAN, LITE_STD)}, test_y,
+                          "fashion-mnist test")
+    return Case("efficientnet-lite0-fashion",
+                "EfficientNet-Lite0 (ImageNet weights) fine-tuned on Fashion-MNIST, 96 px", "top1", path,
+                calibration, evaluation,
+                "10,000 test images upsampled to 96 px; calibration: 500 training images not used for fine-tuning")
+
+
 def _photo_crops(count_per_photo: int, photos: list[np.ndarray], size: int, seed: int) -> np.ndarray:
     """Random square crops of natural photos, resized to ``size``, ImageNet-normalised, NCHW."""
     import torch

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt int8 percentile", "edgeopt int8 minmax",
+EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic per-tensor", "edgeopt int8 percentile", "edgeopt int8 minmax",
            "edgeopt int8 entropy", "edgeopt int8 mse", "edgeopt int8 integer-only", "edgeopt int16x8")
 ANCHORS = ("onnxruntime static U8S8 minmax", "onnxruntime static U8S8 entropy",
            "onnxruntime static U8S8 percentile", "onnxruntime static S8S8 minmax", "onnxruntime dynamic",
@@ -45,6 +45,7 @@ def produce(variant: str, model: str, calibration: str, output: str) -> None:
     configs = {
         "edgeopt float16": edgeopt.Float16Config(),
         "edgeopt dynamic": edgeopt.DynamicConfig(),
+        "edgeopt dynamic per-tensor": edgeopt.DynamicConfig(activation_granularity="tensor"),
         "edgeopt int8 percentile": edgeopt.Int8Config(calibration_method="percentile"),
         "edgeopt int8 minmax": edgeopt.Int8Config(calibration_method="minmax"),
         "edgeopt int8 entropy": edgeopt.Int8Config(calibration_method="entropy"),

@@ -153,9 +153,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()
     windows = static.conv_window_geometry(selection, view) if config.bias_correction else {}
+    moment_inputs = static.rounding_inputs(selection, view) if config.weight_rounding == "compensated" else {}
     observers, samples = static.calibrate(model, selection.activations, remember(feeds),
                                           config.max_calibration_samples, channel_means_for=means_for,
-                                          conv_windows=windows)
+                                          conv_windows=windows, moment_inputs=moment_inputs)
     logger.info("calibrated %d tensors on %d samples", len(observers), samples)
     reference = _run(model, check_feeds)
 
@@ -166,14 +167,16 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         name = next(iter(sentinels))
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
     selection = _select(view, dtypes, config, set(sentinels))
+    rounded = static.round_weights(view, selection, observers) if moment_inputs else {}
     correct_biases = config.bias_correction
+    compensate = bool(rounded)
     measured: dict[tuple, tuple[float, float]] = {}
 
     def build(keep_float: frozenset):
         current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)))
         plan = static.plan(view, current, observers, method=config.calibration_method,
                            percentile=config.percentile, activation_type=config.activation_type,
-                           correct_biases=correct_biases)
+                           correct_biases=correct_biases, weight_values=rounded if compensate else None)
         quantized = onnx.ModelProto()
         quantized.CopyFrom(model)
         qdq.apply_plan(quantized, plan)
@@ -183,21 +186,22 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     def evaluate(keep_float: frozenset) -> tuple[float, float]:
         """(worst output cosine, relative squared error) on the check samples; each build once."""
-        key = (keep_float, correct_biases)
+        key = (keep_float, correct_biases, compensate)
         if key not in measured:
             _, quantized, io_params = build(keep_float)
             outputs = _run(quantized, check_feeds, io_params)
             measured[key] = (worst_cosine(reference, outputs), relative_error(reference, outputs))
         return measured[key]
 
-    if correct_biases:
-        # Bias correction is an estimate (float-model means); keep it only where it measurably helps.
-        with_correction = evaluate(frozenset())
-        correct_biases = False
-        without_correction = evaluate(frozenset())
-        correct_biases = with_correction[1] < without_correction[1]
-        logger.info("bias correction: relative output error %.3g with, %.3g without: %s", with_correction[1],
-                    without_correction[1], "kept" if correct_biases else "dropped")
+    # Compensated rounding and bias correction are estimates from calibration statistics: keep each
+    # only where it measurably lowers the output error on the check samples.
+    options = [(b, c) for b in {correct_biases, False} for c in {compensate, False}]
+    errors = {}
+    for correct_biases, compensate in options:
+        errors[(correct_biases, compensate)] = evaluate(frozenset())[1]
+    correct_biases, compensate = min(options, key=lambda option: (errors[option], -option[1], -option[0]))
+    logger.info("relative output error by (bias correction, compensated rounding): %s; kept %s",
+                {f"{b}/{c}": round(e, 6) for (b, c), e in errors.items()}, (correct_biases, compensate))
     if config.integer_only or not config.fallback:
         cosine, _ = evaluate(frozenset())
         decision = fallback.FallbackDecision(worst_cosine=cosine, steps=[{"kept_float": 0,
@@ -206,7 +210,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         # Candidates: the tensors the all-int8 plan quantizes, in graph order.
         first_plan = static.plan(view, selection, observers, method=config.calibration_method,
                                  percentile=config.percentile, activation_type=config.activation_type,
-                                 correct_biases=correct_biases)
+                                 correct_biases=correct_biases, weight_values=rounded if compensate else None)
         decision = fallback.choose(list(first_plan.activations), evaluate, config.target_cosine,
                                    config.fallback_max_fraction)
     plan, quantized, io_params = build(frozenset(decision.keep_float))
@@ -218,6 +222,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         "quantized_nodes": _count_ops(model, plan.nodes),
         "absorbed_activations": len(plan.absorbed),
         "bias_correction": correct_biases,
+        "weight_rounding": "compensated" if compensate else "nearest",
         "kept_float": plan.kept_float,
         "worst_output_cosine_on_calibration": round(cosine, 6),
         "fallback_steps": attempts,

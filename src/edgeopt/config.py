@@ -13,6 +13,7 @@ from .quantization.calibration import CALIBRATION_METHODS
 
 CONFIG_VERSION = 1
 ACTIVATION_GRANULARITIES = ("row", "tensor")
+WEIGHT_ROUNDINGS = ("compensated", "nearest")
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,12 @@ class Int8Config(_Config):
     activation_type: str = "uint8"
     integer_only: bool = False
     fallback: bool = True
-    target_cosine: float = 0.985
+    target_cosine: float = 0.97
     #: Subtract the mean shift int8 weights cause from each Conv/Gemm bias (from calibration means).
     bias_correction: bool = True
+    #: ``"compensated"``: int8 weights rounded for the layer's output on calibration data (GPTQ-style,
+    #: kept only when it lowers the measured output error); ``"nearest"``: each weight on its own.
+    weight_rounding: str = "compensated"
     #: At most this share of the activation tensors may stay float (the speed-up survives).
     fallback_max_fraction: float = 0.1
     max_calibration_samples: int | None = None
@@ -134,6 +138,9 @@ class Int8Config(_Config):
         if self.activation_type not in self._activation_types():
             raise EdgeoptError(f"activation_type must be one of {self._activation_types()}, "
                                f"got {self.activation_type!r}")
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            raise EdgeoptError(f"weight_rounding must be one of {', '.join(WEIGHT_ROUNDINGS)}, "
+                               f"got {self.weight_rounding!r}")
         if not 0.0 <= self.fallback_max_fraction <= 1.0:
             raise EdgeoptError(f"fallback_max_fraction must be in [0, 1], got {self.fallback_max_fraction}")
         if not 0.0 < self.target_cosine <= 1.0:

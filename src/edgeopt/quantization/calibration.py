@@ -32,6 +32,8 @@ class HistogramObserver:
         self.channel_sums: np.ndarray | None = None
         self.window_totals: dict[str, list] = {}
         self.channel_count = 0
+        #: node name -> [sum of x x^T over the inputs that node sees, count] (weight rounding)
+        self.moment_totals: dict[str, list] = {}
 
     def update_channel_means(self, values: np.ndarray) -> None:
         """Accumulate the mean of axis 1 (channels of NCHW, features of N x K) for bias correction."""
@@ -56,6 +58,21 @@ class HistogramObserver:
         if total[0].shape == sums.shape:
             total[0] += sums
             total[1] += count
+
+    def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
+        if key not in self.moment_totals:
+            self.moment_totals[key] = [np.zeros_like(sums), 0]
+        total = self.moment_totals[key]
+        if total[0].shape == sums.shape:
+            total[0] += sums
+            total[1] += count
+
+    def moments(self, key: str) -> np.ndarray | None:
+        """Second moment E[x x^T] of the inputs node ``key`` sees (per group), or None."""
+        if key not in self.moment_totals or self.moment_totals[key][1] == 0:
+            return None
+        sums, count = self.moment_totals[key]
+        return sums / count
 
     def window_means(self, key: str) -> np.ndarray | None:
         if key not in self.window_totals or self.window_totals[key][1] == 0:

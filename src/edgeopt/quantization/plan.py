@@ -24,6 +24,9 @@ class QuantizationPlan:
     #: (node name, bias index) -> float bias after bias correction (when it differs from the model's)
     bias_values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     constants: dict[tuple[str, int], QuantParams] = field(default_factory=dict)
+    #: (node name, weight index) -> float weight already on its int8 grid, when rounding chose
+    #: other integers than the nearest ones (see :mod:`.rounding`)
+    weight_values: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     #: names of the nodes that run quantized
     nodes: list[str] = field(default_factory=list)
     #: Relu/Clip node name -> name of the node whose quantized output now clamps for it
@@ -42,6 +45,7 @@ class QuantizationPlan:
             "biases": keyed(self.biases),
             "constants": keyed(self.constants),
             "corrected_biases": sorted(f"{node}:{index}" for node, index in self.bias_values),
+            "compensated_weights": sorted(f"{node}:{index}" for node, index in self.weight_values),
             "nodes": list(self.nodes),
             "absorbed": dict(self.absorbed),
             "kept_float": dict(self.kept_float),

@@ -89,9 +89,11 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
         for (node_name, index), params in table.items():
             node = nodes[node_name]
             source = node.input[index]
-            key = (source, params.dtype, params.axis, np.asarray(params.scale).tobytes())
+            rounded = plan.weight_values.get((node_name, index)) if kind == "weight" else None
+            key = (source, params.dtype, params.axis, np.asarray(params.scale).tobytes(),
+                   node_name if rounded is not None else None)
             if key not in cache:
-                values = view.constant(source)
+                values = view.constant(source) if rounded is None else rounded
                 base = f"{kind[0]}{len(cache)}"
                 quantized = view.add_initializer(f"{base}_q", quantize(values, params))
                 # ONNX Runtime fuses a Conv whose weight has no zero point (smaller file); Gemm needs it.

@@ -18,8 +18,14 @@ from .graph import GraphView, attribute
 from .numerics import INTEGER_RANGES, QuantParams, affine_params, symmetric_params, weight_params
 from .operators import activation_bounds, rule_for
 from .plan import QuantizationPlan
+from . import rounding
 
 logger = logging.getLogger(__name__)
+
+#: Calibration samples whose input second moments feed compensated rounding (GPTQ uses 128).
+ROUNDING_SAMPLES = 128
+#: Weights with more inputs per output channel keep nearest rounding (an inputs^2 matrix each).
+MAX_ROUNDING_INPUTS = 4096
 
 
 @dataclass
@@ -94,8 +100,9 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
 
 def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
               channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
-              ) -> tuple[dict[str, HistogramObserver], int]:
-    """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory)."""
+              moment_inputs: dict | None = None) -> tuple[dict[str, HistogramObserver], int]:
+    """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
+    also the channel means, convolution window means and input second moments asked for."""
     from ..runtime import make_session, run_checked
 
     probe = onnx.ModelProto()
@@ -118,6 +125,9 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
             for node_name, geometry in (conv_windows or {}).get(name, []):
                 if np.ndim(value) == 4:
                     observers[name].update_window_means(node_name, value, *geometry)
+            if samples < ROUNDING_SAMPLES:
+                for node_name, spec in (moment_inputs or {}).get(name, []):
+                    observers[name].update_moments(node_name, *_moments(value, spec))
         samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
         if max_samples is not None and samples >= max_samples:
             break
@@ -126,8 +136,71 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
     return observers, samples
 
 
+def _moments(value: np.ndarray, spec: tuple) -> tuple[np.ndarray, int]:
+    if spec[0] == "conv":
+        return rounding.conv_patch_moments(value, *spec[1:])
+    return rounding.row_moments(value, spec[1])
+
+
+def rounding_inputs(selection: Selection, view: GraphView) -> dict[str, list]:
+    """For the weights compensated rounding can improve: input name -> [(node name, how to form the
+    vectors the weight multiplies)], for :func:`calibrate`."""
+    inputs: dict[str, list] = {}
+    nodes = {node.name: node for node in selection.nodes}
+    for (node_name, index), (name, _) in selection.weights.items():
+        node = nodes[node_name]
+        weight = view.initializers[name]
+        dims = tuple(weight.dims)
+        spec = None
+        if node.op_type == "Conv" and index == 1 and len(dims) == 4 and attribute(node, "auto_pad", b"NOTSET") in (
+                b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            group = attribute(node, "group", 1)
+            if np.prod(dims[1:]) <= MAX_ROUNDING_INPUTS:
+                spec = ("conv", group, tuple(dims[2:]), tuple(attribute(node, "strides", [1, 1])),
+                        tuple(attribute(node, "pads", [0, 0, 0, 0])), tuple(attribute(node, "dilations", [1, 1])))
+        elif node.op_type in ("Gemm", "MatMul") and index == 1 and len(dims) == 2 and \
+                not attribute(node, "transA", 0):
+            features = dims[1] if node.op_type == "Gemm" and attribute(node, "transB", 0) else dims[0]
+            if features <= MAX_ROUNDING_INPUTS:
+                spec = ("rows", features)
+        if spec is not None:
+            inputs.setdefault(node.input[0], []).append((node_name, spec))
+    return inputs
+
+
+def round_weights(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver]
+                  ) -> dict[tuple[str, int], np.ndarray]:
+    """Compensated int8 weights (as float values on their grid) for every weight whose input
+    moments calibration collected; the scales are those :func:`plan` chooses."""
+    values = {}
+    nodes = {node.name: node for node in selection.nodes}
+    for key, (name, axis) in selection.weights.items():
+        node = nodes[key[0]]
+        observer = observers.get(node.input[0])
+        moments = None if observer is None else observer.moments(key[0])
+        if moments is None:
+            continue
+        weight = view.constant(name).astype(np.float32)
+        params = weight_params(weight, axis)
+        transposed = node.op_type == "MatMul" or (node.op_type == "Gemm" and not attribute(node, "transB", 0))
+        rows = weight.T if transposed else weight  # output channels x inputs
+        rows = rows.reshape(rows.shape[0], -1)
+        groups = moments.shape[0]
+        scales = np.broadcast_to(np.asarray(params.scale, np.float64).reshape(-1), (rows.shape[0],))
+        if rows.shape[1] != moments.shape[1] or rows.shape[0] % groups:
+            continue
+        per_group = rows.shape[0] // groups
+        integers = rounding.compensated_round(rows.reshape(groups, per_group, -1),
+                                              scales.reshape(groups, per_group), moments)
+        rounded = (integers.reshape(rows.shape) * scales[:, None]).astype(np.float32)
+        rounded = rounded.reshape((weight.T if transposed else weight).shape)
+        values[key] = rounded.T if transposed else rounded
+    return values
+
+
 def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], *,
-         method: str, percentile: float, activation_type: str, correct_biases: bool = True) -> QuantizationPlan:
+         method: str, percentile: float, activation_type: str, correct_biases: bool = True,
+         weight_values: dict | None = None) -> QuantizationPlan:
     """Parameters for every selected tensor, activation absorption, and int32 biases."""
     result = QuantizationPlan(activation_type)
     symmetric = activation_type == "int16"
@@ -151,6 +224,8 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     _absorb_activations(view, selection, result)
     for key, (name, axis) in selection.weights.items():
         result.weights[key] = weight_params(view.constant(name), axis)
+        if weight_values and key in weight_values:
+            result.weight_values[key] = weight_values[key]
     for key, name in selection.constants.items():
         values = view.constant(name).astype(np.float32)
         if symmetric:
@@ -207,7 +282,8 @@ def _correct_biases(view: GraphView, selection: Selection, result: QuantizationP
             continue
         weight = view.constant(node.input[1]).astype(np.float32)
         params = result.weights[weight_key]
-        delta = dequantize(quantize(weight, params), params).astype(np.float64) - weight
+        on_grid = result.weight_values.get(weight_key, weight)
+        delta = dequantize(quantize(on_grid, params), params).astype(np.float64) - weight
         means = observer.channel_means
         if node.op_type == "Conv":
             group = attribute(node, "group", 1)
