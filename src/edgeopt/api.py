@@ -195,7 +195,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     # Compensated rounding and bias correction are estimates from calibration statistics: keep each
     # only where it measurably lowers the output error on the check samples.
-    options = [(b, c) for b in {correct_biases, False} for c in {compensate, False}]
+    options = [(b, c) for b in dict.fromkeys((correct_biases, False)) for c in dict.fromkeys((compensate, False))]
     errors = {}
     for correct_biases, compensate in options:
         errors[(correct_biases, compensate)] = evaluate(frozenset())[1]
