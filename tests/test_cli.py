@@ -217,3 +217,17 @@ def test_demo_command_writes_the_table(capsys, monkeypatch, tmp_path):
     assert [row["row"] for row in rows] == ["float", "float16", "dynamic", "int8", "int8 integer-only"]
     assert (tmp_path / "demo" / "results.md").is_file()
 
+
+
+@pytest.mark.parametrize("rounding", ["compensated", "nearest"])
+def test_weight_rounding_option(conv_files, capsys, monkeypatch, tmp_path, rounding):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, ["quantize", "conv.onnx", "-o", "out.onnx", "--mode", "int8", "--calibration",
+                                    "calibration.npz", "--weight-rounding", rounding, "--report", "report.json"])
+    assert code == 0, err
+    report = json.loads(pathlib.Path("report.json").read_text())
+    assert report["config"]["weight_rounding"] == rounding
+    if rounding == "nearest":
+        assert report["weight_rounding"] == "nearest" and report["plan"]["compensated_weights"] == []
+    else:  # kept only when it measurably helps: either way the report says which was used
+        assert report["weight_rounding"] in ("compensated", "nearest")

@@ -8,7 +8,7 @@ import logging
 import pathlib
 import sys
 
-from .config import ACTIVATION_GRANULARITIES, MODES, DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .config import ACTIVATION_GRANULARITIES, MODES, WEIGHT_ROUNDINGS, DynamicConfig, Float16Config, Int8Config, Int16x8Config
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
                    help="dynamic: one activation range per row (default) or per tensor")
+    q.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS,
+                   help="int8: round weights for the layer output on calibration data (default) or to nearest")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
@@ -72,6 +74,8 @@ def _config(args) -> object:
                    fallback=not args.no_fallback)
     if args.calibration_method:
         options["calibration_method"] = args.calibration_method
+    if args.weight_rounding:
+        options["weight_rounding"] = args.weight_rounding
     if args.mode == "int8":
         if args.activation_type:
             options["activation_type"] = args.activation_type
