@@ -122,7 +122,8 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
     reference = outputs_of(str(case.model), evaluation)
     rows = {}
     for variant, report in made.items():
-        row = {"seconds": report["seconds"], "peak_mb": report["peak_mb"], "error": report["error"]}
+        row = {"seconds": report["seconds"], "peak_mb": report["peak_mb"], "error": report["error"],
+               "decisions": report.get("decisions") or {}}
         if report["path"]:
             try:
                 row.update(score(case.metric, outputs_of(report["path"], evaluation), reference, evaluation.labels))

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic per-tensor", "edgeopt int8 percentile", "edgeopt int8 minmax",
+EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic tensor-range", "edgeopt int8 percentile",
+           "edgeopt int8 minmax",
            "edgeopt int8 entropy", "edgeopt int8 mse", "edgeopt int8 integer-only", "edgeopt int16x8")
 ANCHORS = ("onnxruntime static U8S8 minmax", "onnxruntime static U8S8 entropy",
            "onnxruntime static U8S8 percentile", "onnxruntime static S8S8 minmax", "onnxruntime dynamic",
@@ -37,7 +38,8 @@ def calibration_feeds(model_path: str, calibration: str) -> list[dict]:
     return list(load_npz(calibration, input_specs(load_model(model_path))).batches(1))
 
 
-def produce(variant: str, model: str, calibration: str, output: str) -> None:
+def produce(variant: str, model: str, calibration: str, output: str) -> dict:
+    """Write the variant's model; returns the decisions edgeopt reports (nothing for anchors)."""
     import edgeopt
 
     from . import anchors
@@ -45,7 +47,7 @@ def produce(variant: str, model: str, calibration: str, output: str) -> None:
     configs = {
         "edgeopt float16": edgeopt.Float16Config(),
         "edgeopt dynamic": edgeopt.DynamicConfig(),
-        "edgeopt dynamic per-tensor": edgeopt.DynamicConfig(activation_granularity="tensor"),
+        "edgeopt dynamic tensor-range": edgeopt.DynamicConfig(activation_granularity="tensor"),
         "edgeopt int8 percentile": edgeopt.Int8Config(calibration_method="percentile"),
         "edgeopt int8 minmax": edgeopt.Int8Config(calibration_method="minmax"),
         "edgeopt int8 entropy": edgeopt.Int8Config(calibration_method="entropy"),
@@ -54,7 +56,11 @@ def produce(variant: str, model: str, calibration: str, output: str) -> None:
         "edgeopt int16x8": edgeopt.Int16x8Config(),
     }
     if variant in configs:
-        edgeopt.quantize(model, configs[variant], calibration=calibration).save(output)
+        result = edgeopt.quantize(model, configs[variant], calibration=calibration)
+        result.save(output)
+        report = result.report
+        return {key: report[key] for key in ("weight_rounding", "bias_correction") if key in report} | \
+            ({"kept_float": len(report["kept_float"])} if "kept_float" in report else {})
     elif variant.startswith("onnxruntime static"):
         method = variant.rsplit(" ", 1)[1]
         activation = "int8" if "S8S8" in variant else "uint8"
@@ -65,17 +71,20 @@ def produce(variant: str, model: str, calibration: str, output: str) -> None:
         anchors.nncf_ptq(model, output, calibration_feeds(model, calibration))
     else:
         raise SystemExit(f"unknown variant {variant!r}")
+    return {}
 
 
 def main(argv=None) -> int:
     variant, model, calibration, output = (argv or sys.argv[1:])
     start = time.perf_counter()
+    decisions = {}
     try:
-        produce(variant, model, calibration, output)
+        decisions = produce(variant, model, calibration, output)
         error = None
     except Exception as exc:  # recorded in the table: why this tool could not handle the model
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(), "error": error}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_memory_mb(), "error": error,
+                      "decisions": decisions}))
     return 0
 
 

@@ -58,6 +58,17 @@ def _comparison(case: dict) -> list[str]:
             f"{ours['size']['raw_bytes'] / anchor['size']['raw_bytes']:.2f}x."]
 
 
+def _decisions(case: dict) -> list[str]:
+    """What edgeopt's static modes chose on this model (each is kept only when it measurably helps)."""
+    parts = []
+    for name, r in case["rows"].items():
+        d = r.get("decisions") or {}
+        if "weight_rounding" in d:
+            parts.append(f"{name.removeprefix('edgeopt ')}: {d['weight_rounding']} rounding, bias correction "
+                         f"{'on' if d.get('bias_correction') else 'off'}, {d.get('kept_float', 0)} tensors kept float")
+    return ["edgeopt's choices: " + "; ".join(parts) + ".", ""] if parts else []
+
+
 def targets(results: dict) -> list[str]:
     cases = {c["name"]: c for c in results["cases"]}
     lines = ["| target | measured | met |", "|---|---|---|"]
@@ -133,7 +144,7 @@ def render(results: dict, here: pathlib.Path) -> None:
              "Figure: [results.png](results.png) (accuracy against size and against latency).", ""]
     for case in results["cases"]:
         lines += [f"## {case['title']}", "", f"{case['note']}.", ""] + _case_table(case) + [""]
-        lines += _comparison(case) + [""]
+        lines += _comparison(case) + [""] + _decisions(case)
     lines += ["## Targets", ""] + targets(results) + [""]
     reading = here / "READING.md"
     if reading.exists():

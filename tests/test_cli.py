@@ -229,5 +229,6 @@ def test_weight_rounding_option(conv_files, capsys, monkeypatch, tmp_path, round
     assert report["config"]["weight_rounding"] == rounding
     if rounding == "nearest":
         assert report["weight_rounding"] == "nearest" and report["plan"]["compensated_weights"] == []
-    else:  # kept only when it measurably helps: either way the report says which was used
+    else:  # kept only when it measurably helps; the plan lists the weights it changed
         assert report["weight_rounding"] in ("compensated", "nearest")
+        assert bool(report["plan"]["compensated_weights"]) == (report["weight_rounding"] == "compensated")

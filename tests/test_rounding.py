@@ -110,3 +110,21 @@ def test_compensated_rounding_on_grey_input_and_the_report():
 def test_unknown_weight_rounding_is_refused():
     with pytest.raises(edgeopt.EdgeoptError, match="weight_rounding must be one of compensated, nearest"):
         edgeopt.Int8Config(weight_rounding="adaround")
+
+
+def test_a_weight_shared_by_two_layers_is_stored_once_with_nearest_rounding():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 64)).astype(np.float32) / 8
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="first"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W"], ["y"], name="second")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    base = rng.standard_normal((256, 16)).astype(np.float32)
+    x = np.repeat(base, 4, axis=1)  # correlated inputs: compensation would pick other integers
+    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False), calibration=[{"x": x}])
+    assert result.report["plan"]["compensated_weights"] == []
+    int8 = [init for init in result.model.graph.initializer if init.data_type == TensorProto.INT8]
+    assert len(int8) == 1  # one stored copy for both readers

@@ -146,9 +146,12 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     check_feeds: list = []
 
     def remember(stream):
+        """Keep the last FIDELITY_SAMPLES samples for checks: held out from the moments that
+        compensated rounding fits on the first ones, when the calibration set is large enough."""
         for feed in stream:
-            if len(check_feeds) * _batch(feed) < FIDELITY_SAMPLES:
-                check_feeds.append(feed)
+            check_feeds.append(feed)
+            while len(check_feeds) > 1 and sum(map(_batch, check_feeds[1:])) >= FIDELITY_SAMPLES:
+                check_feeds.pop(0)
             yield feed
 
     means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()

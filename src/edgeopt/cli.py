@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
                    help="dynamic: one activation range per row (default) or per tensor")
     q.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS,
-                   help="int8: round weights for the layer output on calibration data (default) or to nearest")
+                   help="int8/int16x8: round weights for the layer output on calibration data (default) or to nearest")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")

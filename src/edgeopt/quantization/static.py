@@ -22,7 +22,8 @@ from . import rounding
 
 logger = logging.getLogger(__name__)
 
-#: Calibration samples whose input second moments feed compensated rounding (GPTQ uses 128).
+#: Calibration samples whose input second moments feed compensated rounding (GPTQ uses 128); the
+#: choice to keep it is checked on the last samples, which differ when there are enough.
 ROUNDING_SAMPLES = 128
 #: Weights with more inputs per output channel keep nearest rounding (an inputs^2 matrix each).
 MAX_ROUNDING_INPUTS = 4096
@@ -125,9 +126,13 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
             for node_name, geometry in (conv_windows or {}).get(name, []):
                 if np.ndim(value) == 4:
                     observers[name].update_window_means(node_name, value, *geometry)
-            if samples < ROUNDING_SAMPLES:
-                for node_name, spec in (moment_inputs or {}).get(name, []):
-                    observers[name].update_moments(node_name, *_moments(value, spec))
+            if samples < ROUNDING_SAMPLES and name in (moment_inputs or {}):
+                head = np.asarray(value)[:ROUNDING_SAMPLES - samples]  # the first ROUNDING_SAMPLES samples
+                computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
+                for node_name, spec in moment_inputs[name]:
+                    if spec not in computed:
+                        computed[spec] = _moments(head, spec)
+                    observers[name].update_moments(node_name, *computed[spec])
         samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
         if max_samples is not None and samples >= max_samples:
             break
@@ -174,7 +179,12 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     moments calibration collected; the scales are those :func:`plan` chooses."""
     values = {}
     nodes = {node.name: node for node in selection.nodes}
+    readers: dict[str, int] = {}
+    for name, _ in selection.weights.values():
+        readers[name] = readers.get(name, 0) + 1
     for key, (name, axis) in selection.weights.items():
+        if readers[name] > 1:
+            continue  # one stored tensor for several layers: nearest rounding, stored once
         node = nodes[key[0]]
         observer = observers.get(node.input[0])
         moments = None if observer is None else observer.moments(key[0])
@@ -361,6 +371,7 @@ def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan
                 widened = np.asarray(widened.max())
             result.weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
                                                      weight.axis)
+            result.weight_values.pop(weight_key, None)  # its integers were chosen on the old grid
             scale = input_scale * widened
         scale = np.asarray(scale, dtype=np.float32)
         result.biases[key] = QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), "int32",
