@@ -371,7 +371,8 @@ def _plan_biases(view: GraphView, selection: Selection, result: QuantizationPlan
                 widened = np.asarray(widened.max())
             result.weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
                                                      weight.axis)
-            result.weight_values.pop(weight_key, None)  # its integers were chosen on the old grid
+            # Compensated integers (if any) are re-rounded onto the widened channels only; those are
+            # channels whose weights are (nearly) all zero, where it makes no difference.
             scale = input_scale * widened
         scale = np.asarray(scale, dtype=np.float32)
         result.biases[key] = QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), "int32",
