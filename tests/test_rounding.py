@@ -65,16 +65,21 @@ def test_conv_patch_moments_match_explicit_patches(group, stride, pads):
     np.testing.assert_allclose(moments, expected, rtol=1e-5, atol=1e-4)  # float32 patches
 
 
-def _grey_conv_model():
+def _grey_conv_model(dead_channel: bool = False):
     """A 3-channel Conv fed grey images (three equal channels), with colour-opponent filters: the
-    layer's effective filter is the small sum of three large weights, as in an ImageNet stem."""
+    layer's effective filter is the small sum of three large weights, as in an ImageNet stem.
+    ``dead_channel``: one output channel has zero weights and a bias, as BatchNorm folding leaves
+    a pruned channel (its int32 bias needs a wider weight scale)."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     w[:, 2] = -(w[:, 0] + w[:, 1]) + 0.05 * rng.standard_normal((16, 3, 3)).astype(np.float32)
+    bias = np.zeros(16, np.float32)
+    if dead_channel:
+        w[5], bias[5] = 0.0, 0.7
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[1, 1, 1, 1])]
     graph = helper.make_graph(nodes, "grey", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 12, 12])],
-                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.zeros(16, np.float32), "B")])
+                              [numpy_helper.from_array(w, "W"), numpy_helper.from_array(bias, "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
 
@@ -84,8 +89,9 @@ def _grey_conv_model():
     return model, grey
 
 
-def test_compensated_rounding_on_grey_input_and_the_report():
-    model, grey = _grey_conv_model()
+@pytest.mark.parametrize("dead_channel", [False, True])
+def test_compensated_rounding_on_grey_input_and_the_report(dead_channel):
+    model, grey = _grey_conv_model(dead_channel)
     held_out = grey(9, 32)
     reference = models.run(model, held_out)[0]
 
@@ -100,7 +106,8 @@ def test_compensated_rounding_on_grey_input_and_the_report():
     assert nearest_report["weight_rounding"] == "nearest"
     assert report["weight_rounding"] == "compensated"
     assert report["plan"]["compensated_weights"] == ["conv:1"]
-    # Same scales either way: only the integers differ.
+    # Same scales either way: only the integers differ (a dead channel's scale is widened for
+    # its bias in both; the other channels keep their compensated integers).
     assert report["plan"]["weights"] == nearest_report["plan"]["weights"]
     # Measured 16.0 dB with nearest rounding, 20.2 dB compensated (the uint8 activations and the
     # last, uncompensated input of each kernel position limit it); 2 dB leaves a margin.

@@ -36,11 +36,8 @@ def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray,
         hessian[g, i, i] = 1.0
     damp = DAMPING * np.maximum(np.einsum("gii->gi", hessian).mean(axis=1), 1e-12)
     hessian += damp[:, None, None] * np.eye(inputs)
-    # Round the inputs with the largest second moment first, while the most columns remain to
-    # absorb their error ("act-order" in GPTQ's code).
-    order = np.argsort(-np.einsum("gii->gi", hessian), axis=1, kind="stable")
-    weights = np.take_along_axis(weights, order[:, None, :], axis=2)
-    hessian = np.take_along_axis(np.take_along_axis(hessian, order[:, :, None], axis=1), order[:, None, :], axis=2)
+    # Inputs are rounded in their natural order. GPTQ's "act-order" (largest second moment first)
+    # was measured worse here: MobileNetV2-Fashion output error 0.0111 against 0.0087.
     upper = np.linalg.cholesky(np.linalg.inv(hessian)).transpose(0, 2, 1)  # inv(H) = U^T U
     integers = np.empty(weights.shape, dtype=np.int64)
     for i in range(inputs):
@@ -50,9 +47,7 @@ def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray,
         error = (column - q * scales[..., 0]) / upper[:, None, i, i]
         if i + 1 < inputs:
             weights[:, :, i + 1:] -= error[..., None] * upper[:, None, i, i + 1:]
-    restored = np.empty_like(integers)
-    np.put_along_axis(restored, np.broadcast_to(order[:, None, :], integers.shape), integers, axis=2)
-    return restored
+    return integers
 
 
 def conv_patch_moments(x: np.ndarray, group: int, kernel, strides, pads, dilations) -> tuple[np.ndarray, int]:
