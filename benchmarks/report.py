@@ -13,10 +13,20 @@ def _pct(value) -> str:
     return "" if value is None else f"{100 * value:.2f}%"
 
 
+def _value(value, metric: str) -> str:
+    """A metric as the table prints it: cosines as numbers, the rest as percentages."""
+    return f"{value:.4f}" if metric == "cosine" else _pct(value)
+
+
+def _change(value, base, metric: str) -> str:
+    return f"{value - base:+.4f}" if metric == "cosine" else f"{100 * (value - base):+.2f}"
+
+
 def _case_table(case: dict) -> list[str]:
     rows = case["rows"]
     base = rows["float"]
-    lines = [f"| variant | {METRIC_NAMES[case['metric']]} | change (points) | worst cosine | SQNR dB | "
+    unit = "change" if case["metric"] == "cosine" else "change (points)"
+    lines = [f"| variant | {METRIC_NAMES[case['metric']]} | {unit} | worst cosine | SQNR dB | "
              "1 thread ms median (p90) | x float | 2 threads ms median (p90) | x float | size KB | x float | "
              "gzip KB | optimizer s | peak MB |", "|" + "---|" * 14]
     for name, r in rows.items():
@@ -28,7 +38,8 @@ def _case_table(case: dict) -> list[str]:
         cosine = "" if name == "float" else f"{r['cosine_worst']:.4f}"
         peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.0f}"
         lines.append(
-            f"| {name} | {_pct(r['metric'])} | {100 * (r['metric'] - base['metric']):+.2f} | {cosine} | {sqnr} | "
+            f"| {name} | {_value(r['metric'], case['metric'])} | {_change(r['metric'], base['metric'], case['metric'])} | "
+            f"{cosine} | {sqnr} | "
             f"{l1['median']:.3f} ({l1['p90']:.3f}) | {l1['median'] / base['latency_1t']['median']:.2f} | "
             f"{l2['median']:.3f} ({l2['p90']:.3f}) | {l2['median'] / base['latency_2t']['median']:.2f} | "
             f"{r['size']['raw_bytes'] / 1000:.1f} | {r['size']['raw_bytes'] / base['size']['raw_bytes']:.3f} | "
@@ -105,6 +116,50 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
+SUMMARY_START, SUMMARY_END = "<!-- benchmark-summary:start -->", "<!-- benchmark-summary:end -->"
+
+
+def summary(results: dict) -> list[str]:
+    """One line per model for the README: edgeopt's int8 and dynamic against float and the best anchor."""
+    lines = [f"`{results['command']}`, {results['date']} (single-sample latency, 1 thread, ratios to float "
+             "measured in the same run):", "",
+             "| model | metric | float | edgeopt int8 | latency | size | best static anchor | its latency | "
+             "edgeopt dynamic | latency |", "|" + "---|" * 10]
+
+    def cell(row, base, metric):
+        if not row or row.get("error"):
+            return "failed", ""
+        return (f"{_value(row['metric'], metric)} ({_change(row['metric'], base['metric'], metric)})",
+                f"{row['latency_1t']['median'] / base['latency_1t']['median']:.2f}x")
+
+    for case in results["cases"]:
+        rows, base = case["rows"], case["rows"]["float"]
+        metric = case["metric"]
+        ours, ours_latency = cell(rows.get(EDGEOPT_INT8), base, metric)
+        size = "" if not rows.get(EDGEOPT_INT8) or rows[EDGEOPT_INT8].get("error") else \
+            f"{rows[EDGEOPT_INT8]['size']['raw_bytes'] / base['size']['raw_bytes']:.3f}x"
+        best = best_anchor(case)
+        anchor, anchor_latency = cell(best[1], base, metric) if best else ("all failed", "")
+        if best:
+            anchor = f"{best[0]}: {anchor}"
+        dynamic, dynamic_latency = cell(rows.get("edgeopt dynamic"), base, metric)
+        lines.append(f"| {case['name']} | {METRIC_NAMES[metric]} | {_value(base['metric'], metric)} | {ours} | "
+                     f"{ours_latency} | {size} | {anchor} | {anchor_latency} | {dynamic} | {dynamic_latency} |")
+    return lines
+
+
+def update_readme(results: dict, readme: pathlib.Path) -> None:
+    """Replace the README's summary block (between the markers) with the current numbers."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    start, end = text.find(SUMMARY_START), text.find(SUMMARY_END)
+    if start < 0 or end < start:
+        return
+    block = "\n".join([SUMMARY_START, ""] + summary(results) + ["", SUMMARY_END])
+    readme.write_text(text[:start] + block + text[end + len(SUMMARY_END):])
+
+
 def figure(results: dict, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -151,3 +206,4 @@ def render(results: dict, here: pathlib.Path) -> None:
         lines += ["## Reading the table", "", reading.read_text().strip(), ""]
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")
+    update_readme(results, here.parent / "README.md")

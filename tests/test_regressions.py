@@ -110,7 +110,7 @@ def test_dynamic_per_channel_scales_of_512_channels_stay_float32(granularity):
     if granularity == "tensor":
         dynamic_scales = {n.output[1] for n in quantized.graph.node if n.op_type == "DynamicQuantizeLinear"}
         scale_muls = [n for n in quantized.graph.node if n.op_type == "Mul" and set(n.input) & dynamic_scales]
-        others = [[name for name in n.input if name not in dynamic_scales][0] for n in scale_muls]
+        others = [next(name for name in n.input if name not in dynamic_scales) for n in scale_muls]
     else:
         others = [n.input[1] for n in quantized.graph.node if n.name.endswith("_weight_scale")]
     assert others

@@ -36,7 +36,10 @@ def test_correlated_inputs_lower_the_output_error():
     integers = rounding.compensated_round(rows, scales, moments)
     compensated = integers * scales[..., None]
     nearest = _nearest(rows, scales) * scales[..., None]
-    error = lambda q: np.mean((x @ (q[0] - rows[0]).T) ** 2)  # noqa: E731
+
+    def error(q):
+        return np.mean((x @ (q[0] - rows[0]).T) ** 2)
+
     # Three copies of each input: the first two copies' rounding errors are absorbed by the copies
     # after them; the last copy has none left, so the error can fall to about a third (measured
     # 2.5x lower); 2x leaves a margin.

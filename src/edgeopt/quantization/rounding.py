@@ -29,7 +29,7 @@ def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray,
     weights = np.array(rows, dtype=np.float64)
     scales = np.asarray(scales, dtype=np.float64)[..., None]
     hessian = np.array(moments, dtype=np.float64)
-    groups, _, inputs = weights.shape
+    inputs = weights.shape[2]
     diagonal = np.einsum("gii->gi", hessian)
     dead = diagonal <= 0  # an input that is always zero: its weight does not matter
     for g, i in zip(*np.nonzero(dead)):
