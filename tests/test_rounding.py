@@ -99,7 +99,8 @@ def test_compensated_rounding_on_grey_input_and_the_report(dead_channel):
     reference = models.run(model, held_out)[0]
 
     def sqnr(config):
-        result = edgeopt.quantize(model, config, calibration=[grey(8, 64)])
+        # 64 check samples first, then the samples compensated rounding fits its moments on.
+        result = edgeopt.quantize(model, config, calibration=[grey(100 + i, 16) for i in range(12)])
         onnx.checker.check_model(result.model, full_check=True)
         output = models.run(result.model, held_out)[0]
         return 10 * np.log10(np.sum(reference ** 2) / np.sum((output - reference) ** 2)), result.report
@@ -134,8 +135,18 @@ def test_a_weight_shared_by_two_layers_is_stored_once_with_nearest_rounding():
     model.ir_version = 8
     base = rng.standard_normal((256, 16)).astype(np.float32)
     x = np.repeat(base, 4, axis=1)  # correlated inputs: compensation would pick other integers
-    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False), calibration=[{"x": x}])
+    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False),
+                              calibration=[{"x": x[i:i + 32]} for i in range(0, 256, 32)])
     assert result.report["plan"]["compensated_weights"] == []
     int8 = [init for init in result.model.graph.initializer if init.data_type == TensorProto.INT8
             and list(init.dims) == [64, 64]]
     assert len(int8) == 1  # one stored copy for both readers
+
+
+def test_no_compensation_without_samples_beyond_the_check_samples():
+    """The keep-or-drop decision is made on the first 64 samples; with no samples after them
+    there is nothing held out to fit on, so the weights are rounded to nearest."""
+    model, grey = _grey_conv_model()
+    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False), calibration=[grey(8, 16) for _ in range(4)])
+    assert result.report["weight_rounding"] == "nearest"
+    assert result.report["plan"]["compensated_weights"] == []

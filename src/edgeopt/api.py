@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 _HANDLERS: dict[type, Callable] = {}
 # Calibration samples replayed to check the result against float (and to steer the fallback).
 FIDELITY_SAMPLES = 64
+#: Samples after the check samples whose input moments compensated rounding fits on.
+ROUNDING_SAMPLES = 128
 
 
 def register_handler(config_type: type):
@@ -146,12 +148,11 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     check_feeds: list = []
 
     def remember(stream):
-        """Keep the last FIDELITY_SAMPLES samples for checks: held out from the moments that
-        compensated rounding fits on the first ones, when the calibration set is large enough."""
+        """Keep the first FIDELITY_SAMPLES samples for checks; compensated rounding fits its
+        moments on the samples after them, so its keep-or-drop decision is made on held-out data."""
         for feed in stream:
-            check_feeds.append(feed)
-            while len(check_feeds) > 1 and sum(map(_batch, check_feeds[1:])) >= FIDELITY_SAMPLES:
-                check_feeds.pop(0)
+            if len(check_feeds) * _batch(feed) < FIDELITY_SAMPLES:
+                check_feeds.append(feed)
             yield feed
 
     means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()
@@ -159,7 +160,8 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     moment_inputs = static.rounding_inputs(selection, view) if config.weight_rounding == "compensated" else {}
     observers, samples = static.calibrate(model, selection.activations, remember(feeds),
                                           config.max_calibration_samples, channel_means_for=means_for,
-                                          conv_windows=windows, moment_inputs=moment_inputs)
+                                          conv_windows=windows, moment_inputs=moment_inputs,
+                                          moment_samples=(FIDELITY_SAMPLES, FIDELITY_SAMPLES + ROUNDING_SAMPLES))
     logger.info("calibrated %d tensors on %d samples", len(observers), samples)
     reference = _run(model, check_feeds)
 

@@ -22,9 +22,6 @@ from . import rounding
 
 logger = logging.getLogger(__name__)
 
-#: Calibration samples whose input second moments feed compensated rounding (GPTQ uses 128); the
-#: choice to keep it is checked on the last samples, which differ when there are enough.
-ROUNDING_SAMPLES = 128
 #: Weights with more inputs per output channel keep nearest rounding (an inputs^2 matrix each).
 MAX_ROUNDING_INPUTS = 4096
 
@@ -101,9 +98,11 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
 
 def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
               channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
-              moment_inputs: dict | None = None) -> tuple[dict[str, HistogramObserver], int]:
+              moment_inputs: dict | None = None, moment_samples: tuple[int, int] = (0, 128),
+              ) -> tuple[dict[str, HistogramObserver], int]:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
-    also the channel means, convolution window means and input second moments asked for."""
+    also the channel means, convolution window means, and the input second moments asked for
+    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``)."""
     from ..runtime import make_session, run_checked
 
     probe = onnx.ModelProto()
@@ -126,12 +125,14 @@ def calibrate(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int
             for node_name, geometry in (conv_windows or {}).get(name, []):
                 if np.ndim(value) == 4:
                     observers[name].update_window_means(node_name, value, *geometry)
-            if samples < ROUNDING_SAMPLES and name in (moment_inputs or {}):
-                head = np.asarray(value)[:ROUNDING_SAMPLES - samples]  # the first ROUNDING_SAMPLES samples
+            first, stop = moment_samples
+            if name in (moment_inputs or {}) and np.ndim(value) and samples < stop and \
+                    samples + len(np.asarray(value)) > first:
+                part = np.asarray(value)[max(first - samples, 0):stop - samples]
                 computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
                 for node_name, spec in moment_inputs[name]:
                     if spec not in computed:
-                        computed[spec] = _moments(head, spec)
+                        computed[spec] = _moments(part, spec)
                     observers[name].update_moments(node_name, *computed[spec])
         samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
         if max_samples is not None and samples >= max_samples:
