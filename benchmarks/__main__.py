@@ -1,6 +1,6 @@
 """Run edgeopt's reference benchmark and write benchmarks/RESULTS.md, results.json and results.png.
 
-    python -m benchmarks                       # every case (about 30 minutes on 2 cores)
+    python -m benchmarks                       # every case (about 45 minutes on 2 cores)
     python -m benchmarks --quick               # two cases, 1,000 samples, fewer variants (< 5 minutes)
     python -m benchmarks --only minilm silero-vad
     python -m benchmarks --render              # rewrite RESULTS.md/png from results.json

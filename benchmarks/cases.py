@@ -60,41 +60,33 @@ def default_cnn() -> Case:
                 "10,000 test images; calibration: the 500 shipped held-out training images")
 
 
-@case("mobilenet-v2-fashion")
-def mobilenet_v2_fashion() -> Case:
-    path = CACHE / "mobilenet_v2_fashion.onnx"
-    if not path.exists():
-        from .models.finetune import finetune
+def _finetuned_fashion(name: str, model: str, title: str) -> Case:
+    """An ImageNet model fine-tuned on Fashion-MNIST by benchmarks.models.finetune (cached)."""
+    from .models.finetune import NORMALISATION, SIZE, finetune
 
-        finetune("mobilenet_v2", 15000, 1)
+    path = CACHE / f"{model}_fashion.onnx"
+    if not path.exists():
+        finetune(model, 15000, 1)
+    mean, std = NORMALISATION[model]
     train_x, _ = fashion.split("train")
     test_x, test_y = fashion.split("t10k")
-    calibration = _dataset(path, {"image": fashion.to_imagenet_input(train_x[-500:], 96)}, where="calibration")
-    evaluation = _dataset(path, {"image": fashion.to_imagenet_input(test_x, 96)}, test_y, "fashion-mnist test")
-    return Case("mobilenet-v2-fashion", "MobileNetV2 (ImageNet weights) fine-tuned on Fashion-MNIST, 96 px",
-                "top1", path, calibration, evaluation,
-                "10,000 test images upsampled to 96 px; calibration: 500 training images not used for fine-tuning")
+    calibration = _dataset(path, {"image": fashion.to_imagenet_input(train_x[-500:], SIZE, mean, std)},
+                           where="calibration")
+    evaluation = _dataset(path, {"image": fashion.to_imagenet_input(test_x, SIZE, mean, std)}, test_y,
+                          "fashion-mnist test")
+    return Case(name, f"{title} (ImageNet weights) fine-tuned on Fashion-MNIST, {SIZE} px", "top1", path,
+                calibration, evaluation, f"10,000 test images upsampled to {SIZE} px; calibration: 500 training "
+                "images not used for fine-tuning")
+
+
+@case("mobilenet-v2-fashion")
+def mobilenet_v2_fashion() -> Case:
+    return _finetuned_fashion("mobilenet-v2-fashion", "mobilenet_v2", "MobileNetV2")
 
 
 @case("efficientnet-lite0-fashion")
 def efficientnet_lite0_fashion() -> Case:
-    from .models.finetune import LITE_MEAN, LITE_STD
-
-    path = CACHE / "efficientnet_lite0_fashion.onnx"
-    if not path.exists():
-        from .models.finetune import finetune
-
-        finetune("efficientnet_lite0", 15000, 1)
-    train_x, _ = fashion.split("train")
-    test_x, test_y = fashion.split("t10k")
-    calibration = _dataset(path, {"image": fashion.to_imagenet_input(train_x[-500:], 96, LITE_MEAN, LITE_STD)},
-                           where="calibration")
-    evaluation = _dataset(path, {"image": fashion.to_imagenet_input(test_x, 96, LITE_MEAN, LITE_STD)}, test_y,
-                          "fashion-mnist test")
-    return Case("efficientnet-lite0-fashion",
-                "EfficientNet-Lite0 (ImageNet weights) fine-tuned on Fashion-MNIST, 96 px", "top1", path,
-                calibration, evaluation,
-                "10,000 test images upsampled to 96 px; calibration: 500 training images not used for fine-tuning")
+    return _finetuned_fashion("efficientnet-lite0-fashion", "efficientnet_lite0", "EfficientNet-Lite0")
 
 
 def _photo_crops(count_per_photo: int, photos: list[np.ndarray], size: int, seed: int) -> np.ndarray:

@@ -22,10 +22,13 @@ from .. import fashion
 CACHE = pathlib.Path(__file__).resolve().parents[1] / ".cache"
 SIZE = 96
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
-LITE_MEAN = LITE_STD = (0.5, 0.5, 0.5)  # EfficientNet-Lite's inputs are scaled to [-1, 1]
+# mean, std of each model's input normalisation (EfficientNet-Lite's inputs are scaled to [-1, 1])
+NORMALISATION = {"mobilenet_v2": (fashion.IMAGENET_MEAN, fashion.IMAGENET_STD),
+                 "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 def build(name: str):
+    """The ImageNet model with a 10-class head, and the mean/std its inputs are normalised with."""
     import torch
 
     if name == "mobilenet_v2":
@@ -33,15 +36,14 @@ def build(name: str):
 
         model = pretrained()
         model.classifier[1] = torch.nn.Linear(1280, 10)
-        return model, fashion.IMAGENET_MEAN, fashion.IMAGENET_STD
-    if name == "efficientnet_lite0":
-        from .efficientnet_lite import EfficientNetLite0, imagenet_weights_path
+    elif name == "efficientnet_lite0":
+        from .efficientnet_lite import pretrained
 
-        model = EfficientNetLite0(size=SIZE)
-        model.load_state_dict(torch.load(imagenet_weights_path(), weights_only=True, map_location="cpu"))
+        model = pretrained(size=SIZE)
         model._fc = torch.nn.Linear(1280, 10)
-        return model, LITE_MEAN, LITE_STD
-    raise SystemExit(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    else:
+        raise SystemExit(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    return (model, *NORMALISATION[name])
 
 
 def finetune(name: str, images: int, epochs: int, seed: int = 0) -> pathlib.Path:

@@ -52,33 +52,17 @@ class HistogramObserver:
         """Accumulate, per input channel and kernel offset, the mean of the zero-padded input that a
         2-D convolution's output positions see (exact bias correction with padding and stride)."""
         sums, count = window_sums(np.asarray(values, dtype=np.float64), kernel, strides, pads, dilations)
-        if key not in self.window_totals:
-            self.window_totals[key] = [np.zeros_like(sums), 0]
-        total = self.window_totals[key]
-        if total[0].shape == sums.shape:
-            total[0] += sums
-            total[1] += count
+        _accumulate(self.window_totals, key, sums, count)
+
+    def window_means(self, key: str) -> np.ndarray | None:
+        return _mean(self.window_totals, key)
 
     def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
-        if key not in self.moment_totals:
-            self.moment_totals[key] = [np.zeros_like(sums), 0]
-        total = self.moment_totals[key]
-        if total[0].shape == sums.shape:
-            total[0] += sums
-            total[1] += count
+        _accumulate(self.moment_totals, key, sums, count)
 
     def moments(self, key: str) -> np.ndarray | None:
         """Second moment E[x x^T] of the inputs node ``key`` sees (per group), or None."""
-        if key not in self.moment_totals or self.moment_totals[key][1] == 0:
-            return None
-        sums, count = self.moment_totals[key]
-        return sums / count
-
-    def window_means(self, key: str) -> np.ndarray | None:
-        if key not in self.window_totals or self.window_totals[key][1] == 0:
-            return None
-        sums, count = self.window_totals[key]
-        return sums / count
+        return _mean(self.moment_totals, key)
 
     @property
     def channel_means(self) -> np.ndarray | None:
@@ -135,6 +119,21 @@ class HistogramObserver:
     @property
     def variance(self) -> float:
         return max(self.sum_squares / max(self.total, 1) - self.mean**2, 0.0)
+
+
+def _accumulate(table: dict[str, list], key: str, sums: np.ndarray, count: int) -> None:
+    """Add ``sums`` over ``count`` items to the running total stored under ``key``."""
+    total = table.setdefault(key, [np.zeros_like(sums), 0])
+    if total[0].shape == sums.shape:
+        total[0] += sums
+        total[1] += count
+
+
+def _mean(table: dict[str, list], key: str) -> np.ndarray | None:
+    if key not in table or table[key][1] == 0:
+        return None
+    sums, count = table[key]
+    return sums / count
 
 
 def window_sums(x: np.ndarray, kernel, strides, pads, dilations) -> tuple[np.ndarray, int]:
