@@ -176,6 +176,9 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     correct_biases = config.bias_correction
     compensate = bool(rounded)
     measured: dict[tuple, tuple[float, float]] = {}
+    # Every build edits a copy of the same model: its integer weights are computed once.
+    plan_memo: dict = {}
+    storage_memo: dict = {}
 
     def build(keep_float: frozenset):
         current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)))
@@ -184,9 +187,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
                            correct_biases=correct_biases, weight_values=rounded if compensate else None)
         quantized = onnx.ModelProto()
         quantized.CopyFrom(model)
-        qdq.apply_plan(quantized, plan)
+        qdq.apply_plan(quantized, plan, plan_memo)
         io_params = make_integer_io(quantized, plan) if config.integer_only else {}
-        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original)
+        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original,
+                           memo=storage_memo)
         return plan, quantized, io_params
 
     def evaluate(keep_float: frozenset) -> tuple[float, float]:

@@ -37,8 +37,13 @@ def _dequantize_node(view: GraphView, base: str, quantized: str, params: QuantPa
                           [output], f"{base}_DQ", domain=_qdq_domain(params.dtype), **attributes)
 
 
-def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
-    """Edit ``model`` in place."""
+def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None = None) -> None:
+    """Edit ``model`` in place.
+
+    ``memo`` keeps quantized weights between calls that edit copies of the same source model (the
+    fallback builds one model per candidate): a weight with the same parameters is not requantized.
+    """
+    memo = {} if memo is None else memo
     nodes = {node.name: node for node in model.graph.node}
     new_nodes: list[onnx.NodeProto] = []
 
@@ -93,9 +98,10 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
             key = (source, params.dtype, params.axis, np.asarray(params.scale).tobytes(),
                    node_name if rounded is not None else None)
             if key not in cache:
-                values = view.constant(source) if rounded is None else rounded
+                if key not in memo:
+                    memo[key] = quantize(view.constant(source) if rounded is None else rounded, params)
                 base = f"{kind[0]}{len(cache)}"
-                quantized = view.add_initializer(f"{base}_q", quantize(values, params))
+                quantized = view.add_initializer(f"{base}_q", memo[key])
                 # ONNX Runtime fuses a Conv whose weight has no zero point (smaller file); Gemm needs it.
                 with_zero_point = not (kind == "weight" and node.op_type == "Conv")
                 output = view.unique(f"{base}_dq")

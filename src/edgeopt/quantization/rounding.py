@@ -21,6 +21,8 @@ import numpy as np
 
 #: Added to the diagonal, as a fraction of its mean: keeps H invertible when inputs are collinear.
 DAMPING = 0.01
+#: Columns rounded between two updates of the columns after them.
+BLOCK = 128
 
 
 def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray, qmin: int = -127,
@@ -40,13 +42,21 @@ def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray,
     # was measured worse here: MobileNetV2-Fashion output error 0.0111 against 0.0087.
     upper = np.linalg.cholesky(np.linalg.inv(hessian)).transpose(0, 2, 1)  # inv(H) = U^T U
     integers = np.empty(weights.shape, dtype=np.int64)
-    for i in range(inputs):
-        column = weights[:, :, i]
-        q = np.clip(np.rint(column / scales[..., 0]), qmin, qmax)
-        integers[:, :, i] = q
-        error = (column - q * scales[..., 0]) / upper[:, None, i, i]
-        if i + 1 < inputs:
-            weights[:, :, i + 1:] -= error[..., None] * upper[:, None, i, i + 1:]
+    # Lazy batch updates (GPTQ's blocking): inside a block each rounding error updates only the
+    # block's later columns; the columns after the block get the block's errors in one matrix
+    # product. Same result as updating every later column at each step, in far fewer operations.
+    for start in range(0, inputs, BLOCK):
+        stop = min(start + BLOCK, inputs)
+        block = weights[:, :, start:stop]
+        errors = np.empty(block.shape)
+        for i in range(stop - start):
+            column = block[:, :, i]
+            q = np.clip(np.rint(column / scales[..., 0]), qmin, qmax)
+            integers[:, :, start + i] = q
+            errors[:, :, i] = (column - q * scales[..., 0]) / upper[:, None, start + i, start + i]
+            block[:, :, i + 1:] -= errors[:, :, i, None] * upper[:, None, start + i, start + i + 1:stop]
+        if stop < inputs:
+            weights[:, :, stop:] -= errors @ upper[:, start:stop, stop:]
     return integers
 
 

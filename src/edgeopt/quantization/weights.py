@@ -37,7 +37,7 @@ def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
 
 
 def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements: int, skip: set[str],
-                          encode) -> list[str]:
+                          encode, graph_index: int) -> list[str]:
     stored = []
     kept = []
     new_nodes = []
@@ -47,7 +47,7 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
             kept.append(init)
             continue
         array = numpy_helper.to_array(init)
-        encoded = encode(init.name, array, view)
+        encoded = encode(init.name, array, view, graph_index)
         if encoded is None:
             kept.append(init)
             continue
@@ -65,16 +65,18 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
 
 
 def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] = frozenset(),
-               per_channel: bool = True, only: set[str] | None = None) -> list[str]:
+               per_channel: bool = True, only: set[str] | None = None, memo: dict | None = None) -> list[str]:
     """Store float weights of at least ``min_elements`` values as int8 + scale; returns their names.
 
     ``only`` limits the main graph to these initializers: callers pass the model's own weights, so
     that scales and other parameters a quantization pass created are never quantized again.
+    ``memo`` keeps the encodings between calls on copies of the same source model.
     """
+    memo = {} if memo is None else memo
     if only is not None:
         skip = set(skip) | ({init.name for init in model.graph.initializer} - set(only))
 
-    def encode(name, array, view):
+    def integers_and_scale(name, array, view):
         # Only real weights: matrices and kernels with finite values, at least 8 values per scale
         # (a bias or a per-gate vector would grow, or lose precision, as int8).
         if array.ndim < 2 or not np.all(np.isfinite(array)) or np.abs(array).max(initial=0.0) > LARGEST_WEIGHT:
@@ -83,12 +85,21 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
         if axis is not None and array.size // array.shape[axis] < 8:
             return None
         params = weight_params(array, axis)
-        quantized = numpy_helper.from_array(quantize(array, params), view.unique(f"{name}_int8"))
         scale = np.asarray(params.scale, dtype=np.float32)
         if params.axis is not None:
             shape = [1] * array.ndim
             shape[params.axis] = scale.size
             scale = scale.reshape(shape)
+        return quantize(array, params), scale
+
+    def encode(name, array, view, graph_index):
+        key = (graph_index, name)  # If branches may reuse a weight's name
+        if key not in memo:
+            memo[key] = integers_and_scale(name, array, view)
+        if memo[key] is None:
+            return None
+        integers, scale = memo[key]
+        quantized = numpy_helper.from_array(integers, view.unique(f"{name}_int8"))
         scale_init = numpy_helper.from_array(scale, view.unique(f"{name}_scale"))
         widened = view.unique(f"{name}_widened")
         nodes = [view.make_node("Cast", [quantized.name], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
@@ -101,7 +112,7 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
 def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str] = frozenset()) -> list[str]:
     """Store float initializers as float16 behind a Cast back to float32; returns their names."""
 
-    def encode(name, array, view):
+    def encode(name, array, view, graph_index):
         # Values outside float16's range (attention masks holding float32's lowest value) would
         # become -inf, and NaN after a fully masked softmax: such tensors stay float32.
         if np.any(np.abs(array[np.isfinite(array)]) > np.finfo(np.float16).max):
@@ -115,11 +126,11 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
 def _apply_everywhere(model, min_elements, skip, encode) -> list[str]:
     """Apply to the main graph and to If/Loop/Scan bodies (weights inside control flow count too)."""
     view = GraphView(model)
-    stored = _replace_initializers(model.graph, view, min_elements, skip, encode)
-    for graph in _subgraphs(model.graph):
+    stored = _replace_initializers(model.graph, view, min_elements, skip, encode, 0)
+    for graph_index, graph in enumerate(_subgraphs(model.graph), start=1):
         sub_view = GraphView(onnx.helper.make_model(graph))
         sub_view.used_names |= view.used_names
-        stored += _replace_initializers(graph, sub_view, min_elements, set(), encode)
+        stored += _replace_initializers(graph, sub_view, min_elements, set(), encode, graph_index)
         view.used_names |= sub_view.used_names
     return stored
 
