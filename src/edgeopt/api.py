@@ -9,7 +9,7 @@ from typing import Callable
 
 import onnx
 
-from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
+from .config import AUTO_CALIBRATION_METHODS, DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
 from .data import input_specs, iterate_feeds
 from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
@@ -175,6 +175,8 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     rounded = static.round_weights(view, selection, observers) if moment_inputs else {}
     correct_biases = config.bias_correction
     compensate = bool(rounded)
+    methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
+    method = methods[0]
     measured: dict[tuple, tuple[float, float]] = {}
     # Every build edits a copy of the same model: its integer weights are computed once.
     plan_memo: dict = {}
@@ -182,7 +184,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     def build(keep_float: frozenset):
         current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)))
-        plan = static.plan(view, current, observers, method=config.calibration_method,
+        plan = static.plan(view, current, observers, method=method,
                            percentile=config.percentile, activation_type=config.activation_type,
                            correct_biases=correct_biases, weight_values=rounded if compensate else None)
         quantized = onnx.ModelProto()
@@ -195,13 +197,22 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     def evaluate(keep_float: frozenset) -> tuple[float, float]:
         """(worst output cosine, relative squared error) on the check samples; each build once."""
-        key = (keep_float, correct_biases, compensate)
+        key = (keep_float, method, correct_biases, compensate)
         if key not in measured:
             _, quantized, io_params = build(keep_float)
             outputs = _run(quantized, check_feeds, io_params)
             measured[key] = (worst_cosine(reference, outputs), relative_error(reference, outputs))
         return measured[key]
 
+    # "auto": the activation ranges of the calibration method whose model is closest to float on
+    # the check samples (no one method wins on every model: see benchmarks/READING.md).
+    method_errors = {}
+    for method in methods:
+        method_errors[method] = evaluate(frozenset())[1]
+    method = min(methods, key=method_errors.get)
+    if len(methods) > 1:
+        logger.info("relative output error by calibration method: %s; kept %s",
+                    {m: round(e, 6) for m, e in method_errors.items()}, method)
     # Compensated rounding and bias correction are estimates from calibration statistics: keep each
     # only where it measurably lowers the output error on the check samples.
     options = [(b, c) for b in dict.fromkeys((correct_biases, False)) for c in dict.fromkeys((compensate, False))]
@@ -217,7 +228,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
                                                                           "worst_cosine": round(cosine, 6)}])
     else:
         # Candidates: the tensors the all-int8 plan quantizes, in graph order.
-        first_plan = static.plan(view, selection, observers, method=config.calibration_method,
+        first_plan = static.plan(view, selection, observers, method=method,
                                  percentile=config.percentile, activation_type=config.activation_type,
                                  correct_biases=correct_biases, weight_values=rounded if compensate else None)
         decision = fallback.choose(list(first_plan.activations), evaluate, config.target_cosine,
@@ -230,6 +241,8 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         "calibration_samples": samples,
         "quantized_nodes": _count_ops(model, plan.nodes),
         "absorbed_activations": len(plan.absorbed),
+        "calibration_method": method,
+        "calibration_errors": {m: round(e, 8) for m, e in method_errors.items()} if len(methods) > 1 else {},
         "bias_correction": correct_biases,
         "weight_rounding": "compensated" if compensate else "nearest",
         "kept_float": plan.kept_float,

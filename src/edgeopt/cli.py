@@ -8,9 +8,9 @@ import logging
 import pathlib
 import sys
 
-from .config import ACTIVATION_GRANULARITIES, MODES, WEIGHT_ROUNDINGS, DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, WEIGHT_ROUNDINGS, DynamicConfig,
+                     Float16Config, Int8Config, Int16x8Config)
 from .errors import EdgeoptError
-from .quantization.calibration import CALIBRATION_METHODS
 
 EXIT_ERROR = 2
 
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-o", "--output", required=True, help="where to write the quantized model")
     q.add_argument("--mode", required=True, choices=sorted(MODES), help="quantization mode")
     q.add_argument("--calibration", help="representative data: .npz named by model input, or an image folder")
-    q.add_argument("--calibration-method", choices=CALIBRATION_METHODS, help="how activation ranges are chosen")
+    q.add_argument("--calibration-method", choices=CALIBRATION_CHOICES,
+                   help="how activation ranges are chosen (auto: the method closest to float on the check samples)")
     q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
     q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")

@@ -14,6 +14,9 @@ from .quantization.calibration import CALIBRATION_METHODS
 CONFIG_VERSION = 1
 ACTIVATION_GRANULARITIES = ("row", "tensor")
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
+#: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
+AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")
+CALIBRATION_CHOICES = ("auto",) + CALIBRATION_METHODS
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,9 @@ class Int8Config(_Config):
     ``target_cosine``.
     """
 
-    calibration_method: str = "percentile"
+    #: ``"auto"`` builds the model with each of percentile, mse, entropy and minmax ranges and keeps
+    #: the one whose outputs are closest to float on the check samples.
+    calibration_method: str = "auto"
     percentile: float = 99.99
     per_channel: bool = True
     activation_type: str = "uint8"
@@ -130,9 +135,9 @@ class Int8Config(_Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.calibration_method not in CALIBRATION_METHODS:
+        if self.calibration_method not in CALIBRATION_CHOICES:
             raise EdgeoptError(f"unknown calibration method {self.calibration_method!r}; "
-                               f"expected one of {', '.join(CALIBRATION_METHODS)}")
+                               f"expected one of {', '.join(CALIBRATION_CHOICES)}")
         if not 50.0 < self.percentile <= 100.0:
             raise EdgeoptError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.activation_type not in self._activation_types():
