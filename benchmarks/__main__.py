@@ -25,12 +25,12 @@ import time
 import numpy as np
 
 from . import cases as case_registry
-from .optimize import VARIANTS
+from .optimize import EDGEOPT_INT8, VARIANTS
 
 HERE = pathlib.Path(__file__).resolve().parent
 TIMEOUT_S = 300
 QUICK_CASES = ("default-cnn", "mobilenet-v2-fashion")
-QUICK_VARIANTS = ("edgeopt float16", "edgeopt dynamic", "edgeopt int8 percentile", "edgeopt int8 integer-only",
+QUICK_VARIANTS = ("edgeopt float16", "edgeopt dynamic", EDGEOPT_INT8, "edgeopt int8 integer-only",
                   "onnxruntime static U8S8 minmax", "onnxruntime dynamic")
 
 
@@ -69,6 +69,28 @@ def outputs_of(path: str, dataset, threads: int = 2) -> list[np.ndarray]:
     batches = [runner.run(feed) for feed in dataset.batches(64)]
     return [np.concatenate([np.asarray(b[i]).reshape(len(np.asarray(b[i])) if np.ndim(b[i]) else 1, -1)
                             for b in batches]) for i in range(len(batches[0]))]
+
+
+def hits(metric: str, outputs: list[np.ndarray], reference: list[np.ndarray], labels) -> np.ndarray | None:
+    """Per sample, whether the variant got it right: the label for "top1", float's class for
+    "agreement"; None for the metrics that are not a count of samples."""
+    predicted = outputs[0].argmax(1)
+    if metric == "top1":
+        return predicted == labels
+    if metric == "agreement":
+        return predicted == reference[0].argmax(1)
+    return None
+
+
+def paired(ours: np.ndarray, theirs: np.ndarray) -> dict:
+    """Samples only one of two variants gets right, and the two-sided exact sign-test p-value of
+    that split (the chance of a split at least this uneven if both were equally accurate)."""
+    import math
+
+    only_ours, only_theirs = int(np.sum(ours & ~theirs)), int(np.sum(theirs & ~ours))
+    n, k = only_ours + only_theirs, min(only_ours, only_theirs)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_ours": only_ours, "only_theirs": only_theirs, "p_value": p}
 
 
 def score(metric: str, outputs: list[np.ndarray], reference: list[np.ndarray], labels) -> dict:
@@ -120,13 +142,15 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     made = produce(case, QUICK_VARIANTS if quick else VARIANTS, work)
     reference = outputs_of(str(case.model), evaluation)
-    rows = {}
+    rows, correct = {}, {}
     for variant, report in made.items():
         row = {"seconds": report["seconds"], "peak_mb": report["peak_mb"], "error": report["error"],
                "decisions": report.get("decisions") or {}}
         if report["path"]:
             try:
-                row.update(score(case.metric, outputs_of(report["path"], evaluation), reference, evaluation.labels))
+                outputs = outputs_of(report["path"], evaluation)
+                row.update(score(case.metric, outputs, reference, evaluation.labels))
+                correct[variant] = hits(case.metric, outputs, reference, evaluation.labels)
                 data = pathlib.Path(report["path"]).read_bytes()
                 import gzip
 
@@ -134,6 +158,9 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
             except Exception as exc:
                 row["error"] = f"does not run in onnxruntime: {str(exc).splitlines()[0][:160]}"
         rows[variant] = row
+    if correct.get(EDGEOPT_INT8) is not None:
+        rows[EDGEOPT_INT8]["paired"] = {variant: paired(correct[EDGEOPT_INT8], hit) for variant, hit in correct.items()
+                                        if variant != EDGEOPT_INT8 and hit is not None}
     runnable = {v: made[v]["path"] for v in rows if rows[v]["error"] is None}
     heavy = case.metric in ("agreement", "cosine") or "mobilenet" in name
     for threads in (1, 2):

@@ -15,9 +15,11 @@ import time
 
 import numpy as np
 
-EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic tensor-range", "edgeopt int8 percentile",
-           "edgeopt int8 minmax",
-           "edgeopt int8 entropy", "edgeopt int8 mse", "edgeopt int8 integer-only", "edgeopt int16x8")
+#: edgeopt's default int8 configuration (calibration method "auto")
+EDGEOPT_INT8 = "edgeopt int8 auto"
+EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic tensor-range", EDGEOPT_INT8,
+           "edgeopt int8 percentile", "edgeopt int8 minmax", "edgeopt int8 entropy", "edgeopt int8 mse",
+           "edgeopt int8 integer-only", "edgeopt int16x8")
 ANCHORS = ("onnxruntime static U8S8 minmax", "onnxruntime static U8S8 entropy",
            "onnxruntime static U8S8 percentile", "onnxruntime static S8S8 minmax", "onnxruntime dynamic",
            "nncf ptq")
@@ -48,6 +50,7 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         "edgeopt float16": edgeopt.Float16Config(),
         "edgeopt dynamic": edgeopt.DynamicConfig(),
         "edgeopt dynamic tensor-range": edgeopt.DynamicConfig(activation_granularity="tensor"),
+        EDGEOPT_INT8: edgeopt.Int8Config(),
         "edgeopt int8 percentile": edgeopt.Int8Config(calibration_method="percentile"),
         "edgeopt int8 minmax": edgeopt.Int8Config(calibration_method="minmax"),
         "edgeopt int8 entropy": edgeopt.Int8Config(calibration_method="entropy"),
@@ -59,7 +62,8 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         result = edgeopt.quantize(model, configs[variant], calibration=calibration)
         result.save(output)
         report = result.report
-        return {key: report[key] for key in ("weight_rounding", "bias_correction") if key in report} | \
+        return {key: report[key] for key in ("calibration_method", "weight_rounding", "bias_correction")
+                if key in report} | \
             ({"kept_float": len(report["kept_float"])} if "kept_float" in report else {})
     elif variant.startswith("onnxruntime static"):
         method = variant.rsplit(" ", 1)[1]

@@ -131,6 +131,28 @@ def test_exclude_by_name_and_type_keeps_those_nodes_float():
     assert {"conv1", "conv2", "fc1"} <= quantized
 
 
+@pytest.mark.parametrize("exclude", [("conv1",), ("conv2",), ("fc1",), ("Gemm",)], ids="-".join)
+def test_excluded_nodes_stay_float_in_the_graph_onnxruntime_runs(exclude, tmp_path):
+    # ONNX Runtime gives a Conv/Gemm whose input comes from a DequantizeLinear int8 per-tensor
+    # weights at load (its WeightBiasQuantization pass), float weight or not: an excluded node
+    # must not read a DequantizeLinear, or it would run quantized after all.
+    import onnx
+    import onnxruntime as ort
+
+    case = models.CASES["conv_net"]
+    result = edgeopt.quantize(case.build(), edgeopt.Int8Config(exclude=exclude, fallback=False),
+                              calibration=case.feeds(1, 16))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(result.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ran = {node.name: node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+    float_op = {"conv1": "Conv", "conv2": "Conv", "fc1": "Gemm", "fc2": "Gemm"}
+    for name, op_type in float_op.items():
+        excluded = name in exclude or op_type in exclude
+        assert (ran[name] == op_type) == excluded, (name, ran[name])
+
+
 def test_quantization_result_save_and_report(tmp_path):
     case = models.CASES["two_io"]
     result = edgeopt.quantize(case.build(), edgeopt.DynamicConfig())

@@ -99,7 +99,8 @@ def test_evaluate_the_float_model_against_itself_is_exact(conv_files, capsys, mo
 
 
 @pytest.mark.parametrize("options", [
-    ["--calibration-method", "entropy"], ["--calibration-method", "auto"], ["--calibration-method", "mse"], ["--per-tensor"], ["--no-fallback"],
+    ["--calibration-method", "entropy"], ["--calibration-method", "auto"], ["--calibration-method", "mse"],
+    ["--per-tensor"], ["--no-fallback"],
     ["--activation-type", "int8"], ["--exclude", "fc2"], ["--exclude", "Gemm", "MaxPool"],
 ], ids=" ".join)
 def test_int8_options(options, conv_files, capsys, monkeypatch, tmp_path):

@@ -15,6 +15,9 @@ from .numerics import QuantParams, quantize
 from .plan import QuantizationPlan
 
 MICROSOFT = "com.microsoft"
+#: ONNX Runtime's WeightBiasQuantization gives these operators int8 per-tensor weights when their
+#: first input comes from a DequantizeLinear, even if their weight is float.
+WEIGHT_QUANTIZED_BY_RUNTIME = ("Conv", "ConvTranspose", "Gemm")
 
 
 def _qdq_domain(dtype: str) -> str:
@@ -56,18 +59,29 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
     nodes = {node.name: node for node in model.graph.node}
     view = GraphView(model)
 
-    # 2. One Q->DQ pair per activation tensor.
+    # 2. One Q->DQ pair per activation tensor. A Conv/ConvTranspose/Gemm that stays float reads the
+    #    float tensor, not the DQ output: ONNX Runtime would otherwise quantize its float weight
+    #    itself (per tensor, at load), and the node the user or the fallback kept float would not be.
+    #    The pair stays even when only such nodes read the tensor: without it ONNX Runtime moves the
+    #    DequantizeLinear of the tensor's producer past order-preserving operators (MaxPool,
+    #    Reshape, ...) and reaches the float node anyway.
+    quantized_nodes = set(plan.nodes)
     scale_names: dict[str, str] = {}
     aliases: dict[str, str] = {}  # DQ output of a graph input -> the input's name
     # Short generated names (a<n>, w<n>, b<n>): on MobileNetV2 names of the form
     # "<tensor>_quantized" were 3% of the file. The plan in the report maps tensors to parameters.
     for number, (name, params) in enumerate(plan.activations.items()):
         base = f"a{number}"
+        readers = view.consumers.get(name, [])
+        float_readers = [node for node in readers if node.name not in quantized_nodes
+                         and node.op_type in WEIGHT_QUANTIZED_BY_RUNTIME and node.input[0] == name]
         quantized = view.unique(f"{base}_q")
         domain = _qdq_domain(params.dtype)
         if name in view.graph_inputs:
             dequantized = view.unique(f"{base}_dq")
-            for consumer in view.consumers.get(name, []):
+            for consumer in readers:
+                if consumer in float_readers:
+                    continue
                 for i, value in enumerate(consumer.input):
                     if value == name:
                         consumer.input[i] = dequantized
@@ -80,6 +94,8 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
                 if value == name:
                     producer.output[i] = source
             dequantized = name
+            for consumer in float_readers:
+                consumer.input[0] = source
         scale_zero = _add_params(view, base, params)
         scale_names[name] = scale_zero[0]
         new_nodes.append(view.make_node("QuantizeLinear", [source] + scale_zero, [quantized], f"{base}_Q",
