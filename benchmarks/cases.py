@@ -255,12 +255,15 @@ def silero_vad() -> Case:
     clips = speech_clips()
 
     def chunks(selected):
-        """Feeds of 512 samples, with the state the float model carries from the previous chunk."""
+        """Feeds of 512 new samples after the previous chunk's last 64 (the context the model
+        expects, as silero_vad's own wrapper passes it: 576 samples), with the state the float
+        model carries from the previous chunk."""
         inputs, states = [], []
         for clip in selected:
             state = np.zeros((2, 1, 128), np.float32)
+            padded = np.concatenate([np.zeros(64, np.float32), clip])
             for start in range(0, len(clip) - 512, 512):
-                chunk = clip[start:start + 512][None]
+                chunk = padded[start:start + 576][None]
                 inputs.append(chunk)
                 states.append(state)
                 _, state = session.run(None, {"input": chunk, "state": state, "sr": np.array(16000, np.int64)})
