@@ -164,8 +164,10 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
     runnable = {v: made[v]["path"] for v in rows if rows[v]["error"] is None}
     heavy = case.metric in ("agreement", "cosine") or "mobilenet" in name
     for threads in (1, 2):
-        latency = interleaved_latency(runnable, evaluation, threads, rounds=2 if quick else (4 if heavy else 8),
-                                      runs=10 if heavy else 40)
+        # 160 timed runs per variant on the heavy models (320 on the light ones): with fewer, two
+        # copies of one model differed by 5% in one run.
+        latency = interleaved_latency(runnable, evaluation, threads, rounds=2 if quick else 8,
+                                      runs=20 if heavy else 40)
         for variant, value in latency.items():
             rows[variant][f"latency_{threads}t"] = value
     return {"name": name, "title": case.title, "metric": case.metric, "note": case.note,

@@ -51,9 +51,21 @@ def _case_table(case: dict) -> list[str]:
     return lines
 
 
+#: An anchor whose file is at least this share of float's quantized nothing (it returned the model
+#: unchanged, as NNCF and onnxruntime's dynamic quantizer do when all compute sits in If branches).
+UNQUANTIZED_SIZE = 0.9
+
+
+def quantized_nothing(case: dict, name: str) -> bool:
+    row, base = case["rows"][name], case["rows"]["float"]
+    return row["size"]["raw_bytes"] >= UNQUANTIZED_SIZE * base["size"]["raw_bytes"]
+
+
 def best_anchor(case: dict, static_only: bool = True) -> tuple[str, dict] | None:
+    """The most accurate anchor that ran and actually quantized the model (ties: the faster)."""
     anchors = {n: r for n, r in case["rows"].items() if not r.get("error") and
-               (n.startswith("onnxruntime static") or n == "nncf ptq" or (not static_only and "dynamic" in n))}
+               (n.startswith("onnxruntime static") or n == "nncf ptq" or (not static_only and "dynamic" in n))
+               and not quantized_nothing(case, n)}
     if not anchors:
         return None
     name = max(anchors, key=lambda n: (round(anchors[n]["metric"], 6), -anchors[n]["latency_1t"]["median"]))
@@ -64,10 +76,12 @@ def _comparison(case: dict) -> list[str]:
     ours = case["rows"].get(EDGEOPT_INT8)
     best = best_anchor(case)
     if ours is None or ours.get("error") or best is None:
-        return ["No comparison: edgeopt int8 or every static anchor failed on this model (see the table)."]
+        return ["No comparison: edgeopt int8 failed, or no static anchor ran and quantized this model (an "
+                f"anchor whose file is {UNQUANTIZED_SIZE}x float or larger returned it unquantized; see the table)."]
     name, anchor = best
+    unit = "" if case["metric"] == "cosine" else " points"
     text = (f"edgeopt int8 (defaults) against the most accurate static anchor, **{name}**: "
-            f"{METRIC_NAMES[case['metric']]} {100 * (ours['metric'] - anchor['metric']):+.2f} points, latency "
+            f"{METRIC_NAMES[case['metric']]} {_change(ours['metric'], anchor['metric'], case['metric'])}{unit}, latency "
             f"{ours['latency_1t']['median'] / anchor['latency_1t']['median']:.2f}x at 1 thread and "
             f"{ours['latency_2t']['median'] / anchor['latency_2t']['median']:.2f}x at 2, size "
             f"{ours['size']['raw_bytes'] / anchor['size']['raw_bytes']:.2f}x.")
@@ -77,7 +91,7 @@ def _comparison(case: dict) -> list[str]:
                  f"edgeopt has {split['only_ours']} and {name} {split['only_theirs']} (two-sided sign test "
                  f"p = {split['p_value']:.2f}; p above 0.05 means the difference is within chance).")
     flips = (ours.get("paired") or {}).get("float")
-    if flips:
+    if flips and case["metric"] == "top1":
         text += (f" Against float: {flips['only_theirs']} samples float gets right and edgeopt int8 does not, "
                  f"{flips['only_ours']} the other way.")
     return [text]
@@ -114,14 +128,20 @@ def targets(results: dict) -> list[str]:
     for case in results["cases"]:
         ours = case["rows"].get(EDGEOPT_INT8)
         best = best_anchor(case)
-        if ours is None or ours.get("error") or best is None:
+        if ours is None or ours.get("error"):
+            continue
+        if best is None:
+            lines.append(f"| {case['name']}: int8 as accurate as the best anchor | no anchor both ran and "
+                         "quantized this model | n/a |")
             continue
         name, anchor = best
-        delta = 100 * (ours["metric"] - anchor["metric"])
+        delta = ours["metric"] - anchor["metric"]
         ratio = ours["latency_1t"]["median"] / anchor["latency_1t"]["median"]
         split = (ours.get("paired") or {}).get(name)
         chance = f" (sign test p = {split['p_value']:.2f})" if split else ""
-        row(f"{case['name']}: int8 as accurate as the best anchor ({name})", f"{delta:+.2f} points{chance}", delta >= 0)
+        unit = "" if case["metric"] == "cosine" else " points"
+        row(f"{case['name']}: int8 as accurate as the best anchor ({name})",
+            f"{_change(ours['metric'], anchor['metric'], case['metric'])}{unit}{chance}", delta >= 0)
         row(f"{case['name']}: int8 latency within 5% of that anchor", f"{ratio:.2f}x", ratio <= 1.05)
     minilm = cases.get("minilm")
     if minilm and not minilm["rows"].get("edgeopt dynamic", {}).get("error"):
