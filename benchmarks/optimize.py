@@ -19,7 +19,7 @@ import numpy as np
 EDGEOPT_INT8 = "edgeopt int8 auto"
 EDGEOPT = ("edgeopt float16", "edgeopt dynamic", "edgeopt dynamic tensor-range", EDGEOPT_INT8,
            "edgeopt int8 percentile", "edgeopt int8 minmax", "edgeopt int8 entropy", "edgeopt int8 mse",
-           "edgeopt int8 integer-only", "edgeopt int16x8")
+           "edgeopt int8 scope all", "edgeopt int8 integer-only", "edgeopt int16x8")
 ANCHORS = ("onnxruntime static U8S8 minmax", "onnxruntime static U8S8 entropy",
            "onnxruntime static U8S8 percentile", "onnxruntime static S8S8 minmax", "onnxruntime dynamic",
            "nncf ptq")
@@ -55,6 +55,7 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         "edgeopt int8 minmax": edgeopt.Int8Config(calibration_method="minmax"),
         "edgeopt int8 entropy": edgeopt.Int8Config(calibration_method="entropy"),
         "edgeopt int8 mse": edgeopt.Int8Config(calibration_method="mse"),
+        "edgeopt int8 scope all": edgeopt.Int8Config(scope="all"),
         "edgeopt int8 integer-only": edgeopt.Int8Config(integer_only=True),
         "edgeopt int16x8": edgeopt.Int16x8Config(),
     }
@@ -62,7 +63,7 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         result = edgeopt.quantize(model, configs[variant], calibration=calibration)
         result.save(output)
         report = result.report
-        return {key: report[key] for key in ("calibration_method", "weight_rounding", "bias_correction")
+        return {key: report[key] for key in ("scope", "calibration_method", "weight_rounding", "bias_correction")
                 if key in report} | \
             ({"kept_float": len(report["kept_float"])} if "kept_float" in report else {})
     elif variant.startswith("onnxruntime static"):

@@ -103,7 +103,8 @@ def _decisions(case: dict) -> list[str]:
     for name, r in case["rows"].items():
         d = r.get("decisions") or {}
         if "weight_rounding" in d:
-            method = f"{d['calibration_method']} ranges, " if name == EDGEOPT_INT8 and "calibration_method" in d else ""
+            method = "".join(f"{d[key]} {label}, " for key, label in (("scope", "scope"), ("calibration_method", "ranges"))
+                             if key in d)
             parts.append(f"{name.removeprefix('edgeopt ')}: {method}{d['weight_rounding']} rounding, bias correction "
                          f"{'on' if d.get('bias_correction') else 'off'}, {d.get('kept_float', 0)} tensors kept float")
     return ["edgeopt's choices: " + "; ".join(parts) + ".", ""] if parts else []

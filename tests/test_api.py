@@ -101,8 +101,12 @@ def test_from_dict_rejects_a_type_of_another_class_and_other_versions():
     lambda: edgeopt.DynamicConfig(exclude="fc1"),
     lambda: edgeopt.Int8Config(exclude=[1]),
     lambda: _Config.from_dict({"type": "Int8Config", "calibration_method": "nope"}),
+    lambda: edgeopt.Int8Config(scope="nope"),
+    lambda: edgeopt.Int8Config(scope="matmul-inputs", integer_only=True),
+    lambda: edgeopt.Int16x8Config(scope="matmul-inputs"),
 ], ids=["method", "percentile-low", "percentile-high", "int8-activation", "int16-activation", "target",
-        "max-samples", "min-elements", "exclude-string", "exclude-int", "from-dict-method"])
+        "max-samples", "min-elements", "exclude-string", "exclude-int", "from-dict-method", "scope",
+        "scope-integer-only", "scope-int16x8"])
 def test_invalid_config_values_raise_edgeopt_error(make):
     with pytest.raises(edgeopt.EdgeoptError):
         make()

@@ -102,6 +102,7 @@ def test_evaluate_the_float_model_against_itself_is_exact(conv_files, capsys, mo
     ["--calibration-method", "entropy"], ["--calibration-method", "auto"], ["--calibration-method", "mse"],
     ["--per-tensor"], ["--no-fallback"],
     ["--activation-type", "int8"], ["--exclude", "fc2"], ["--exclude", "Gemm", "MaxPool"],
+    ["--scope", "matmul-inputs"],
 ], ids=" ".join)
 def test_int8_options(options, conv_files, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
@@ -120,6 +121,10 @@ def test_int8_options(options, conv_files, capsys, monkeypatch, tmp_path):
         assert config["fallback"] is False and len(report["fallback_steps"]) == 1
     if options[0] == "--activation-type":
         assert {a["dtype"] for a in report["plan"]["activations"].values()} == {"int8"}
+    if options[0] == "--scope":
+        assert config["scope"] == report["scope"] == "matmul-inputs"
+        op_types = {node.name: node.op_type for node in onnx.load("conv.onnx").graph.node}
+        assert {op_types[name] for name in report["plan"]["nodes"]} <= {"MatMul", "Gemm"}
     if options[0] == "--exclude":
         excluded = set(options[1:])
         assert config["exclude"] == options[1:]

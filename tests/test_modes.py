@@ -247,13 +247,13 @@ def _relative_error(reference, outputs) -> float:
 def test_auto_calibration_keeps_the_method_closest_to_float():
     model = _spiky_mlp()
     calibration = _spiky_inputs(CALIBRATION_SEED, 512)
-    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False), calibration=calibration)
+    result = edgeopt.quantize(model, edgeopt.Int8Config(fallback=False, scope="all"), calibration=calibration)
     errors = result.report["calibration_errors"]
     assert set(errors) == {"percentile", "mse", "entropy", "minmax"}
     chosen = result.report["calibration_method"]
     assert errors[chosen] == min(errors.values())
     # Choosing is all "auto" does: the same model as asking for that method by name.
-    explicit = edgeopt.quantize(model, edgeopt.Int8Config(calibration_method=chosen, fallback=False),
+    explicit = edgeopt.quantize(model, edgeopt.Int8Config(calibration_method=chosen, fallback=False, scope="all"),
                                 calibration=calibration)
     assert explicit.report["plan"]["activations"] == result.report["plan"]["activations"]
     assert "calibration_errors" not in explicit.report or not explicit.report["calibration_errors"]
@@ -261,8 +261,68 @@ def test_auto_calibration_keeps_the_method_closest_to_float():
     # error is well below percentile's (measured 0.061 against 0.88; a factor 5 leaves margin).
     held_out = _spiky_inputs(HELD_OUT_SEED, 256)
     reference = models.run(model, held_out)
-    percentile = edgeopt.quantize(model, edgeopt.Int8Config(calibration_method="percentile", fallback=False),
+    percentile = edgeopt.quantize(model, edgeopt.Int8Config(calibration_method="percentile", fallback=False,
+                                                            scope="all"),
                                   calibration=calibration)
     assert chosen != "percentile"
     assert _relative_error(reference, models.run(result.model, held_out)) < \
         _relative_error(reference, models.run(percentile.model, held_out)) / 5
+
+
+# --- scope: everything, or only MatMul/Gemm inputs ------------------------------------------------
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path) -> list[str]:
+    """Operator types of the graph ONNX Runtime actually runs (after its fusions)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_matmul_inputs_scope_runs_integer_matmuls_with_float_outputs(tmp_path):
+    case = models.CASES["attention"]
+    result = edgeopt.quantize(case.build(), edgeopt.Int8Config(scope="matmul-inputs"),
+                              calibration=case.feeds(CALIBRATION_SEED, 64))
+    assert result.report["scope"] == "matmul-inputs"
+    ops = _optimized_ops(result.model, tmp_path)
+    # The q, k, v and output projections (constant weights) run as integer products with float
+    # outputs; the attention MatMuls, Softmax and the bias Adds stay float.
+    assert ops.count("MatMulIntegerToFloat") == 4
+    assert not [op for op in ops if op.startswith("QLinear")]
+    assert set(result.report["plan"]["nodes"]) == {"q_matmul", "k_matmul", "v_matmul", "o_matmul"}
+    feeds = case.feeds(HELD_OUT_SEED, 32)
+    cosine = models.worst_cosine(models.run(case.build(), feeds), models.run(result.model, feeds))
+    assert cosine >= COSINE_BOUND["int8"]
+
+
+def test_auto_scope_tries_matmul_inputs_only_without_convolutions():
+    # A target no int8 model reaches: "all" misses it, so "auto" tries "matmul-inputs" on the
+    # attention model (and keeps whichever is closer to float), never on the CNN.
+    impossible = dict(target_cosine=1.0, fallback=False)
+    attention = models.CASES["attention"]
+    result = edgeopt.quantize(attention.build(), edgeopt.Int8Config(**impossible),
+                              calibration=attention.feeds(CALIBRATION_SEED, 64))
+    errors = result.report["calibration_errors"]
+    assert {key.split("/")[0] for key in errors} == {"all", "matmul-inputs"}
+    chosen = f"{result.report['scope']}/{result.report['calibration_method']}"
+    assert errors[chosen] == min(errors.values())
+    conv = models.CASES["conv_net"]
+    result = edgeopt.quantize(conv.build(), edgeopt.Int8Config(**impossible), calibration=conv.feeds(CALIBRATION_SEED, 64))
+    assert result.report["scope"] == "all"
+    assert all("/" not in key for key in result.report["calibration_errors"])
+
+
+def test_matmul_inputs_scope_needs_a_matmul():
+    weight = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4, 3, 3)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w"], ["y"], "conv")], "conv_only",
+                                   [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                                   [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 6, 6])],
+                                   [weight])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    calibration = {"x": np.random.default_rng(1).standard_normal((16, 4, 8, 8)).astype(np.float32)}
+    with pytest.raises(edgeopt.EdgeoptError, match="no MatMul or Gemm"):
+        edgeopt.quantize(model, edgeopt.Int8Config(scope="matmul-inputs"), calibration=calibration)

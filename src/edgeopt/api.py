@@ -173,6 +173,16 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
     selection = _select(view, dtypes, config, set(sentinels))
     rounded = static.round_weights(view, selection, observers) if moment_inputs else {}
+    # "auto" scope: quantize only MatMul/Gemm inputs when quantizing everything misses the target on
+    # a model without convolutions (a transformer's residual stream and normalisations hold
+    # outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed).
+    scopes = (config.scope,) if config.scope != "auto" else \
+        ("all", "matmul-inputs") if not config.integer_only and not any(
+            node.op_type in ("Conv", "ConvTranspose") for node in selection.nodes) else ("all",)
+    scope = scopes[0]
+    if scope == "matmul-inputs" and not _select(view, dtypes, config, set(sentinels), scope).nodes:
+        raise EdgeoptError("scope 'matmul-inputs': the model has no MatMul or Gemm with a constant weight and "
+                           "float inputs to quantize")
     correct_biases = config.bias_correction
     compensate = bool(rounded)
     methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
@@ -183,7 +193,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     storage_memo: dict = {}
 
     def build(keep_float: frozenset):
-        current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)))
+        current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)), scope)
         plan = static.plan(view, current, observers, method=method,
                            percentile=config.percentile, activation_type=config.activation_type,
                            correct_biases=correct_biases, weight_values=rounded if compensate else None)
@@ -197,7 +207,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     def evaluate(keep_float: frozenset) -> tuple[float, float]:
         """(worst output cosine, relative squared error) on the check samples; each build once."""
-        key = (keep_float, method, correct_biases, compensate)
+        key = (keep_float, scope, method, correct_biases, compensate)
         if key not in measured:
             _, quantized, io_params = build(keep_float)
             outputs = _run(quantized, check_feeds, io_params)
@@ -206,13 +216,20 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     # "auto": the activation ranges of the calibration method whose model is closest to float on
     # the check samples (no one method wins on every model: see benchmarks/READING.md).
-    method_errors = {}
-    for method in methods:
-        method_errors[method] = evaluate(frozenset())[1]
-    method = min(methods, key=method_errors.get)
-    if len(methods) > 1:
-        logger.info("relative output error by calibration method: %s; kept %s",
-                    {m: round(e, 6) for m, e in method_errors.items()}, method)
+    method_errors: dict[tuple[str, str], float] = {}
+    for scope in scopes:
+        if method_errors:
+            first_scope, first_method = min(method_errors, key=method_errors.get)
+            if measured[(frozenset(), first_scope, first_method, correct_biases, compensate)][0] >= \
+                    config.target_cosine or not _select(view, dtypes, config, set(sentinels), scope).nodes:
+                break
+        for method in methods:
+            method_errors[(scope, method)] = evaluate(frozenset())[1]
+    scope, method = min(method_errors, key=method_errors.get)
+    if len(method_errors) > 1:
+        logger.info("relative output error by (scope, calibration method): %s; kept %s",
+                    {f"{k[0]}/{k[1]}": round(e, 6) for k, e in method_errors.items()}, (scope, method))
+    selection = _select(view, dtypes, config, set(sentinels), scope)
     # Compensated rounding and bias correction are estimates from calibration statistics: keep each
     # only where it measurably lowers the output error on the check samples.
     options = [(b, c) for b in dict.fromkeys((correct_biases, False)) for c in dict.fromkeys((compensate, False))]
@@ -241,8 +258,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         "calibration_samples": samples,
         "quantized_nodes": _count_ops(model, plan.nodes),
         "absorbed_activations": len(plan.absorbed),
+        "scope": scope,
         "calibration_method": method,
-        "calibration_errors": {m: round(e, 8) for m, e in method_errors.items()} if len(methods) > 1 else {},
+        "calibration_errors": {f"{k[0]}/{k[1]}" if len(scopes) > 1 else k[1]: round(e, 8)
+                               for k, e in method_errors.items()} if len(method_errors) > 1 else {},
         "bias_correction": correct_biases,
         "weight_rounding": "compensated" if compensate else "nearest",
         "kept_float": plan.kept_float,
@@ -264,9 +283,9 @@ def _sentinel_reason(observer) -> str:
             "them and the other values together")
 
 
-def _select(view, dtypes, config, keep_float):
+def _select(view, dtypes, config, keep_float, scope="all"):
     return static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
-                         exclude=config.exclude, keep_float=keep_float)
+                         exclude=config.exclude, keep_float=keep_float, scope=scope)
 
 
 def _batch(feed) -> int:

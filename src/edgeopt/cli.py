@@ -8,7 +8,7 @@ import logging
 import pathlib
 import sys
 
-from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, WEIGHT_ROUNDINGS, DynamicConfig,
+from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, SCOPES, WEIGHT_ROUNDINGS, DynamicConfig,
                      Float16Config, Int8Config, Int16x8Config)
 from .errors import EdgeoptError
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dynamic: one activation range per row (default) or per tensor")
     q.add_argument("--weight-rounding", choices=WEIGHT_ROUNDINGS,
                    help="int8/int16x8: round weights for the layer output on calibration data (default) or to nearest")
+    q.add_argument("--scope", choices=SCOPES,
+                   help="int8: quantize every operator with an integer kernel (all), only MatMul/Gemm inputs "
+                        "(matmul-inputs), or choose (auto, the default)")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
@@ -78,6 +81,8 @@ def _config(args) -> object:
     if args.weight_rounding:
         options["weight_rounding"] = args.weight_rounding
     if args.mode == "int8":
+        if args.scope:
+            options["scope"] = args.scope
         if args.activation_type:
             options["activation_type"] = args.activation_type
         return Int8Config(**options)
@@ -90,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         from .api import quantize
 
-        if args.mode != "int8" and (args.integer_only or args.activation_type):
-            raise EdgeoptError("--integer-only and --activation-type apply to --mode int8 only")
+        if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope):
+            raise EdgeoptError("--integer-only, --activation-type and --scope apply to --mode int8 only")
         config = _config(args)
         if args.mode in ("int8", "int16x8") and not args.calibration:
             raise EdgeoptError(f"--mode {args.mode} needs --calibration DATA (.npz or image folder)")

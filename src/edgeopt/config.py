@@ -17,6 +17,10 @@ WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
 AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")
 CALIBRATION_CHOICES = ("auto",) + CALIBRATION_METHODS
+#: ``all``: every operator with an integer kernel; ``matmul-inputs``: only the inputs of MatMul/Gemm
+#: with constant weights; ``auto``: ``all``, or ``matmul-inputs`` where that misses the target on a
+#: model without convolutions.
+SCOPES = ("auto", "all", "matmul-inputs")
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class Int8Config(_Config):
     #: ``"auto"`` builds the model with each of percentile, mse, entropy and minmax ranges and keeps
     #: the one whose outputs are closest to float on the check samples.
     calibration_method: str = "auto"
+    #: What is quantized: see ``SCOPES``.
+    scope: str = "auto"
     percentile: float = 99.99
     per_channel: bool = True
     activation_type: str = "uint8"
@@ -138,6 +144,11 @@ class Int8Config(_Config):
         if self.calibration_method not in CALIBRATION_CHOICES:
             raise EdgeoptError(f"unknown calibration method {self.calibration_method!r}; "
                                f"expected one of {', '.join(CALIBRATION_CHOICES)}")
+        if self.scope not in SCOPES:
+            raise EdgeoptError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.scope == "matmul-inputs" and (self.integer_only or self.activation_type == "int16"):
+            raise EdgeoptError("scope 'matmul-inputs' leaves float operators and needs 8-bit activations: "
+                               "it cannot be combined with integer_only or int16x8")
         if not 50.0 < self.percentile <= 100.0:
             raise EdgeoptError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.activation_type not in self._activation_types():
@@ -167,6 +178,7 @@ class Int16x8Config(Int8Config):
     """
 
     calibration_method: str = "minmax"
+    scope: str = "all"
     activation_type: str = "int16"
     target_cosine: float = 0.995
     mode = "int16x8"

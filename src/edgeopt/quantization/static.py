@@ -44,13 +44,28 @@ def check_exclusions(view: GraphView, exclude: tuple[str, ...]) -> None:
         raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model")
 
 
+#: What int8 quantizes: every operator with an integer kernel, or only the inputs of MatMul/Gemm
+#: with a constant weight (their outputs, and everything between them, stay float).
+SCOPES = ("all", "matmul-inputs")
+MATMUL_INPUT_OPS = ("MatMul", "Gemm")
+
+
 def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_channel: bool,
-           exclude: tuple[str, ...] = (), keep_float: set[str] = frozenset()) -> Selection:
-    """Walk the graph in order and pick every node its rule can quantize."""
+           exclude: tuple[str, ...] = (), keep_float: set[str] = frozenset(), scope: str = "all") -> Selection:
+    """Walk the graph in order and pick every node its rule can quantize.
+
+    With ``scope="matmul-inputs"`` only MatMul/Gemm nodes with a constant weight are picked and
+    only their inputs are quantized: ONNX Runtime runs them as ``MatMulIntegerToFloat`` (integer
+    product, float output), and the residual stream, normalisations and attention stay float.
+    """
     selection = Selection()
+    inputs_only = scope == "matmul-inputs"
     for node in view.graph.node:
         rule = rule_for(node)
         if rule is None or node.name in exclude or node.op_type in exclude:
+            continue
+        if inputs_only and (node.op_type not in MATMUL_INPUT_OPS or len(node.input) < 2
+                            or not view.is_constant(node.input[1])):
             continue
         if not rule.default and not integer_only:
             continue
@@ -72,7 +87,7 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
                 constants[(node.name, index)] = name
             else:
                 inputs.append(name)
-        outputs = [name for name in node.output if name]
+        outputs = [] if inputs_only else [name for name in node.output if name]
         if not inputs or any(dtypes.get(name) != TensorProto.FLOAT for name in outputs):
             continue
         if rule.shares_scale and inputs[0] not in selection.activations and not integer_only:
