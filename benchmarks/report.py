@@ -177,7 +177,7 @@ def summary(results: dict) -> list[str]:
         size = "" if not rows.get(EDGEOPT_INT8) or rows[EDGEOPT_INT8].get("error") else \
             f"{rows[EDGEOPT_INT8]['size']['raw_bytes'] / base['size']['raw_bytes']:.3f}x"
         best = best_anchor(case)
-        anchor, anchor_latency = cell(best[1], base, metric) if best else ("all failed", "")
+        anchor, anchor_latency = cell(best[1], base, metric) if best else ("none ran and quantized it", "")
         if best:
             anchor = f"{best[0]}: {anchor}"
         dynamic, dynamic_latency = cell(rows.get("edgeopt dynamic"), base, metric)
