@@ -81,7 +81,8 @@ def _comparison(case: dict) -> list[str]:
     name, anchor = best
     unit = "" if case["metric"] == "cosine" else " points"
     text = (f"edgeopt int8 (defaults) against the most accurate static anchor, **{name}**: "
-            f"{METRIC_NAMES[case['metric']]} {_change(ours['metric'], anchor['metric'], case['metric'])}{unit}, latency "
+            f"{METRIC_NAMES[case['metric']]} {_change(ours['metric'], anchor['metric'], case['metric'])}{unit} "
+            f"({ours['metric'] / anchor['metric']:.4f}x), latency "
             f"{ours['latency_1t']['median'] / anchor['latency_1t']['median']:.2f}x at 1 thread and "
             f"{ours['latency_2t']['median'] / anchor['latency_2t']['median']:.2f}x at 2, size "
             f"{ours['size']['raw_bytes'] / anchor['size']['raw_bytes']:.2f}x.")
