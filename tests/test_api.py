@@ -57,7 +57,7 @@ def test_main_entry_points_are_exported():
 def test_config_round_trips_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert data["type"] == type(config).__name__
-    assert data["version"] == 1
+    assert data["version"] == 2
     for restored in (_Config.from_dict(data), type(config).from_dict(data)):
         assert type(restored) is type(config)
         assert restored == config
@@ -86,7 +86,15 @@ def test_from_dict_rejects_a_type_of_another_class_and_other_versions():
     with pytest.raises(edgeopt.EdgeoptError):
         edgeopt.Float16Config.from_dict({"type": "Int8Config"})
     with pytest.raises(edgeopt.EdgeoptError, match="version"):
-        edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 2})
+        edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 3})
+
+
+def test_version_1_config_dicts_keep_their_behaviour():
+    # Version 2 added int8's scope and made the calibration method "auto" by default: a saved
+    # version-1 dict without those keys still means what it meant.
+    config = edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 1, "percentile": 99.9})
+    assert (config.scope, config.calibration_method, config.percentile) == ("all", "percentile", 99.9)
+    assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 1, "scope": "auto"}).scope == "auto"
 
 
 @pytest.mark.parametrize("make", [

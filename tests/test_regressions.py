@@ -470,3 +470,38 @@ def test_quantize_writes_files_0644_under_umask_022(conv_files, tmp_path, monkey
     assert code == 0, err
     for name in ("out.onnx", "report.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+# --- memo of int8 weight storage across builds (review of the fallback speed-up) -----------------
+
+
+def _two_ifs(first: str) -> onnx.ModelProto:
+    """Two If nodes whose branches each hold a weight named "W" (values 1 and 100 apart), in the
+    order ``first`` says: the fallback's builds reorder nodes like this when they sort the graph."""
+    def branch(name, value):
+        weight = numpy_helper.from_array(np.full((16, 16), value, np.float32), "W")
+        return helper.make_graph([helper.make_node("MatMul", ["x", "W"], [f"{name}_out"], name=f"{name}_mm")],
+                                 name, [], [_vi(f"{name}_out", ["N", 16])], [weight])
+
+    ifs = {tag: helper.make_node("If", ["cond"], [f"y_{tag}"], name=f"if_{tag}",
+                                 then_branch=branch(f"{tag}_then", scale), else_branch=branch(f"{tag}_else", -scale))
+           for tag, scale in (("a", 1.0), ("b", 100.0))}
+    order = [ifs[first], ifs["b" if first == "a" else "a"]]
+    graph = helper.make_graph(order, "two_ifs", [_vi("x", ["N", 16]), helper.make_tensor_value_info(
+        "cond", TensorProto.BOOL, [])], [_vi("y_a", ["N", 16]), _vi("y_b", ["N", 16])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weight_storage_memo_follows_the_branch_not_the_node_order():
+    from edgeopt.quantization import weights
+
+    feeds = {"x": np.ones((2, 16), np.float32), "cond": np.array(True)}
+    memo: dict = {}
+    reordered = _two_ifs("a")
+    weights.store_int8(reordered, memo=memo)
+    reordered = _two_ifs("b")
+    weights.store_int8(reordered, memo=memo)  # same memo, nodes in the other order
+    fresh = _two_ifs("b")
+    weights.store_int8(fresh)
+    np.testing.assert_array_equal(_run(reordered, feeds)[0], _run(fresh, feeds)[0])
+    np.testing.assert_allclose(_run(fresh, feeds)[1], 1600.0, rtol=1e-2)  # 16 x 100, int8-rounded

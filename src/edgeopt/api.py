@@ -177,7 +177,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     # a model without convolutions (a transformer's residual stream and normalisations hold
     # outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed).
     scopes = (config.scope,) if config.scope != "auto" else \
-        ("all", "matmul-inputs") if not config.integer_only and not any(
+        ("all", "matmul-inputs") if not config.integer_only and config.activation_type != "int16" and not any(
             node.op_type in ("Conv", "ConvTranspose") for node in selection.nodes) else ("all",)
     scope = scopes[0]
     if scope == "matmul-inputs" and not _select(view, dtypes, config, set(sentinels), scope).nodes:
@@ -199,7 +199,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
                            correct_biases=correct_biases, weight_values=rounded if compensate else None)
         quantized = onnx.ModelProto()
         quantized.CopyFrom(model)
-        qdq.apply_plan(quantized, plan, plan_memo)
+        qdq.apply_plan(quantized, plan, plan_memo, float_readers_read_float=not config.integer_only)
         io_params = make_integer_io(quantized, plan) if config.integer_only else {}
         weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original,
                            memo=storage_memo)
@@ -260,8 +260,8 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
         "absorbed_activations": len(plan.absorbed),
         "scope": scope,
         "calibration_method": method,
-        "calibration_errors": {f"{k[0]}/{k[1]}" if len(scopes) > 1 else k[1]: round(e, 8)
-                               for k, e in method_errors.items()} if len(method_errors) > 1 else {},
+        # "scope/method" -> relative output error on the check samples, for every build compared
+        "calibration_errors": {f"{k[0]}/{k[1]}": round(e, 8) for k, e in method_errors.items()},
         "bias_correction": correct_biases,
         "weight_rounding": "compensated" if compensate else "nearest",
         "kept_float": plan.kept_float,

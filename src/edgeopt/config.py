@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
+#: Keys a version-1 config dict may lack, with the behaviour it had: version 2 added int8's ``scope``
+#: and made ``auto`` the default calibration method.
+_VERSION_1_DEFAULTS = {"Int8Config": {"scope": "all", "calibration_method": "percentile"},
+                       "Int16x8Config": {"scope": "all"}}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
@@ -48,8 +52,10 @@ class _Config:
         target = _CONFIG_TYPES.get(kind)
         if target is None or (cls is not _Config and target is not cls):
             raise EdgeoptError(f"unknown config type {kind!r}; expected one of {sorted(_CONFIG_TYPES)}")
-        if version != CONFIG_VERSION:
-            raise EdgeoptError(f"config version {version} is not supported; expected {CONFIG_VERSION}")
+        if version not in (1, CONFIG_VERSION):
+            raise EdgeoptError(f"config version {version} is not supported; expected 1 or {CONFIG_VERSION}")
+        if version == 1:
+            data = {**_VERSION_1_DEFAULTS.get(kind, {}), **data}
         names = {f.name for f in dataclasses.fields(target)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -40,11 +40,14 @@ def _dequantize_node(view: GraphView, base: str, quantized: str, params: QuantPa
                           [output], f"{base}_DQ", domain=_qdq_domain(params.dtype), **attributes)
 
 
-def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None = None) -> None:
+def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None = None,
+               float_readers_read_float: bool = True) -> None:
     """Edit ``model`` in place.
 
     ``memo`` keeps quantized weights between calls that edit copies of the same source model (the
     fallback builds one model per candidate): a weight with the same parameters is not requantized.
+    ``float_readers_read_float=False`` (integer-only models, whose inputs become integers) leaves
+    float Conv/Gemm readers on the DequantizeLinear output.
     """
     memo = {} if memo is None else memo
     nodes = {node.name: node for node in model.graph.node}
@@ -73,8 +76,9 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
     for number, (name, params) in enumerate(plan.activations.items()):
         base = f"a{number}"
         readers = view.consumers.get(name, [])
-        float_readers = [node for node in readers if node.name not in quantized_nodes
-                         and node.op_type in WEIGHT_QUANTIZED_BY_RUNTIME and node.input[0] == name]
+        float_readers = [node for node in readers if float_readers_read_float and node.name not in quantized_nodes
+                         and node.op_type in WEIGHT_QUANTIZED_BY_RUNTIME and node.input[0] == name
+                         and len(node.input) > 1 and view.is_constant(node.input[1])]
         quantized = view.unique(f"{base}_q")
         domain = _qdq_domain(params.dtype)
         if name in view.graph_inputs:
@@ -111,8 +115,8 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
             node = nodes[node_name]
             source = node.input[index]
             rounded = plan.weight_values.get((node_name, index)) if kind == "weight" else None
-            key = (source, params.dtype, params.axis, np.asarray(params.scale).tobytes(),
-                   node_name if rounded is not None else None)
+            key = (kind, source, params.dtype, params.axis, np.asarray(params.scale).tobytes(),
+                   np.asarray(params.zero_point).tobytes(), node_name if rounded is not None else None)
             if key not in cache:
                 if key not in memo:
                     memo[key] = quantize(view.constant(source) if rounded is None else rounded, params)

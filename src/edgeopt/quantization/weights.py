@@ -37,7 +37,7 @@ def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
 
 
 def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements: int, skip: set[str],
-                          encode, graph_index: int) -> list[str]:
+                          encode, graph_path: tuple) -> list[str]:
     stored = []
     kept = []
     new_nodes = []
@@ -47,7 +47,7 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
             kept.append(init)
             continue
         array = numpy_helper.to_array(init)
-        encoded = encode(init.name, array, view, graph_index)
+        encoded = encode(init.name, array, view, graph_path)
         if encoded is None:
             kept.append(init)
             continue
@@ -92,8 +92,10 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
             scale = scale.reshape(shape)
         return quantize(array, params), scale
 
-    def encode(name, array, view, graph_index):
-        key = (graph_index, name)  # If branches may reuse a weight's name
+    def encode(name, array, view, graph_path):
+        # If branches may reuse a weight's name: the key holds the branch's path (node names do not
+        # change between builds, node order does), and the axis the weight's readers ask for.
+        key = (graph_path, name, _weight_axis(name, array, view) if per_channel else None)
         if key not in memo:
             memo[key] = integers_and_scale(name, array, view)
         if memo[key] is None:
@@ -112,7 +114,7 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
 def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str] = frozenset()) -> list[str]:
     """Store float initializers as float16 behind a Cast back to float32; returns their names."""
 
-    def encode(name, array, view, graph_index):
+    def encode(name, array, view, graph_path):
         # Values outside float16's range (attention masks holding float32's lowest value) would
         # become -inf, and NaN after a fully masked softmax: such tensors stay float32.
         if np.any(np.abs(array[np.isfinite(array)]) > np.finfo(np.float16).max):
@@ -126,19 +128,21 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
 def _apply_everywhere(model, min_elements, skip, encode) -> list[str]:
     """Apply to the main graph and to If/Loop/Scan bodies (weights inside control flow count too)."""
     view = GraphView(model)
-    stored = _replace_initializers(model.graph, view, min_elements, skip, encode, 0)
-    for graph_index, graph in enumerate(_subgraphs(model.graph), start=1):
+    stored = _replace_initializers(model.graph, view, min_elements, skip, encode, ())
+    for graph_path, graph in _subgraphs(model.graph):
         sub_view = GraphView(onnx.helper.make_model(graph))
         sub_view.used_names |= view.used_names
-        stored += _replace_initializers(graph, sub_view, min_elements, set(), encode, graph_index)
+        stored += _replace_initializers(graph, sub_view, min_elements, set(), encode, graph_path)
         view.used_names |= sub_view.used_names
     return stored
 
 
-def _subgraphs(graph: onnx.GraphProto):
+def _subgraphs(graph: onnx.GraphProto, path: tuple = ()):
+    """Every If/Loop/Scan body, with its path: (node name, attribute name, index) per level."""
     for node in graph.node:
         for attr in node.attribute:
             bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for body in bodies:
-                yield body
-                yield from _subgraphs(body)
+            for index, body in enumerate(bodies):
+                where = path + ((node.name, attr.name, index),)
+                yield where, body
+                yield from _subgraphs(body, where)
