@@ -1,7 +1,7 @@
 """Run edgeopt's reference benchmark and write benchmarks/RESULTS.md, results.json and results.png.
 
-    python -m benchmarks                       # every case (about 45 minutes on 2 cores)
-    python -m benchmarks --quick               # two cases, 1,000 samples, fewer variants (< 5 minutes)
+    python -m benchmarks                       # every case (about 25 minutes on 2 cores)
+    python -m benchmarks --quick               # two cases, 1,000 samples, fewer variants (about 1 minute)
     python -m benchmarks --only minilm silero-vad
     python -m benchmarks --render              # rewrite RESULTS.md/png from results.json
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
@@ -85,8 +86,6 @@ def hits(metric: str, outputs: list[np.ndarray], reference: list[np.ndarray], la
 def paired(ours: np.ndarray, theirs: np.ndarray) -> dict:
     """Samples only one of two variants gets right, and the two-sided exact sign-test p-value of
     that split (the chance of a split at least this uneven if both were equally accurate)."""
-    import math
-
     only_ours, only_theirs = int(np.sum(ours & ~theirs)), int(np.sum(theirs & ~ours))
     n, k = only_ours + only_theirs, min(only_ours, only_theirs)
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+from .optimize import EDGEOPT_INT8
+
 METRIC_NAMES = {"top1": "top-1", "agreement": "top-1 agreement with float", "cosine": "mean embedding cosine",
                 "vad": "speech/no-speech agreement with float"}
-from .optimize import EDGEOPT_INT8
 
 
 def _pct(value) -> str:
@@ -20,6 +21,11 @@ def _value(value, metric: str) -> str:
 
 def _change(value, base, metric: str) -> str:
     return f"{value - base:+.4f}" if metric == "cosine" else f"{100 * (value - base):+.2f}"
+
+
+def _difference(value, base, metric: str) -> str:
+    """A change with its unit: cosines as numbers, the rest in percentage points."""
+    return _change(value, base, metric) + ("" if metric == "cosine" else " points")
 
 
 def _case_table(case: dict) -> list[str]:
@@ -79,9 +85,8 @@ def _comparison(case: dict) -> list[str]:
         return ["No comparison: edgeopt int8 failed, or no static anchor ran and quantized this model (an "
                 f"anchor whose file is {UNQUANTIZED_SIZE}x float or larger returned it unquantized; see the table)."]
     name, anchor = best
-    unit = "" if case["metric"] == "cosine" else " points"
     text = (f"edgeopt int8 (defaults) against the most accurate static anchor, **{name}**: "
-            f"{METRIC_NAMES[case['metric']]} {_change(ours['metric'], anchor['metric'], case['metric'])}{unit} "
+            f"{METRIC_NAMES[case['metric']]} {_difference(ours['metric'], anchor['metric'], case['metric'])} "
             f"({ours['metric'] / anchor['metric']:.4f}x), latency "
             f"{ours['latency_1t']['median'] / anchor['latency_1t']['median']:.2f}x at 1 thread and "
             f"{ours['latency_2t']['median'] / anchor['latency_2t']['median']:.2f}x at 2, size "
@@ -141,9 +146,8 @@ def targets(results: dict) -> list[str]:
         ratio = ours["latency_1t"]["median"] / anchor["latency_1t"]["median"]
         split = (ours.get("paired") or {}).get(name)
         chance = f" (sign test p = {split['p_value']:.2f})" if split else ""
-        unit = "" if case["metric"] == "cosine" else " points"
         row(f"{case['name']}: int8 as accurate as the best anchor ({name})",
-            f"{_change(ours['metric'], anchor['metric'], case['metric'])}{unit}{chance}", delta >= 0)
+            f"{_difference(ours['metric'], anchor['metric'], case['metric'])}{chance}", delta >= 0)
         row(f"{case['name']}: int8 latency within 5% of that anchor", f"{ratio:.2f}x", ratio <= 1.05)
     minilm = cases.get("minilm")
     if minilm and not minilm["rows"].get("edgeopt dynamic", {}).get("error"):

@@ -176,13 +176,19 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
     # "auto" scope: quantize only MatMul/Gemm inputs when quantizing everything misses the target on
     # a model without convolutions (a transformer's residual stream and normalisations hold
     # outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed).
-    scopes = (config.scope,) if config.scope != "auto" else \
-        ("all", "matmul-inputs") if not config.integer_only and config.activation_type != "int16" and not any(
-            node.op_type in ("Conv", "ConvTranspose") for node in selection.nodes) else ("all",)
-    scope = scopes[0]
-    if scope == "matmul-inputs" and not _select(view, dtypes, config, set(sentinels), scope).nodes:
+    has_matmul_inputs = config.scope != "all" and bool(
+        _select(view, dtypes, config, set(sentinels), "matmul-inputs").nodes)
+    if config.scope == "matmul-inputs" and not has_matmul_inputs:
         raise EdgeoptError("scope 'matmul-inputs': the model has no MatMul or Gemm with a constant weight and "
                            "float inputs to quantize")
+    if config.scope != "auto":
+        scopes = (config.scope,)
+    elif (has_matmul_inputs and not config.integer_only and config.activation_type != "int16"
+          and not any(node.op_type in ("Conv", "ConvTranspose") for node in selection.nodes)):
+        scopes = ("all", "matmul-inputs")
+    else:
+        scopes = ("all",)
+    scope = scopes[0]
     correct_biases = config.bias_correction
     compensate = bool(rounded)
     methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
@@ -216,15 +222,15 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> Quantiza
 
     # "auto": the activation ranges of the calibration method whose model is closest to float on
     # the check samples (no one method wins on every model: see benchmarks/READING.md).
-    method_errors: dict[tuple[str, str], float] = {}
+    # (scope, method) -> (worst cosine, relative error); a later scope only if the best so far
+    # misses the target.
+    choices: dict[tuple[str, str], tuple[float, float]] = {}
     for scope in scopes:
-        if method_errors:
-            first_scope, first_method = min(method_errors, key=method_errors.get)
-            if measured[(frozenset(), first_scope, first_method, correct_biases, compensate)][0] >= \
-                    config.target_cosine or not _select(view, dtypes, config, set(sentinels), scope).nodes:
-                break
+        if choices and choices[min(choices, key=lambda c: choices[c][1])][0] >= config.target_cosine:
+            break
         for method in methods:
-            method_errors[(scope, method)] = evaluate(frozenset())[1]
+            choices[(scope, method)] = evaluate(frozenset())
+    method_errors = {choice: error for choice, (_, error) in choices.items()}
     scope, method = min(method_errors, key=method_errors.get)
     if len(method_errors) > 1:
         logger.info("relative output error by (scope, calibration method): %s; kept %s",

@@ -44,9 +44,7 @@ def check_exclusions(view: GraphView, exclude: tuple[str, ...]) -> None:
         raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model")
 
 
-#: What int8 quantizes: every operator with an integer kernel, or only the inputs of MatMul/Gemm
-#: with a constant weight (their outputs, and everything between them, stay float).
-SCOPES = ("all", "matmul-inputs")
+#: The operators the "matmul-inputs" scope quantizes (their inputs only; see :func:`select`).
 MATMUL_INPUT_OPS = ("MatMul", "Gemm")
 
 

@@ -76,12 +76,11 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
     if only is not None:
         skip = set(skip) | ({init.name for init in model.graph.initializer} - set(only))
 
-    def integers_and_scale(name, array, view):
+    def integers_and_scale(array, axis):
         # Only real weights: matrices and kernels with finite values, at least 8 values per scale
         # (a bias or a per-gate vector would grow, or lose precision, as int8).
         if array.ndim < 2 or not np.all(np.isfinite(array)) or np.abs(array).max(initial=0.0) > LARGEST_WEIGHT:
             return None  # masks of -inf or float32's lowest value are not weights: keep them exact
-        axis = _weight_axis(name, array, view) if per_channel else None
         if axis is not None and array.size // array.shape[axis] < 8:
             return None
         params = weight_params(array, axis)
@@ -95,9 +94,10 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
     def encode(name, array, view, graph_path):
         # If branches may reuse a weight's name: the key holds the branch's path (node names do not
         # change between builds, node order does), and the axis the weight's readers ask for.
-        key = (graph_path, name, _weight_axis(name, array, view) if per_channel else None)
+        axis = _weight_axis(name, array, view) if per_channel else None
+        key = (graph_path, name, axis)
         if key not in memo:
-            memo[key] = integers_and_scale(name, array, view)
+            memo[key] = integers_and_scale(array, axis)
         if memo[key] is None:
             return None
         integers, scale = memo[key]
