@@ -13,20 +13,18 @@ from .config import AUTO_CALIBRATION_METHODS, DynamicConfig, Float16Config, Int8
 from .data import input_specs, iterate_feeds
 from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
-from .quantization import dynamic, fallback, qdq, static, weights
+from .quantization import dynamic, fallback, qdq, search, weights
+from .quantization.calibrate import Calibration, calibrate
+from .quantization.candidates import Candidate, CandidateBuilder
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
-from .fidelity import relative_error, worst_cosine
-from .quantization.calibration import holds_sentinels
-from .quantization.integer_io import make_integer_io
+from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
+from .quantization.read_plan import check_plan_fits
+from .quantization.select import check_exclusions, select
 
 logger = logging.getLogger(__name__)
 
 _HANDLERS: dict[type, Callable] = {}
-# Calibration samples replayed to check the result against float (and to steer the fallback).
-FIDELITY_SAMPLES = 64
-#: Samples after the check samples whose input moments compensated rounding fits on.
-ROUNDING_SAMPLES = 128
 
 
 def register_handler(config_type: type):
@@ -38,25 +36,35 @@ def register_handler(config_type: type):
 
 @dataclass
 class QuantizationResult:
-    """The quantized model and a report of what was done (JSON-serialisable)."""
+    """The quantized model, a report of what was done (JSON-serialisable) and, for int8 and
+    int16x8, the :class:`QuantizationPlan` that was applied (``read_plan(result.model)`` returns
+    an equal one)."""
 
     model: onnx.ModelProto
     report: dict = field(default_factory=dict)
+    plan: QuantizationPlan | None = None
 
     def save(self, path) -> None:
         save_model(self.model, path)
 
 
-def quantize(model, config: _Config, calibration=None) -> QuantizationResult:
+def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | None = None
+             ) -> QuantizationResult:
     """Quantize ``model`` (path or ``onnx.ModelProto``) as ``config`` says.
 
     ``calibration`` (needed by :class:`Int8Config` and :class:`Int16x8Config`) is an ``.npz`` path,
-    an image folder, a dict of arrays, or any iterable of input dicts.
+    an image folder, a dict of arrays, or any iterable of input dicts. ``plan`` (int8 and int16x8
+    only) builds the model a given :class:`QuantizationPlan` describes instead of calibrating: one
+    from an earlier result, or :func:`read_plan` of a QDQ model (quantization-aware training).
     """
     if not isinstance(config, _Config):
         raise EdgeoptError(f"config must be one of Float16Config, DynamicConfig, Int8Config, Int16x8Config; "
                            f"got {type(config).__name__}")
     handler = _HANDLERS[type(config)]
+    if plan is not None and not isinstance(config, Int8Config):
+        raise EdgeoptError(f"plan= needs Int8Config or Int16x8Config; got {type(config).__name__}")
+    if plan is not None and not isinstance(plan, QuantizationPlan):
+        raise EdgeoptError(f"plan must be a QuantizationPlan (from a result or read_plan); got {type(plan).__name__}")
     source = load_model(model)
     _check_has_float_weights(source)
     full_check = passes_full_check(source)
@@ -64,7 +72,8 @@ def quantize(model, config: _Config, calibration=None) -> QuantizationResult:
     prepared = onnx.ModelProto()
     prepared.CopyFrom(source)
     prepare(prepared)
-    result = handler(prepared, config, calibration)
+    result = handler(prepared, config, calibration, plan) if plan is not None else \
+        handler(prepared, config, calibration)
     try:
         onnx.checker.check_model(result.model, full_check=full_check)
     except Exception as exc:
@@ -100,7 +109,7 @@ def _check_has_float_weights(model: onnx.ModelProto) -> None:
 
 def _excluded_weights(model: onnx.ModelProto, exclude: tuple[str, ...]) -> set[str]:
     """Inputs of the nodes the user keeps float (checked: every entry must match a node)."""
-    static.check_exclusions(GraphView(model), exclude)
+    check_exclusions(GraphView(model), exclude)
     return {name for node in model.graph.node if node.name in exclude or node.op_type in exclude
             for name in node.input}
 
@@ -116,7 +125,7 @@ def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> Quan
     skip = _excluded_weights(model, config.exclude)
     original = {init.name for init in model.graph.initializer}
     rewritten = dynamic.quantize_matmuls(model, config.per_channel, config.min_elements, config.exclude,
-                                         config.activation_granularity)
+                                         config.activation_granularity, config.weight_range)
     stored = weights.store_int8(model, config.min_elements, skip=skip, per_channel=config.per_channel,
                                 only=original)
     return QuantizationResult(model, {"dynamic_matmuls": rewritten, "int8_stored_weights": len(stored)})
@@ -124,179 +133,123 @@ def _dynamic(model: onnx.ModelProto, config: DynamicConfig, calibration) -> Quan
 
 @register_handler(Int8Config)
 @register_handler(Int16x8Config)
-def _static(model: onnx.ModelProto, config: Int8Config, calibration) -> QuantizationResult:
+def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=None) -> QuantizationResult:
+    if given_plan is not None:
+        return _from_plan(model, config, given_plan)
     if calibration is None:
         raise EdgeoptError(f"mode {config.mode} needs calibration data (--calibration DATA.npz or an image folder)")
     view = GraphView(model)
-    excluded = _excluded_weights(model, config.exclude)
-    original = {init.name for init in model.graph.initializer}
-    specs = input_specs(model)
-    dtypes = tensor_dtypes(model)
-    selection = static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
-                              exclude=config.exclude)
-    if not selection.nodes:
-        if config.integer_only:
-            raise EdgeoptError("integer-only: no operator in the main graph can be quantized (none of Conv, "
-                               "MatMul, Gemm, Add, ... with float inputs)")
-        # Nothing to calibrate (e.g. all compute inside If/Loop bodies): still shrink the weights.
-        stored = weights.store_int8(model, skip=excluded, per_channel=config.per_channel)
-        logger.warning("no operator can be quantized statically; stored %d weights as int8 only", len(stored))
-        return QuantizationResult(model, {"quantized_nodes": {}, "int8_stored_weights": len(stored),
-                                          "kept_float": {"*": "no operator in the main graph can be quantized "
-                                                              "statically; weights stored as int8 only"}})
-    feeds = iterate_feeds(calibration, specs, "calibration data")
-    check_feeds: list = []
-
-    def remember(stream):
-        """Keep the first FIDELITY_SAMPLES samples for checks; compensated rounding fits its
-        moments on the samples after them, so its keep-or-drop decision is made on held-out data."""
-        for feed in stream:
-            if len(check_feeds) * _batch(feed) < FIDELITY_SAMPLES:
-                check_feeds.append(feed)
-            yield feed
-
-    means_for = static.bias_correction_inputs(selection) if config.bias_correction else set()
-    windows = static.conv_window_geometry(selection, view) if config.bias_correction else {}
-    moment_inputs = static.rounding_inputs(selection, view) if config.weight_rounding == "compensated" else {}
-    observers, samples = static.calibrate(model, selection.activations, remember(feeds),
-                                          config.max_calibration_samples, channel_means_for=means_for,
-                                          conv_windows=windows, moment_inputs=moment_inputs,
-                                          moment_samples=(FIDELITY_SAMPLES, FIDELITY_SAMPLES + ROUNDING_SAMPLES))
-    logger.info("calibrated %d tensors on %d samples", len(observers), samples)
-    reference = _run(model, check_feeds)
-
-    # Tensors that hold sentinel values (additive attention masks) stay float whatever the mode.
-    sentinels = {name: _sentinel_reason(observers[name]) for name in sorted(selection.activations)
-                 if holds_sentinels(observers[name])}
+    check_exclusions(view, config.exclude)
+    everything = select(view, tensor_dtypes(model), integer_only=config.integer_only,
+                        per_channel=config.per_channel, exclude=config.exclude)
+    if not everything.nodes:
+        return _weights_only(model, config)
+    feeds = iterate_feeds(calibration, input_specs(model), "calibration data")
+    measured = calibrate(model, everything, feeds, max_samples=config.max_calibration_samples,
+                         bias_correction=config.bias_correction,
+                         compensated_rounding=config.weight_rounding == "compensated")
+    sentinels = {name: reason for name, reason in measured.sentinels().items() if name in everything.activations}
     if sentinels and config.integer_only:
         name = next(iter(sentinels))
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
-    selection = _select(view, dtypes, config, set(sentinels))
-    rounded = static.round_weights(view, selection, observers) if moment_inputs else {}
-    # "auto" scope: quantize only MatMul/Gemm inputs when quantizing everything misses the target on
-    # a model without convolutions (a transformer's residual stream and normalisations hold
-    # outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed).
-    has_matmul_inputs = config.scope != "all" and bool(
-        _select(view, dtypes, config, set(sentinels), "matmul-inputs").nodes)
+    builder = CandidateBuilder(model, config, measured, sentinels)
+    chosen, scores, decision = _search(builder, config)
+    built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))
+    built.plan.kept_float.update(decision.keep_float)
+    qdq.record_plan(built.model, built.plan)
+    report = _static_report(model, built, chosen, scores, decision, measured.samples)
+    if decision.worst_cosine < config.target_cosine:
+        logger.warning("worst output cosine %.4f is below the target %.4f", decision.worst_cosine,
+                       config.target_cosine)
+    return QuantizationResult(built.model, report, built.plan)
+
+
+def _search(builder: CandidateBuilder, config: Int8Config):
+    """Ranges, then refinements, then the fallback; returns the candidate, every score by label,
+    and the fallback's decision."""
+    scopes = _scopes(builder, config)
+    methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
+    base = Candidate(scope=scopes[0], method=methods[0], bias_correction=config.bias_correction,
+                     compensated_rounding=config.weight_rounding == "compensated")
+    chosen, scores = search.choose_ranges(base, scopes, methods, builder.score, config.target_cosine)
+    # No weight had input moments (too few samples beyond the check samples): nothing to compensate.
+    chosen = chosen.but(compensated_rounding=chosen.compensated_rounding and builder.can_compensate(chosen.scope))
+    chosen, refinements = search.choose_refinements(chosen, builder.score)
+    scores = {**scores, **refinements}
+    if config.integer_only or not config.fallback:
+        cosine = builder.score(chosen).worst_cosine
+        decision = fallback.FallbackDecision(worst_cosine=cosine,
+                                             steps=[{"kept_float": 0, "worst_cosine": round(cosine, 6)}])
+    else:
+        candidates = list(builder.plan(chosen).activations)
+        decision = fallback.choose(candidates, lambda keep: builder.score(chosen.but(keep_float=keep)),
+                                   config.target_cosine, config.fallback_max_fraction)
+    return chosen, scores, decision
+
+
+def _scopes(builder: CandidateBuilder, config: Int8Config) -> tuple[str, ...]:
+    """``auto``: quantize only MatMul/Gemm inputs when quantizing everything misses the target on
+    a model without convolutions (a transformer's residual stream and normalisations hold
+    outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed)."""
+    has_matmul_inputs = config.scope != "all" and bool(builder.selection(Candidate(scope="matmul-inputs")).nodes)
     if config.scope == "matmul-inputs" and not has_matmul_inputs:
         raise EdgeoptError("scope 'matmul-inputs': the model has no MatMul or Gemm with a constant weight and "
                            "float inputs to quantize")
     if config.scope != "auto":
-        scopes = (config.scope,)
-    elif (has_matmul_inputs and not config.integer_only and config.activation_type != "int16"
-          and not any(node.op_type in ("Conv", "ConvTranspose") for node in selection.nodes)):
-        scopes = ("all", "matmul-inputs")
-    else:
-        scopes = ("all",)
-    scope = scopes[0]
-    correct_biases = config.bias_correction
-    compensate = bool(rounded)
-    methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
-    method = methods[0]
-    measured: dict[tuple, tuple[float, float]] = {}
-    # Every build edits a copy of the same model: its integer weights are computed once.
-    plan_memo: dict = {}
-    storage_memo: dict = {}
+        return (config.scope,)
+    convolutions = any(node.op_type in ("Conv", "ConvTranspose") for node in builder.selection(Candidate()).nodes)
+    if has_matmul_inputs and not config.integer_only and config.activation_type != "int16" and not convolutions:
+        return ("all", "matmul-inputs")
+    return ("all",)
 
-    def build(keep_float: frozenset):
-        current = _select(view, dtypes, config, set(keep_float | frozenset(sentinels)), scope)
-        plan = static.plan(view, current, observers, method=method,
-                           percentile=config.percentile, activation_type=config.activation_type,
-                           correct_biases=correct_biases, weight_values=rounded if compensate else None)
-        quantized = onnx.ModelProto()
-        quantized.CopyFrom(model)
-        qdq.apply_plan(quantized, plan, plan_memo, float_readers_read_float=not config.integer_only)
-        io_params = make_integer_io(quantized, plan) if config.integer_only else {}
-        weights.store_int8(quantized, skip=excluded, per_channel=config.per_channel, only=original,
-                           memo=storage_memo)
-        return plan, quantized, io_params
 
-    def evaluate(keep_float: frozenset) -> tuple[float, float]:
-        """(worst output cosine, relative squared error) on the check samples; each build once."""
-        key = (keep_float, scope, method, correct_biases, compensate)
-        if key not in measured:
-            _, quantized, io_params = build(keep_float)
-            outputs = _run(quantized, check_feeds, io_params)
-            measured[key] = (worst_cosine(reference, outputs), relative_error(reference, outputs))
-        return measured[key]
-
-    # "auto": the activation ranges of the calibration method whose model is closest to float on
-    # the check samples (no one method wins on every model: see benchmarks/READING.md).
-    # (scope, method) -> (worst cosine, relative error); a later scope only if the best so far
-    # misses the target.
-    choices: dict[tuple[str, str], tuple[float, float]] = {}
-    for scope in scopes:
-        if choices and choices[min(choices, key=lambda c: choices[c][1])][0] >= config.target_cosine:
-            break
-        for method in methods:
-            choices[(scope, method)] = evaluate(frozenset())
-    method_errors = {choice: error for choice, (_, error) in choices.items()}
-    scope, method = min(method_errors, key=method_errors.get)
-    if len(method_errors) > 1:
-        logger.info("relative output error by (scope, calibration method): %s; kept %s",
-                    {f"{k[0]}/{k[1]}": round(e, 6) for k, e in method_errors.items()}, (scope, method))
-    selection = _select(view, dtypes, config, set(sentinels), scope)
-    # Compensated rounding and bias correction are estimates from calibration statistics: keep each
-    # only where it measurably lowers the output error on the check samples.
-    options = [(b, c) for b in dict.fromkeys((correct_biases, False)) for c in dict.fromkeys((compensate, False))]
-    errors = {}
-    for correct_biases, compensate in options:
-        errors[(correct_biases, compensate)] = evaluate(frozenset())[1]
-    correct_biases, compensate = min(options, key=lambda option: (errors[option], -option[1], -option[0]))
-    logger.info("relative output error by (bias correction, compensated rounding): %s; kept %s",
-                {f"{b}/{c}": round(e, 6) for (b, c), e in errors.items()}, (correct_biases, compensate))
-    if config.integer_only or not config.fallback:
-        cosine, _ = evaluate(frozenset())
-        decision = fallback.FallbackDecision(worst_cosine=cosine, steps=[{"kept_float": 0,
-                                                                          "worst_cosine": round(cosine, 6)}])
-    else:
-        # Candidates: the tensors the all-int8 plan quantizes, in graph order.
-        first_plan = static.plan(view, selection, observers, method=method,
-                                 percentile=config.percentile, activation_type=config.activation_type,
-                                 correct_biases=correct_biases, weight_values=rounded if compensate else None)
-        decision = fallback.choose(list(first_plan.activations), evaluate, config.target_cosine,
-                                   config.fallback_max_fraction)
-    plan, quantized, io_params = build(frozenset(decision.keep_float))
-    plan.kept_float.update(sentinels)
-    plan.kept_float.update(decision.keep_float)
-    cosine, attempts = decision.worst_cosine, decision.steps
-    report = {
+def _static_report(model, built, chosen: Candidate, scores: dict, decision, samples: int) -> dict:
+    errors = {label: score.error for label, score in scores.items() if "/" in label and "=" not in label}
+    return {
         "calibration_samples": samples,
-        "quantized_nodes": _count_ops(model, plan.nodes),
-        "absorbed_activations": len(plan.absorbed),
-        "scope": scope,
-        "calibration_method": method,
+        "quantized_nodes": _count_ops(model, built.plan.nodes),
+        "absorbed_activations": len(built.plan.absorbed),
+        "scope": chosen.scope,
+        "calibration_method": chosen.method,
         # "scope/method" -> relative output error on the check samples, for every build compared
-        "calibration_errors": {f"{k[0]}/{k[1]}": round(e, 8) for k, e in method_errors.items()},
-        "bias_correction": correct_biases,
-        "weight_rounding": "compensated" if compensate else "nearest",
-        "kept_float": plan.kept_float,
-        "worst_output_cosine_on_calibration": round(cosine, 6),
-        "fallback_steps": attempts,
-        "integer_io": io_params,
-        "plan": plan.to_dict(),
+        "calibration_errors": {label: round(error, 8) for label, error in errors.items()},
+        "candidate_scores": {label: score.to_dict() for label, score in scores.items()},
+        "fidelity_measure": ("error: the worst output's squared error over its signal energy, pooled over the "
+                             "check samples; worst cosine: the lowest per-sample cosine, silent samples left out"),
+        "bias_correction": chosen.bias_correction,
+        "weight_rounding": "compensated" if chosen.compensated_rounding else "nearest",
+        "kept_float": built.plan.kept_float,
+        "worst_output_cosine_on_calibration": round(decision.worst_cosine, 6),
+        "fallback_steps": decision.steps,
+        "integer_io": built.io_params,
+        "plan": built.plan.to_dict(),
     }
-    if cosine < config.target_cosine:
-        logger.warning("worst output cosine %.4f is below the target %.4f", cosine, config.target_cosine)
-    return QuantizationResult(quantized, report)
 
 
-def _sentinel_reason(observer) -> str:
-    seen = f"values in [{observer.min:.3g}, {observer.max:.3g}]"
-    if observer.nonfinite:
-        seen += f" and {observer.nonfinite} infinite or NaN values"
-    return (f"holds sentinel values (e.g. an additive attention mask): {seen}; no integer grid holds "
-            "them and the other values together")
+def _weights_only(model: onnx.ModelProto, config: Int8Config) -> QuantizationResult:
+    """Nothing to calibrate (e.g. all compute inside If/Loop bodies): still shrink the weights."""
+    if config.integer_only:
+        raise EdgeoptError("integer-only: no operator in the main graph can be quantized (none of Conv, "
+                           "MatMul, Gemm, Add, ... with float inputs)")
+    stored = weights.store_int8(model, skip=_excluded_weights(model, config.exclude), per_channel=config.per_channel)
+    logger.warning("no operator can be quantized statically; stored %d weights as int8 only", len(stored))
+    return QuantizationResult(model, {"quantized_nodes": {}, "int8_stored_weights": len(stored),
+                                      "kept_float": {"*": "no operator in the main graph can be quantized "
+                                                          "statically; weights stored as int8 only"}})
 
 
-def _select(view, dtypes, config, keep_float, scope="all"):
-    return static.select(view, dtypes, integer_only=config.integer_only, per_channel=config.per_channel,
-                         exclude=config.exclude, keep_float=keep_float, scope=scope)
-
-
-def _batch(feed) -> int:
-    first = next(iter(feed.values()))
-    return len(first) if first.ndim else 1
+def _from_plan(model: onnx.ModelProto, config: Int8Config, given: QuantizationPlan) -> QuantizationResult:
+    """Build the int8 model a given plan describes (no calibration, no search)."""
+    check_plan_fits(model, given)
+    if given.activation_type != config.activation_type:
+        raise EdgeoptError(f"the plan quantizes activations to {given.activation_type}; the config asks for "
+                           f"{config.activation_type}")
+    builder = CandidateBuilder(model, config, Calibration({}, 0), {})
+    built = builder.build_plan(given)
+    report = {"quantized_nodes": _count_ops(model, given.nodes), "absorbed_activations": len(given.absorbed),
+              "kept_float": given.kept_float, "integer_io": built.io_params, "plan": given.to_dict(),
+              "from_plan": True}
+    return QuantizationResult(built.model, report, given)
 
 
 def _count_ops(model, names) -> dict[str, int]:
@@ -306,18 +259,3 @@ def _count_ops(model, names) -> dict[str, int]:
         if node.name in wanted:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def _run(model, feeds, io_params=None):
-    from .measure import decode_outputs, encode_feed
-    from .runtime import make_session, run_checked
-
-    session = make_session(model)
-    outputs = []
-    for feed in feeds:
-        feed = encode_feed(feed, io_params) if io_params else feed
-        result = run_checked(session, None, feed, "calibration data")
-        if io_params:
-            result = decode_outputs(result, [o.name for o in session.get_outputs()], io_params)
-        outputs.append(result)
-    return outputs

@@ -11,12 +11,20 @@ from dataclasses import dataclass
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 
-CONFIG_VERSION = 2
-#: Keys a version-1 config dict may lack, with the behaviour it had: version 2 added int8's ``scope``
-#: and made ``auto`` the default calibration method.
-_VERSION_1_DEFAULTS = {"Int8Config": {"scope": "all", "calibration_method": "percentile"},
-                       "Int16x8Config": {"scope": "all"}}
+CONFIG_VERSION = 3
+#: Keys an older config dict may lack, with the behaviour it had: version 2 added int8's ``scope``
+#: and made ``auto`` the default calibration method; version 3 added ``weight_range`` ("safe" by
+#: default; before, weights used the full range).
+_OLD_DEFAULTS = {
+    1: {"Int8Config": {"scope": "all", "calibration_method": "percentile", "weight_range": "full"},
+        "Int16x8Config": {"scope": "all", "weight_range": "full"}, "DynamicConfig": {"weight_range": "full"}},
+    2: {"Int8Config": {"weight_range": "full"}, "Int16x8Config": {"weight_range": "full"},
+        "DynamicConfig": {"weight_range": "full"}},
+}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
+#: int8 weights in [-64, 64] ("safe": exact on every x86 CPU) or [-127, 127] ("full": exact only
+#: with VNNI, on ARM and in 32-bit-accumulating runtimes); see numerics.WEIGHT_RANGES.
+WEIGHT_RANGE_CHOICES = ("safe", "full")
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
 AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")
@@ -52,10 +60,9 @@ class _Config:
         target = _CONFIG_TYPES.get(kind)
         if target is None or (cls is not _Config and target is not cls):
             raise EdgeoptError(f"unknown config type {kind!r}; expected one of {sorted(_CONFIG_TYPES)}")
-        if version not in (1, CONFIG_VERSION):
-            raise EdgeoptError(f"config version {version} is not supported; expected 1 or {CONFIG_VERSION}")
-        if version == 1:
-            data = {**_VERSION_1_DEFAULTS.get(kind, {}), **data}
+        if version not in (*_OLD_DEFAULTS, CONFIG_VERSION):
+            raise EdgeoptError(f"config version {version} is not supported; expected 1 to {CONFIG_VERSION}")
+        data = {**_OLD_DEFAULTS.get(version, {}).get(kind, {}), **data}
         names = {f.name for f in dataclasses.fields(target)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -100,10 +107,15 @@ class DynamicConfig(_Config):
     #: ``"tensor"``: one range per input tensor (ONNX Runtime's ``DynamicQuantizeLinear``; fewer
     #: operators, coarser).
     activation_granularity: str = "row"
+    #: ``"safe"``: int8 weights in [-64, 64], so that x86 CPUs without VNNI (AVX2) cannot overflow
+    #: the 16-bit pair sums of their uint8 x int8 instruction; ``"full"``: [-127, 127], one bit more,
+    #: for CPUs with VNNI, ARM, or a runtime that accumulates in 32 bits.
+    weight_range: str = "safe"
     mode = "dynamic"
 
     def __post_init__(self):
         super().__post_init__()
+        _check_weight_range(self.weight_range)
         if self.activation_granularity not in ACTIVATION_GRANULARITIES:
             raise EdgeoptError(f"activation_granularity must be one of {', '.join(ACTIVATION_GRANULARITIES)}, "
                                f"got {self.activation_granularity!r}")
@@ -143,10 +155,15 @@ class Int8Config(_Config):
     #: At most this share of the activation tensors may stay float (the speed-up survives).
     fallback_max_fraction: float = 0.1
     max_calibration_samples: int | None = None
+    #: ``"safe"`` (int8 weights in [-64, 64]: exact on every x86 CPU, including AVX2 ones without
+    #: VNNI, whose uint8 x int8 instruction adds pairs of products in 16 bits and saturates) or
+    #: ``"full"`` ([-127, 127]: one more bit, for CPUs with VNNI, ARM, or LiteRT/XNNPACK).
+    weight_range: str = "safe"
     mode = "int8"
 
     def __post_init__(self):
         super().__post_init__()
+        _check_weight_range(self.weight_range)
         if self.calibration_method not in CALIBRATION_CHOICES:
             raise EdgeoptError(f"unknown calibration method {self.calibration_method!r}; "
                                f"expected one of {', '.join(CALIBRATION_CHOICES)}")
@@ -187,11 +204,18 @@ class Int16x8Config(Int8Config):
     scope: str = "all"
     activation_type: str = "int16"
     target_cosine: float = 0.995
+    #: no 16-bit integer kernels on x86, so no 16-bit pair sums to overflow
+    weight_range: str = "full"
     mode = "int16x8"
 
     @staticmethod
     def _activation_types():
         return ("int16",)
+
+
+def _check_weight_range(value: str) -> None:
+    if value not in WEIGHT_RANGE_CHOICES:
+        raise EdgeoptError(f"weight_range must be one of {', '.join(WEIGHT_RANGE_CHOICES)}, got {value!r}")
 
 
 _CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config)}

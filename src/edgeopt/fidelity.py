@@ -63,3 +63,35 @@ def relative_error(reference_outputs: list[list[np.ndarray]], outputs: list[list
                 noise += float(np.sum((ref - np.asarray(out, dtype=np.float64)) ** 2))
                 signal += float(np.sum(ref**2))
     return noise / max(signal, 1e-30)
+
+
+#: A sample whose float output has less than this share of the output's mean energy per sample is
+#: "silent" (a detector that finds nothing, a mask of zeros): its cosine measures noise against
+#: nothing, so it is left out of the worst-sample cosine (the pooled error still counts it).
+SILENT_ENERGY = 1e-6
+
+
+def output_fidelity(reference_outputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> list[dict]:
+    """Per float output, over all batches: ``pooled_error`` (squared error energy over signal
+    energy, pooled over samples), ``worst_cosine`` (lowest per-sample cosine among the samples
+    that are not silent) and ``silent`` (how many samples were left out of it)."""
+    scores = []
+    for index in range(len(reference_outputs[0]) if reference_outputs else 0):
+        ref_rows, out_rows = [], []
+        for ref_batch, out_batch in zip(reference_outputs, outputs):
+            ref, out = np.asarray(ref_batch[index]), np.asarray(out_batch[index])
+            if not np.issubdtype(ref.dtype, np.floating):
+                break
+            rows = len(ref) if ref.ndim > 1 else 1
+            ref_rows.append(ref.astype(np.float64).reshape(rows, -1))
+            out_rows.append(np.asarray(out, dtype=np.float64).reshape(rows, -1))
+        else:
+            if not ref_rows:
+                continue
+            ref, out = np.concatenate(ref_rows), np.concatenate(out_rows)
+            energy = np.sum(ref ** 2, axis=1)
+            audible = energy > SILENT_ENERGY * max(float(energy.mean()), 1e-300)
+            cosine = cosine_per_sample(ref[audible], out[audible]) if audible.any() else np.ones(1)
+            scores.append({"pooled_error": float(np.sum((ref - out) ** 2) / max(float(energy.sum()), 1e-30)),
+                           "worst_cosine": float(cosine.min()), "silent": int(np.sum(~audible))})
+    return scores

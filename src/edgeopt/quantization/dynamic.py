@@ -25,12 +25,14 @@ import onnx
 from onnx import TensorProto
 
 from .graph import GraphView, attribute, opset_version, topological_sort
-from .numerics import quantize, weight_params
+from .numerics import WEIGHT_RANGES, quantize, weight_params
 
 
 def quantize_matmuls(model: onnx.ModelProto, per_channel: bool = True, min_elements: int = 256,
-                     exclude: tuple[str, ...] = (), granularity: str = "row") -> list[str]:
-    """Rewrite MatMul/Gemm nodes with a constant float weight; returns the rewritten node names."""
+                     exclude: tuple[str, ...] = (), granularity: str = "row", weight_range: str = "safe"
+                     ) -> list[str]:
+    """Rewrite MatMul/Gemm nodes with a constant float weight; returns the rewritten node names.
+    ``weight_range``: see :data:`.numerics.WEIGHT_RANGES`."""
     view = GraphView(model)
     rewritten, replaced, new_nodes = [], set(), []
     quantized_rows: dict[str, tuple[str, str, str]] = {}
@@ -56,7 +58,7 @@ def quantize_matmuls(model: onnx.ModelProto, per_channel: bool = True, min_eleme
                 if not view.is_constant(node.input[2]):
                     continue
                 bias = node.input[2]
-        params = weight_params(weight, 1 if per_channel else None)
+        params = weight_params(weight, 1 if per_channel else None, qmax=WEIGHT_RANGES[weight_range])
         weight_q = quantize(weight, params)
         weight_q_name = view.add_initializer(f"{weight_name}_int8", weight_q)
         weight_scale = np.asarray(params.scale, dtype=np.float32)

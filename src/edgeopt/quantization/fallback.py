@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .scoring import Score
+
 logger = logging.getLogger(__name__)
 
 # Above this many candidates, scan groups of tensors first, then the tensors of the best groups.
@@ -22,8 +24,8 @@ GROUPS = 16
 GROUPS_REFINED = 3
 # Keep tensors float only if that closes at least this share of the gap to the target.
 MIN_GAP_CLOSED = 0.25
-# evaluate(keep_float) -> (worst output cosine, relative squared error of the outputs)
-Evaluate = Callable[[frozenset], "tuple[float, float]"]
+# evaluate(keep_float) -> the model's Score with those tensors float
+Evaluate = Callable[[frozenset], Score]
 
 
 @dataclass
@@ -35,7 +37,8 @@ class FallbackDecision:
 
 def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fraction: float) -> FallbackDecision:
     """Keep at most ``ceil(max_fraction * len(candidates))`` tensors float, most helpful first."""
-    base_cosine, base_error = evaluate(frozenset())
+    base = evaluate(frozenset())
+    base_cosine, base_error = base.worst_cosine, base.error
     decision = FallbackDecision(worst_cosine=base_cosine,
                                 steps=[{"kept_float": 0, "worst_cosine": round(base_cosine, 6)}])
     if base_cosine >= target or not candidates or max_fraction <= 0:
@@ -46,13 +49,13 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
         # graph order), then measure their tensors one by one.
         groups = [candidates[start:start + math.ceil(len(candidates) / GROUPS)]
                   for start in range(0, len(candidates), math.ceil(len(candidates) / GROUPS))]
-        group_gains = sorted(((base_error - evaluate(frozenset(group))[1], index)
+        group_gains = sorted(((base_error - evaluate(frozenset(group)).error, index)
                               for index, group in enumerate(groups)), reverse=True)
         scanned = [name for _, index in group_gains[:GROUPS_REFINED] for name in groups[index]]
     gains = []
     for name in scanned:
-        cosine, error = evaluate(frozenset({name}))
-        gains.append((base_error - error, cosine, name))
+        alone = evaluate(frozenset({name}))
+        gains.append((base_error - alone.error, alone.worst_cosine, name))
     gains.sort(key=lambda item: (-item[0], -item[1]))
     budget = max(1, math.ceil(max_fraction * len(candidates)))
     keep: set[str] = set()
@@ -64,7 +67,7 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
         keep.add(name)
         reasons[name] = (f"keeping it float alone cuts the output error by {100 * gain / max(base_error, 1e-30):.1f}% "
                          f"(worst cosine {alone:.4f} vs {base_cosine:.4f} all-int8)")
-        cosine, _ = evaluate(frozenset(keep))
+        cosine = evaluate(frozenset(keep)).worst_cosine
         decision.steps.append({"kept_float": len(keep), "worst_cosine": round(cosine, 6)})
         if cosine > best[0]:
             best = (cosine, frozenset(keep))

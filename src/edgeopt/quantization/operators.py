@@ -28,9 +28,19 @@ class OperatorRule:
     absorbs_activation: bool = False
     default: bool = True  # quantized by plain int8; otherwise only when integer_only demands it
     applies: Callable[[onnx.NodeProto, GraphView], bool] = lambda node, view: True
+    #: Whether the weight (input 1) is stored output channels first ([out, in, ...]: Conv, Gemm with
+    #: transB) or inputs first ([in, out]: MatMul, Gemm without transB); rounding and bias
+    #: correction read it as an outputs x inputs matrix.
+    weight_layout: Callable[[onnx.NodeProto], str] = lambda node: "outputs-first"
+    #: Bias correction applies (a bias input, and a mean input shift that is linear in the weight).
+    bias_correction: bool = False
 
 
 RULES: dict[str, OperatorRule] = {}
+#: ONNX Runtime gives these operators int8 per-tensor weights when their first input comes from a
+#: DequantizeLinear, even if their weight is float (its WeightBiasQuantization pass): a float one
+#: must read the float tensor.
+FLOAT_WEIGHT_READERS = ("Conv", "ConvTranspose", "Gemm")
 
 
 def register(rule: OperatorRule) -> OperatorRule:
@@ -96,13 +106,15 @@ def _relu_clip_bounds(node: onnx.NodeProto, view: GraphView) -> tuple[float, flo
 activation_bounds = _relu_clip_bounds
 
 register(OperatorRule("Conv", weights={1: lambda n, v: 0}, bias=2, absorbs_activation=True,
-                      applies=_weight_is_constant))
+                      applies=_weight_is_constant, bias_correction=True))
 register(OperatorRule("ConvTranspose", weights={1: _conv_transpose_axis}, bias=2, absorbs_activation=True,
-                      applies=_weight_is_constant))
+                      applies=_weight_is_constant, weight_layout=lambda n: "inputs-first"))
 register(OperatorRule("Gemm", weights={1: _gemm_axis}, bias=2, absorbs_activation=True,
-                      applies=lambda n, v: _gemm_applies(n, v) and _weight_is_constant(n, v)))
+                      applies=lambda n, v: _gemm_applies(n, v) and _weight_is_constant(n, v),
+                      weight_layout=lambda n: "outputs-first" if attribute(n, "transB", 0) else "inputs-first",
+                      bias_correction=True))
 register(OperatorRule("MatMul", activations=(0, 1), weights={1: _matmul_axis}, absorbs_activation=True,
-                      applies=_matmul_applies))
+                      applies=_matmul_applies, weight_layout=lambda n: "inputs-first"))
 for _op in ("Add", "Mul"):
     register(OperatorRule(_op, activations=(0, 1), absorbs_activation=_op == "Add"))
 register(OperatorRule("Concat", activations=tuple(range(64))))

@@ -11,13 +11,11 @@ import numpy as np
 import onnx
 
 from .graph import GraphView, ensure_opset, topological_sort
-from .numerics import QuantParams, quantize
-from .plan import QuantizationPlan
+from .numerics import QuantParams
+from .operators import FLOAT_WEIGHT_READERS
+from .plan import METADATA_KEY, QuantizationPlan
 
 MICROSOFT = "com.microsoft"
-#: ONNX Runtime's WeightBiasQuantization gives these operators int8 per-tensor weights when their
-#: first input comes from a DequantizeLinear, even if their weight is float.
-WEIGHT_QUANTIZED_BY_RUNTIME = ("Conv", "ConvTranspose", "Gemm")
 
 
 def _qdq_domain(dtype: str) -> str:
@@ -40,16 +38,13 @@ def _dequantize_node(view: GraphView, base: str, quantized: str, params: QuantPa
                           [output], f"{base}_DQ", domain=_qdq_domain(params.dtype), **attributes)
 
 
-def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None = None,
-               float_readers_read_float: bool = True) -> None:
-    """Edit ``model`` in place.
+def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, float_readers_read_float: bool = True) -> None:
+    """Edit ``model`` in place; the plan's own record (absorbed activations, reasons for float
+    tensors) goes into ``metadata_props`` so that :func:`.read_plan.read_plan` can return it.
 
-    ``memo`` keeps quantized weights between calls that edit copies of the same source model (the
-    fallback builds one model per candidate): a weight with the same parameters is not requantized.
     ``float_readers_read_float=False`` (integer-only models, whose inputs become integers) leaves
     float Conv/Gemm readers on the DequantizeLinear output.
     """
-    memo = {} if memo is None else memo
     nodes = {node.name: node for node in model.graph.node}
     new_nodes: list[onnx.NodeProto] = []
 
@@ -77,7 +72,7 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
         base = f"a{number}"
         readers = view.consumers.get(name, [])
         float_readers = [node for node in readers if float_readers_read_float and node.name not in quantized_nodes
-                         and node.op_type in WEIGHT_QUANTIZED_BY_RUNTIME and node.input[0] == name
+                         and node.op_type in FLOAT_WEIGHT_READERS and node.input[0] == name
                          and len(node.input) > 1 and view.is_constant(node.input[1])]
         quantized = view.unique(f"{base}_q")
         domain = _qdq_domain(params.dtype)
@@ -107,43 +102,39 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
         new_nodes.append(view.make_node("DequantizeLinear", [quantized] + scale_zero, [dequantized],
                                         f"{base}_DQ", domain=domain))
 
-    # 3. Weights (int8) and constant operands behind DequantizeLinear.
-    cache: dict[tuple, str] = {}
+    # 3. Weights (int8) and constant operands behind DequantizeLinear; one stored tensor for
+    #    readers with the same integers and parameters.
+    stored: dict[tuple, str] = {}
     weight_scales: dict[str, str] = {}
     for table, kind in ((plan.weights, "weight"), (plan.constants, "constant")):
-        for (node_name, index), params in table.items():
+        for (node_name, index), entry in table.items():
             node = nodes[node_name]
-            source = node.input[index]
-            rounded = plan.weight_values.get((node_name, index)) if kind == "weight" else None
-            key = (kind, source, params.dtype, params.axis, np.asarray(params.scale).tobytes(),
-                   np.asarray(params.zero_point).tobytes(), node_name if rounded is not None else None)
-            if key not in cache:
-                if key not in memo:
-                    memo[key] = quantize(view.constant(source) if rounded is None else rounded, params)
-                base = f"{kind[0]}{len(cache)}"
-                quantized = view.add_initializer(f"{base}_q", memo[key])
+            key = (kind, node.input[index], entry.params.dtype, entry.params.axis,
+                   np.asarray(entry.params.scale).tobytes(), np.asarray(entry.params.zero_point).tobytes(),
+                   entry.values.tobytes())
+            if key not in stored:
+                base = f"{kind[0]}{len(stored)}"
+                quantized = view.add_initializer(f"{base}_q", entry.values)
                 # ONNX Runtime fuses a Conv whose weight has no zero point (smaller file); Gemm needs it.
                 with_zero_point = not (kind == "weight" and node.op_type == "Conv")
                 output = view.unique(f"{base}_dq")
-                dequantize_node = _dequantize_node(view, base, quantized, params, output, with_zero_point)
+                dequantize_node = _dequantize_node(view, base, quantized, entry.params, output, with_zero_point)
                 new_nodes.append(dequantize_node)
-                cache[key] = output
+                stored[key] = output
                 weight_scales[output] = dequantize_node.input[1]
-            node.input[index] = cache[key]
+            node.input[index] = stored[key]
 
     # 4. int32 biases whose scale is input scale x weight scale, computed at load by a Mul (which
     #    ONNX Runtime folds) instead of being stored a second time.
-    for number, ((node_name, index), params) in enumerate(plan.biases.items()):
+    for number, ((node_name, index), entry) in enumerate(plan.biases.items()):
         node = nodes[node_name]
-        source = node.input[index]
         base = f"b{number}"
-        values = plan.bias_values.get((node_name, index), view.constant(source))
-        quantized = view.add_initializer(f"{base}_q", quantize(values, params))
+        quantized = view.add_initializer(f"{base}_q", entry.values)
         scale = view.unique(f"{base}_s")
         new_nodes.append(view.make_node("Mul", [scale_names[aliases.get(node.input[0], node.input[0])],
                                                 weight_scales[node.input[1]]], [scale], f"{base}_Mul"))
         output = view.unique(f"{base}_dq")
-        attributes = {"axis": 0} if np.ndim(params.scale) == 1 else {}
+        attributes = {"axis": 0} if np.ndim(entry.params.scale) == 1 else {}
         new_nodes.append(view.make_node("DequantizeLinear", [quantized, scale], [output], f"{base}_DQ",
                                         **attributes))
         node.input[index] = output
@@ -153,3 +144,13 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, memo: dict | None
         ensure_opset(model, MICROSOFT)
     topological_sort(model.graph)
     GraphView(model).remove_unused_initializers()
+    record_plan(model, plan)
+
+
+def record_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
+    """Store (or replace) what the graph cannot show of ``plan`` in the model's metadata."""
+    kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, plan.metadata()

@@ -1,0 +1,191 @@
+"""Calibration: run the float model once over the data and keep everything the int8 search needs.
+
+One :class:`Calibration` holds the observers (a histogram per tensor, channel and window means for
+bias correction, input moments for compensated rounding), the check samples held out for scoring
+candidates, and the float model's outputs on them. Decides nothing; edits nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..errors import EdgeoptError
+from . import rounding
+from .calibration import HistogramObserver, holds_sentinels
+from .graph import GraphView, attribute
+from .operators import rule_for
+from .select import Selection
+
+logger = logging.getLogger(__name__)
+
+#: Weights with more inputs per output channel keep nearest rounding (an inputs^2 matrix each).
+MAX_ROUNDING_INPUTS = 4096
+#: Calibration samples replayed to check candidates against float (held out from the moments).
+CHECK_SAMPLES = 64
+#: Samples after the check samples whose input moments compensated rounding fits on.
+ROUNDING_SAMPLES = 128
+
+
+@dataclass
+class Calibration:
+    """What one pass of the float model over the calibration data measured."""
+
+    observers: dict[str, HistogramObserver]
+    samples: int
+    #: the first CHECK_SAMPLES samples, as fed
+    check_feeds: list[dict] = field(default_factory=list)
+    #: float outputs on ``check_feeds``
+    reference: list[list[np.ndarray]] = field(default_factory=list)
+
+    def sentinels(self) -> dict[str, str]:
+        """Tensors holding sentinel values (additive attention masks): they stay float in any mode."""
+        return {name: _sentinel_reason(observer) for name, observer in sorted(self.observers.items())
+                if holds_sentinels(observer)}
+
+
+def _sentinel_reason(observer: HistogramObserver) -> str:
+    seen = f"values in [{observer.min:.3g}, {observer.max:.3g}]"
+    if observer.nonfinite:
+        seen += f" and {observer.nonfinite} infinite or NaN values"
+    return (f"holds sentinel values (e.g. an additive attention mask): {seen}; no integer grid holds "
+            "them and the other values together")
+
+
+def calibrate(model: onnx.ModelProto, selection: Selection, feeds, *, max_samples: int | None,
+              bias_correction: bool, compensated_rounding: bool) -> Calibration:
+    """Observe every selected tensor over ``feeds``; keep the first CHECK_SAMPLES samples and the
+    float outputs on them. Moments for compensated rounding come from the ROUNDING_SAMPLES samples
+    after the check samples, so keeping it is decided on held-out data."""
+    from .scoring import run_outputs
+
+    view = GraphView(model)
+    check_feeds: list[dict] = []
+
+    def remember(stream):
+        for feed in stream:
+            if len(check_feeds) * batch_size(feed) < CHECK_SAMPLES:
+                check_feeds.append(feed)
+            yield feed
+
+    observers, samples = collect_statistics(
+        model, selection.activations, remember(feeds), max_samples,
+        channel_means_for=bias_correction_inputs(selection) if bias_correction else set(),
+        conv_windows=conv_window_geometry(selection, view) if bias_correction else {},
+        moment_inputs=rounding_inputs(selection, view) if compensated_rounding else {},
+        moment_samples=(CHECK_SAMPLES, CHECK_SAMPLES + ROUNDING_SAMPLES))
+    logger.info("calibrated %d tensors on %d samples", len(observers), samples)
+    return Calibration(observers, samples, check_feeds, run_outputs(model, check_feeds))
+
+
+def batch_size(feed: dict) -> int:
+    first = next(iter(feed.values()))
+    return len(first) if first.ndim else 1
+
+
+def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
+              channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
+              moment_inputs: dict | None = None, moment_samples: tuple[int, int] = (0, 128),
+              ) -> tuple[dict[str, HistogramObserver], int]:
+    """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
+    also the channel means, convolution window means, and the input second moments asked for
+    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``)."""
+    from ..runtime import make_session, run_checked
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {value.name for value in probe.graph.output}
+    inputs = {value.name for value in probe.graph.input}
+    for name in sorted(tensors - existing - inputs):
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = make_session(probe, optimize=False)
+    names = [value.name for value in probe.graph.output]
+    wanted = [name for name in names if name in tensors]
+    observers = {name: HistogramObserver() for name in tensors}
+    samples = 0
+    for feed in feeds:
+        results = run_checked(session, wanted, feed, "calibration data")
+        for name, value in list(zip(wanted, results)) + [(n, feed[n]) for n in tensors & set(feed)]:
+            observers[name].update(value)
+            if name in channel_means_for:
+                observers[name].update_channel_means(value)
+            for node_name, geometry in (conv_windows or {}).get(name, []):
+                if np.ndim(value) == 4:
+                    observers[name].update_window_means(node_name, value, *geometry)
+            first, stop = moment_samples
+            if name in (moment_inputs or {}) and np.ndim(value) and samples < stop and \
+                    samples + len(np.asarray(value)) > first:
+                part = np.asarray(value)[max(first - samples, 0):stop - samples]
+                computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
+                for node_name, spec in moment_inputs[name]:
+                    if spec not in computed:
+                        computed[spec] = _moments(part, spec)
+                    observers[name].update_moments(node_name, *computed[spec])
+        samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
+        if max_samples is not None and samples >= max_samples:
+            break
+    if samples == 0:
+        raise EdgeoptError("calibration data is empty; expected at least one sample")
+    return observers, samples
+
+
+def _moments(value: np.ndarray, spec: tuple) -> tuple[np.ndarray, int]:
+    if spec[0] == "conv":
+        return rounding.conv_patch_moments(value, *spec[1:])
+    return rounding.row_moments(value, spec[1])
+
+
+def rounding_inputs(selection: Selection, view: GraphView) -> dict[str, list]:
+    """For the weights compensated rounding can improve: input name -> [(node name, how to form the
+    vectors the weight multiplies)], for :func:`calibrate`."""
+    inputs: dict[str, list] = {}
+    nodes = {node.name: node for node in selection.nodes}
+    for (node_name, index), (name, _) in selection.weights.items():
+        node = nodes[node_name]
+        weight = view.initializers[name]
+        dims = tuple(weight.dims)
+        spec = None
+        if node.op_type == "Conv" and index == 1 and len(dims) == 4 and attribute(node, "auto_pad", b"NOTSET") in (
+                b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            group = attribute(node, "group", 1)
+            if np.prod(dims[1:]) <= MAX_ROUNDING_INPUTS:
+                spec = ("conv", group, tuple(dims[2:]), tuple(attribute(node, "strides", [1, 1])),
+                        tuple(attribute(node, "pads", [0, 0, 0, 0])), tuple(attribute(node, "dilations", [1, 1])))
+        elif node.op_type in ("Gemm", "MatMul") and index == 1 and len(dims) == 2 and \
+                not attribute(node, "transA", 0):
+            features = dims[1] if node.op_type == "Gemm" and attribute(node, "transB", 0) else dims[0]
+            if features <= MAX_ROUNDING_INPUTS:
+                spec = ("rows", features)
+        if spec is not None:
+            inputs.setdefault(node.input[0], []).append((node_name, spec))
+    return inputs
+
+
+def conv_window_geometry(selection: Selection, view: GraphView) -> dict[str, list]:
+    """For 2-D convolutions to bias-correct: input name -> [(node name, (kernel, strides, pads,
+    dilations))], so calibration can measure what the zero-padded windows see."""
+    windows: dict[str, list] = {}
+    for node in selection.nodes:
+        if node.op_type != "Conv" or (node.name, 2) not in selection.biases:
+            continue
+        weight = view.initializers.get(node.input[1])
+        if weight is None or len(weight.dims) != 4 or attribute(node, "auto_pad", b"NOTSET") not in (
+                b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            continue
+        kernel = tuple(weight.dims[2:])
+        strides = tuple(attribute(node, "strides", [1, 1]))
+        pads = tuple(attribute(node, "pads", [0, 0, 0, 0]))
+        dilations = tuple(attribute(node, "dilations", [1, 1]))
+        windows.setdefault(node.input[0], []).append((node.name, (kernel, strides, pads, dilations)))
+    return windows
+
+
+def bias_correction_inputs(selection: Selection) -> set[str]:
+    """Activations whose per-channel means :func:`plan` needs for bias correction."""
+    return {node.input[0] for node in selection.nodes
+            if rule_for(node).bias_correction and (node.name, 1) in selection.weights
+            and (node.name, 2) in selection.biases}

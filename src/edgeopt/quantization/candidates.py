@@ -1,0 +1,117 @@
+"""One int8 candidate = a small frozen description; the builder turns it into a model and a score.
+
+The search (:mod:`.search`) and the fallback (:mod:`.fallback`) only see :class:`Candidate` and
+:class:`~.scoring.Score`; everything that touches graphs and sessions is here, memoised so that
+each candidate is built and run once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import onnx
+
+from .calibrate import Calibration
+from .graph import GraphView, tensor_dtypes
+from .integer_io import make_integer_io
+from .plan import QuantizationPlan
+from .planner import Ranges, plan, round_weights
+from .qdq import apply_plan
+from .scoring import Score, run_outputs, score_outputs
+from .select import Selection, select
+from . import weights as weight_storage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What differs between the int8 models the search compares."""
+
+    scope: str = "all"
+    method: str = "percentile"
+    bias_correction: bool = True
+    compensated_rounding: bool = True
+    keep_float: frozenset = frozenset()
+
+    def but(self, **changes) -> "Candidate":
+        return dataclasses.replace(self, **changes)
+
+    def label(self) -> str:
+        return f"{self.scope}/{self.method}"
+
+
+@dataclass(frozen=True)
+class Built:
+    plan: QuantizationPlan
+    model: onnx.ModelProto
+    io_params: dict
+
+
+class CandidateBuilder:
+    """Builds and scores candidates for one prepared float model and one calibration."""
+
+    def __init__(self, model: onnx.ModelProto, config, calibration: Calibration, always_float: dict[str, str]):
+        self.model = model
+        self.config = config
+        self.calibration = calibration
+        #: tensors no candidate quantizes (sentinels), with the reason
+        self.always_float = dict(always_float)
+        self.view = GraphView(model)
+        self.dtypes = tensor_dtypes(model)
+        self.original_weights = {init.name for init in model.graph.initializer}
+        self.excluded_weights = {name for node in model.graph.node
+                                 if node.name in config.exclude or node.op_type in config.exclude
+                                 for name in node.input}
+        self._rounded: dict[str, dict] = {}
+        self._scores: dict[Candidate, Score] = {}
+        self._plan_memo: dict = {}
+        self._storage_memo: dict = {}
+
+    def selection(self, candidate: Candidate) -> Selection:
+        return select(self.view, self.dtypes, integer_only=self.config.integer_only,
+                      per_channel=self.config.per_channel, exclude=self.config.exclude,
+                      keep_float=set(candidate.keep_float) | set(self.always_float), scope=candidate.scope)
+
+    def plan(self, candidate: Candidate) -> QuantizationPlan:
+        selection = self.selection(candidate)
+        ranges = Ranges(candidate.method, self.config.percentile, self.config.activation_type,
+                        self.config.weight_range, candidate.bias_correction)
+        rounded = self._compensated(candidate.scope) if candidate.compensated_rounding else None
+        result = plan(self.view, selection, self.calibration.observers, ranges, rounded, self._plan_memo)
+        result.kept_float.update(self.always_float)
+        return result
+
+    def can_compensate(self, scope: str) -> bool:
+        return bool(self._compensated(scope))
+
+    def _compensated(self, scope: str) -> dict:
+        """Compensated weights, computed the first time a candidate of this scope asks for them."""
+        if scope not in self._rounded:
+            self._rounded[scope] = round_weights(self.view, self.selection(Candidate(scope=scope)),
+                                                 self.calibration.observers, self.config.weight_range)
+        return self._rounded[scope]
+
+    def build(self, candidate: Candidate) -> Built:
+        quantization_plan = self.plan(candidate)
+        return self.build_plan(quantization_plan)
+
+    def build_plan(self, quantization_plan: QuantizationPlan) -> Built:
+        quantized = onnx.ModelProto()
+        quantized.CopyFrom(self.model)
+        apply_plan(quantized, quantization_plan, float_readers_read_float=not self.config.integer_only)
+        io_params = make_integer_io(quantized, quantization_plan) if self.config.integer_only else {}
+        weight_storage.store_int8(quantized, skip=self.excluded_weights, per_channel=self.config.per_channel,
+                                  only=self.original_weights, memo=self._storage_memo)
+        return Built(quantization_plan, quantized, io_params)
+
+    def score(self, candidate: Candidate) -> Score:
+        """The candidate's fidelity on the check samples; each candidate built and run once."""
+        if candidate not in self._scores:
+            built = self.build(candidate)
+            outputs = run_outputs(built.model, self.calibration.check_feeds, built.io_params)
+            self._scores[candidate] = score_outputs(self.calibration.reference, outputs)
+            logger.debug("%s: %s", candidate, self._scores[candidate])
+        return self._scores[candidate]

@@ -1,0 +1,241 @@
+"""From calibration statistics to a :class:`QuantizationPlan`: scales, zero points, integers.
+
+Decides and returns data; :mod:`.qdq` edits the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import rounding
+from .calibration import HistogramObserver, compute_range
+from .graph import GraphView, attribute
+from .numerics import (INTEGER_RANGES, WEIGHT_RANGES, QuantParams, affine_params, dequantize, quantize,
+                       symmetric_params, weight_params)
+from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
+from .plan import QuantizationPlan, QuantizedConstant
+from .select import Selection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """How activation ranges and weight integers are chosen (the parts of a candidate :func:`plan` reads)."""
+
+    method: str
+    percentile: float
+    activation_type: str
+    weight_range: str = "safe"
+    correct_biases: bool = True
+
+
+def round_weights(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
+                  weight_range: str = "safe") -> dict[tuple[str, int], np.ndarray]:
+    """Compensated int8 weights (as float values on their grid) for every weight whose input
+    moments calibration collected; the scales are those :func:`plan` chooses."""
+    values = {}
+    nodes = {node.name: node for node in selection.nodes}
+    readers: dict[str, int] = {}
+    for name, _ in selection.weights.values():
+        readers[name] = readers.get(name, 0) + 1
+    qmax = WEIGHT_RANGES[weight_range]
+    for key, (name, axis) in selection.weights.items():
+        if readers[name] > 1:
+            continue  # one stored tensor for several layers: nearest rounding, stored once
+        node = nodes[key[0]]
+        observer = observers.get(node.input[0])
+        moments = None if observer is None else observer.moments(key[0])
+        if moments is None:
+            continue
+        weight = view.constant(name).astype(np.float32)
+        params = weight_params(weight, axis, qmax=qmax)
+        transposed = rule_for(node).weight_layout(node) == "inputs-first"
+        rows = weight.T if transposed else weight  # output channels x inputs
+        rows = rows.reshape(rows.shape[0], -1)
+        groups = moments.shape[0]
+        scales = np.broadcast_to(np.asarray(params.scale, np.float64).reshape(-1), (rows.shape[0],))
+        if rows.shape[1] != moments.shape[1] or rows.shape[0] % groups:
+            continue
+        per_group = rows.shape[0] // groups
+        integers = rounding.compensated_round(rows.reshape(groups, per_group, -1),
+                                              scales.reshape(groups, per_group), moments, -qmax, qmax)
+        rounded = (integers.reshape(rows.shape) * scales[:, None]).astype(np.float32)
+        rounded = rounded.reshape((weight.T if transposed else weight).shape)
+        values[key] = rounded.T if transposed else rounded
+    return values
+
+
+def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], ranges: Ranges,
+         weight_values: dict | None = None, memo: dict | None = None) -> QuantizationPlan:
+    """Parameters and integers for every selected tensor, absorbed activations, int32 biases.
+
+    ``weight_values`` holds weights already on their int8 grid (compensated rounding); ``memo``
+    keeps integers between calls for the same model (the search plans many candidates).
+    """
+    memo = {} if memo is None else memo
+    result = QuantizationPlan(ranges.activation_type)
+    _plan_activations(selection, observers, ranges, result)
+    _absorb_activations(view, selection, result)
+    qmax = WEIGHT_RANGES[ranges.weight_range]
+    weights = {key: weight_params(view.constant(name), axis, qmax=qmax)
+               for key, (name, axis) in selection.weights.items()}
+    on_grid = {key: (weight_values or {}).get(key) for key in weights}
+    biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
+    if ranges.correct_biases:
+        corrected = _corrected_biases(view, selection, weights, on_grid, observers)
+        biases.update(corrected)
+        result.corrected_biases = set(corrected)
+    bias_params = _plan_biases(selection, result, weights, biases)
+    for key, params in weights.items():
+        name, axis = selection.weights[key]
+        compensated = on_grid[key] is not None
+        memo_key = ("weight", key if compensated else name, axis, qmax, params.scale.tobytes())
+        if memo_key not in memo:
+            memo[memo_key] = quantize(on_grid[key] if compensated else view.constant(name), params)
+        result.weights[key] = QuantizedConstant(params, memo[memo_key])
+        if compensated:
+            result.compensated_weights.add(key)
+    for key, params in bias_params.items():
+        result.biases[key] = QuantizedConstant(params, quantize(biases[key], params).astype(np.int32))
+    symmetric = ranges.activation_type == "int16"
+    for key, name in selection.constants.items():
+        values = view.constant(name).astype(np.float32)
+        if symmetric:
+            params = symmetric_params(np.abs(values).max(initial=0.0), ranges.activation_type)
+        else:
+            params = affine_params(values.min(initial=0.0), values.max(initial=0.0), ranges.activation_type)
+        result.constants[key] = QuantizedConstant(params, quantize(values, params))
+    return result
+
+
+def _plan_activations(selection: Selection, observers, ranges: Ranges, result: QuantizationPlan) -> None:
+    symmetric = ranges.activation_type == "int16"
+    for node in selection.nodes:
+        rule = rule_for(node)
+        result.nodes.append(node.name)
+        for name in list(node.input) + list(node.output):
+            if name not in selection.activations or name in result.activations:
+                continue
+            if rule.shares_scale and name in node.output and node.input[0] in result.activations:
+                result.activations[name] = result.activations[node.input[0]]
+                continue
+            low, high = compute_range(observers[name], ranges.method, ranges.activation_type, ranges.percentile)
+            result.activations[name] = (symmetric_params(max(abs(low), abs(high)), ranges.activation_type)
+                                        if symmetric else affine_params(low, high, ranges.activation_type))
+
+
+def _corrected_biases(view: GraphView, selection: Selection, weights: dict, on_grid: dict,
+                      observers: dict[str, HistogramObserver]) -> dict:
+    """Bias correction (Nagel et al., 2019): int8 weights shift each output by (W_q - W) E[x];
+    subtract that shift, measured with the calibrated mean of every input channel.
+
+    It matters most where inputs have a large mean, e.g. a first convolution fed images whose
+    normalised background is far from zero.
+    """
+    corrected = {}
+    for node in selection.nodes:
+        key, weight_key = (node.name, 2), (node.name, 1)
+        observer = observers.get(node.input[0])
+        if key not in selection.biases or weight_key not in weights or observer is None \
+                or observer.channel_means is None or not rule_for(node).bias_correction:
+            continue
+        weight = view.constant(node.input[1]).astype(np.float32)
+        params = weights[weight_key]
+        grid = on_grid.get(weight_key)
+        delta = dequantize(quantize(weight if grid is None else grid, params), params).astype(np.float64) - weight
+        shift = _output_shift(node, delta, observer)
+        bias = view.constant(selection.biases[key]).astype(np.float64)
+        if shift is None or bias.shape != shift.shape:
+            continue
+        corrected[key] = (bias - shift).astype(np.float32)
+    return corrected
+
+
+def _output_shift(node, delta: np.ndarray, observer: HistogramObserver) -> np.ndarray | None:
+    """The mean output shift ``delta`` (int8 weight minus float weight) causes on calibrated inputs."""
+    means = observer.channel_means
+    if node.op_type != "Conv":  # Gemm
+        matrix = delta.T if attribute(node, "transB", 0) else delta  # K x N
+        return means @ matrix if matrix.shape[0] == means.size else None
+    group = attribute(node, "group", 1)
+    cout, cin_group = delta.shape[0], delta.shape[1]
+    if means.size != cin_group * group:
+        return None
+    owner = np.arange(cout) // (cout // group)
+    windows = observer.window_means(node.name)
+    if windows is not None and windows.shape == (cin_group * group, int(np.prod(delta.shape[2:]))):
+        # Exact: each kernel offset sees its own mean (zero padding lowers it at the borders).
+        per_offset = windows.reshape(group, cin_group, -1)[owner]
+        return np.sum(delta.reshape(cout, cin_group, -1) * per_offset, axis=(1, 2))
+    per_input = delta.reshape(cout, cin_group, -1).sum(axis=2)
+    return np.sum(per_input * means.reshape(group, cin_group)[owner], axis=1)
+
+
+def _absorb_activations(view: GraphView, selection: Selection, result: QuantizationPlan) -> None:
+    """Drop Relu/Clip after a quantized node when the quantized range already clamps the same way.
+
+    Not when a float Conv/Gemm reads the activation's output: such readers read the float tensor
+    before the QuantizeLinear (see :mod:`.qdq`), which would then be unclamped.
+    """
+    selected = {node.name for node in selection.nodes}
+    for node in selection.nodes:
+        if not rule_for(node).absorbs_activation or len(node.output) != 1:
+            continue
+        output = node.output[0]
+        consumers = view.consumers.get(output, [])
+        if len(consumers) != 1 or output in view.graph_outputs:
+            continue
+        activation = consumers[0]
+        bounds = activation_bounds(activation, view)
+        if bounds is None or activation.name not in selected or activation.output[0] not in result.activations:
+            continue
+        if any(reader.name not in selected and reader.op_type in FLOAT_WEIGHT_READERS
+               for reader in view.consumers.get(activation.output[0], [])):
+            continue
+        params = result.activations[activation.output[0]]
+        qmin, qmax = INTEGER_RANGES[params.dtype]
+        scale, zero_point = float(params.scale), float(params.zero_point)
+        low, high = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+        tolerance = 1e-6 * max(1.0, abs(low), abs(high))
+        if low < bounds[0] - tolerance or high > bounds[1] + tolerance:
+            continue
+        result.absorbed[activation.name] = node.name
+        del result.activations[output]
+
+
+def _plan_biases(selection: Selection, result: QuantizationPlan, weights: dict, biases: dict) -> dict:
+    """int32 parameters at input scale x weight scale; a bias too large for int32 at that scale
+    widens its channel's weight scale instead (in ``weights``)."""
+    nodes = {node.name: node for node in selection.nodes}
+    limit = float(2**31 - 1)
+    planned = {}
+    for key in selection.biases:
+        node_name, _ = key
+        weight_key = (node_name, 1)
+        if weight_key not in weights or nodes[node_name].input[0] not in result.activations:
+            continue
+        bias = biases[key].astype(np.float64)
+        weight = weights[weight_key]
+        input_scale = float(result.activations[nodes[node_name].input[0]].scale)
+        weight_scale = np.asarray(weight.scale, dtype=np.float64)
+        if bias.ndim != 1 or (weight_scale.ndim == 1 and weight_scale.size != bias.size) \
+                or not np.all(np.isfinite(bias)):
+            continue
+        needed = np.abs(bias) / (input_scale * limit)
+        if np.any(needed > weight_scale):
+            widened = np.maximum(weight_scale, needed * 1.01)
+            if weight_scale.ndim == 0:  # per tensor: one wider scale for all channels
+                widened = np.asarray(widened.max())
+            # Compensated integers are re-rounded onto the widened channels only; those are
+            # channels whose weights are (nearly) all zero, where it makes no difference.
+            weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
+                                              weight.axis)
+            weight_scale = widened
+        scale = np.asarray(input_scale * weight_scale, dtype=np.float32)
+        planned[key] = QuantParams(scale, np.zeros(scale.shape, dtype=np.int32), "int32",
+                                   0 if scale.ndim == 1 else None)
+    return planned

@@ -1,0 +1,165 @@
+"""Recover a :class:`QuantizationPlan` from a QDQ model: edgeopt's own, or one a training framework
+exported with QuantizeLinear/DequantizeLinear. Reads; edits nothing.
+
+Naming: an activation is named by the output of its DequantizeLinear (what its readers read; in
+edgeopt's models that is the float model's own tensor name), a graph input by its own name, and
+an output of an integer-only model by the output's name. Constants are keyed by the
+``(node, input index)`` that reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import EdgeoptError
+from .graph import GraphView, attribute
+from .numerics import QuantParams
+from .operators import rule_for
+from .plan import METADATA_KEY, QuantizationPlan, QuantizedConstant, parse_key
+from .select import MATMUL_INPUT_OPS
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def read_plan(model: onnx.ModelProto) -> QuantizationPlan:
+    """The plan ``model``'s QuantizeLinear/DequantizeLinear nodes and metadata describe."""
+    view = GraphView(model)
+    constants = _constants(view)
+    activations = _activations(view, constants)
+    dtypes = Counter(params.dtype for params in activations.values())
+    plan = QuantizationPlan(dtypes.most_common(1)[0][0] if dtypes else "uint8")
+    plan.activations = activations
+    _read_constants(view, constants, plan)
+    recorded = _metadata(model)
+    plan.absorbed = recorded.get("absorbed", {})
+    plan.kept_float = recorded.get("kept_float", {})
+    plan.corrected_biases = {parse_key(k) for k in recorded.get("corrected_biases", [])}
+    plan.compensated_weights = {parse_key(k) for k in recorded.get("compensated_weights", [])}
+    plan.nodes = _quantized_nodes(view, plan) + list(plan.absorbed)
+    return plan
+
+
+def _constants(view: GraphView) -> dict[str, np.ndarray]:
+    """Initializers, Constant nodes and products of two constants (edgeopt's bias scales)."""
+    values = {name: numpy_helper.to_array(init) for name, init in view.initializers.items()}
+    for node in view.graph.node:
+        if node.op_type == "Constant" and node.output and attribute(node, "value") is not None:
+            values[node.output[0]] = numpy_helper.to_array(attribute(node, "value"))
+        elif node.op_type == "Mul" and len(node.input) == 2 and all(i in values for i in node.input):
+            values[node.output[0]] = (values[node.input[0]] * values[node.input[1]]).astype(np.float32)
+    return values
+
+
+def _params(node: onnx.NodeProto, constants: dict, dtype: np.dtype) -> QuantParams:
+    if node.input[1] not in constants:
+        raise EdgeoptError(f"{node.op_type} {node.name!r}: its scale {node.input[1]!r} is not a constant; "
+                           "expected a QDQ model with constant scales")
+    scale = np.asarray(constants[node.input[1]], dtype=np.float32)
+    if len(node.input) > 2 and node.input[2]:
+        zero_point = np.asarray(constants[node.input[2]])
+    else:
+        zero_point = np.zeros(scale.shape, dtype=dtype)
+    axis = attribute(node, "axis", 1) if scale.ndim == 1 else None
+    return QuantParams(scale, zero_point, np.dtype(zero_point.dtype).name, axis)
+
+
+def _activations(view: GraphView, constants: dict) -> dict[str, QuantParams]:
+    found: dict[str, QuantParams] = {}
+    for node in view.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            readers = [n for n in view.consumers.get(node.output[0], []) if n.op_type == "DequantizeLinear"]
+            if node.input[0] in view.graph_inputs:
+                name = node.input[0]
+            elif node.output[0] in view.graph_outputs or not readers:
+                name = node.output[0]
+            else:
+                name = readers[0].output[0]
+            zero_dtype = constants[node.input[2]].dtype if len(node.input) > 2 and node.input[2] else np.uint8
+            found[name] = _params(node, constants, zero_dtype)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in view.graph_inputs:
+            found[node.input[0]] = _params(node, constants, np.dtype(np.uint8))  # integer-only input
+    return found
+
+
+def _read_constants(view: GraphView, constants: dict, plan: QuantizationPlan) -> None:
+    """Weights, biases and constant operands: DequantizeLinear of an integer constant."""
+    for node in view.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in constants:
+            continue
+        values = np.asarray(constants[node.input[0]])
+        entry = QuantizedConstant(_params(node, constants, values.dtype), values)
+        for reader in view.consumers.get(node.output[0], []):
+            rule = rule_for(reader)
+            for index, name in enumerate(reader.input):
+                if name != node.output[0]:
+                    continue
+                key = (reader.name, index)
+                if rule is not None and index == rule.bias:
+                    plan.biases[key] = entry
+                elif rule is not None and index in rule.weights:
+                    plan.weights[key] = entry
+                else:
+                    plan.constants[key] = entry
+
+
+def _quantized_nodes(view: GraphView, plan: QuantizationPlan) -> list[str]:
+    """Nodes whose float inputs all come from DequantizeLinear and whose outputs are quantized
+    (or, for MatMul/Gemm with a quantized weight, stay float: ONNX Runtime's MatMulIntegerToFloat)."""
+    dequantized = {node.output[0] for node in view.graph.node if node.op_type == "DequantizeLinear"}
+    dequantized |= {name for name in plan.activations if name in view.graph_inputs}
+    nodes = []
+    for node in view.graph.node:
+        rule = rule_for(node)
+        if rule is None or node.op_type in QDQ:
+            continue
+        indices = [i for i in set(rule.activations) | set(rule.weights) if i < len(node.input) and node.input[i]]
+        if not indices or not all(node.input[i] in dequantized for i in indices):
+            continue
+        outputs = [name for name in node.output if name]
+        quantized_outputs = all(name in plan.activations or _feeds_quantize(view, name) for name in outputs)
+        inputs_only = node.op_type in MATMUL_INPUT_OPS and (node.name, 1) in plan.weights
+        if quantized_outputs or inputs_only:
+            nodes.append(node.name)
+    return nodes
+
+
+def _feeds_quantize(view: GraphView, name: str) -> bool:
+    return any(reader.op_type == "QuantizeLinear" for reader in view.consumers.get(name, []))
+
+
+def _metadata(model: onnx.ModelProto) -> dict:
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            try:
+                return json.loads(entry.value)
+            except ValueError:
+                return {}
+    return {}
+
+
+def check_plan_fits(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
+    """Raise a one-line error when ``plan`` names a node, tensor or constant the model lacks."""
+    view = GraphView(model)
+    nodes = {node.name: node for node in model.graph.node}
+    missing = [name for name in list(plan.nodes) + list(plan.absorbed) if name not in nodes]
+    if missing:
+        raise EdgeoptError(f"the plan names nodes the model does not have ({missing[:3]}); expected the float "
+                           "model the plan was made for")
+    tensors = set(view.producer) | view.graph_inputs
+    missing = [name for name in plan.activations if name not in tensors]
+    if missing:
+        raise EdgeoptError(f"the plan quantizes tensors the model does not have ({missing[:3]}); expected the float "
+                           "model the plan was made for")
+    for table in (plan.weights, plan.biases, plan.constants):
+        for (node_name, index), entry in table.items():
+            node = nodes.get(node_name)
+            source = node.input[index] if node is not None and index < len(node.input) else None
+            if source is None or not view.is_constant(source) or \
+                    tuple(view.initializers[source].dims) != entry.values.shape:
+                raise EdgeoptError(f"the plan's constant for input {index} of node {node_name!r} does not fit the "
+                                   f"model (expected a constant of shape {entry.values.shape})")

@@ -1,0 +1,48 @@
+"""How close a candidate model is to float on the check samples: run it, score it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from ..fidelity import output_fidelity
+
+
+@dataclass(frozen=True)
+class Score:
+    """``error``: the worst output's pooled relative squared error (what the search minimises; it
+    stays meaningful when some samples' outputs are silent); ``worst_cosine``: the lowest
+    per-sample cosine over outputs and non-silent samples (what the target is checked against)."""
+
+    error: float
+    worst_cosine: float
+    silent_samples: int = 0
+
+    def to_dict(self) -> dict:
+        return {"error": round(self.error, 8), "worst_cosine": round(self.worst_cosine, 6),
+                "silent_samples": self.silent_samples}
+
+
+def score_outputs(reference: list[list], outputs: list[list]) -> Score:
+    per_output = output_fidelity(reference, outputs)
+    if not per_output:
+        return Score(0.0, 1.0)
+    return Score(max(o["pooled_error"] for o in per_output), min(o["worst_cosine"] for o in per_output),
+                 max(o["silent"] for o in per_output))
+
+
+def run_outputs(model: onnx.ModelProto, feeds: list[dict], io_params: dict | None = None) -> list[list]:
+    """Float outputs of ``model`` on each feed (integer-only models encode and decode through
+    ``io_params``)."""
+    from ..measure import decode_outputs, encode_feed
+    from ..runtime import make_session, run_checked
+
+    session = make_session(model)
+    names = [o.name for o in session.get_outputs()]
+    outputs = []
+    for feed in feeds:
+        feed = encode_feed(feed, io_params) if io_params else feed
+        result = run_checked(session, None, feed, "calibration data")
+        outputs.append(decode_outputs(result, names, io_params) if io_params else result)
+    return outputs

@@ -1,0 +1,99 @@
+"""Which nodes and tensors static quantization touches: a walk over the graph with the operator rules.
+
+Decides and returns data (:class:`Selection`); edits nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..errors import EdgeoptError
+from .graph import GraphView
+from .operators import rule_for
+
+
+@dataclass
+class Selection:
+    """The nodes to quantize and the activation tensors their inputs and outputs need."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    activations: set[str] = field(default_factory=set)
+    constants: dict[tuple[str, int], str] = field(default_factory=dict)
+    weights: dict[tuple[str, int], tuple[str, "int | None"]] = field(default_factory=dict)
+    biases: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def check_exclusions(view: GraphView, exclude: tuple[str, ...]) -> None:
+    names = {node.name for node in view.graph.node} | {node.op_type for node in view.graph.node}
+    unknown = [item for item in exclude if item not in names]
+    if unknown:
+        raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model")
+
+
+#: The operators the "matmul-inputs" scope quantizes (their inputs only; see :func:`select`).
+MATMUL_INPUT_OPS = ("MatMul", "Gemm")
+
+
+def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_channel: bool,
+           exclude: tuple[str, ...] = (), keep_float: set[str] = frozenset(), scope: str = "all") -> Selection:
+    """Walk the graph in order and pick every node its rule can quantize.
+
+    With ``scope="matmul-inputs"`` only MatMul/Gemm nodes with a constant weight are picked and
+    only their inputs are quantized: ONNX Runtime runs them as ``MatMulIntegerToFloat`` (integer
+    product, float output), and the residual stream, normalisations and attention stay float.
+    """
+    selection = Selection()
+    inputs_only = scope == "matmul-inputs"
+    for node in view.graph.node:
+        rule = rule_for(node)
+        if rule is None or node.name in exclude or node.op_type in exclude:
+            continue
+        if inputs_only and (node.op_type not in MATMUL_INPUT_OPS or len(node.input) < 2
+                            or not view.is_constant(node.input[1])):
+            continue
+        if not rule.default and not integer_only:
+            continue
+        if not rule.applies(node, view):
+            continue
+        inputs, constants = [], {}
+        for index in rule.activations:
+            if index >= len(node.input) or not node.input[index] or index in rule.weights and \
+                    view.is_constant(node.input[index]):
+                continue
+            name = node.input[index]
+            if dtypes.get(name) != TensorProto.FLOAT:
+                inputs = None
+                break
+            if view.is_constant(name):
+                if not np.all(np.isfinite(view.constant(name))):
+                    inputs = None  # e.g. a -inf attention mask: no integer can hold it
+                    break
+                constants[(node.name, index)] = name
+            else:
+                inputs.append(name)
+        outputs = [] if inputs_only else [name for name in node.output if name]
+        if not inputs or any(dtypes.get(name) != TensorProto.FLOAT for name in outputs):
+            continue
+        if rule.shares_scale and inputs[0] not in selection.activations and not integer_only:
+            continue  # only worth it when the data is already quantized
+        if keep_float & (set(inputs) | set(outputs)):
+            continue
+        if any(view.is_constant(node.input[i]) and not np.all(np.isfinite(view.constant(node.input[i])))
+               for i in list(rule.weights) + ([rule.bias] if rule.bias is not None else []) if i < len(node.input)):
+            continue
+        selection.nodes.append(node)
+        selection.activations.update(inputs)
+        selection.activations.update(outputs)
+        selection.constants.update(constants)
+        for index, axis_of in rule.weights.items():
+            if index < len(node.input) and view.is_constant(node.input[index]) \
+                    and view.initializers[node.input[index]].data_type == TensorProto.FLOAT:
+                axis = axis_of(node, view) if per_channel else None
+                selection.weights[(node.name, index)] = (node.input[index], axis)
+        if rule.bias is not None and rule.bias < len(node.input) and view.is_constant(node.input[rule.bias]):
+            selection.biases[(node.name, rule.bias)] = node.input[rule.bias]
+    return selection
