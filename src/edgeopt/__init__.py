@@ -13,10 +13,13 @@ from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config
 from .data import Dataset, ImagePreprocessing
 from .errors import EdgeoptError
 from .measure import evaluate
+from .quantization.plan import QuantizationPlan, QuantizedConstant
+from .quantization.read_plan import read_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "quantize", "evaluate", "QuantizationResult", "Float16Config", "DynamicConfig", "Int8Config",
-    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError",
+    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError", "QuantizationPlan", "QuantizedConstant",
+    "read_plan",
 ]

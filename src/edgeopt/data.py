@@ -54,7 +54,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             continue
         tensor = value.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        # dim_param, no value, and the -1 or 0 some exporters (Paddle2ONNX) write all mean "any size"
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim)
         specs.append(InputSpec(value.name, dtype, shape))
     return specs
 

@@ -65,6 +65,8 @@ class CandidateBuilder:
         self.excluded_weights = {name for node in model.graph.node
                                  if node.name in config.exclude or node.op_type in config.exclude
                                  for name in node.input}
+        self.excluded_nodes = {node.name: "excluded by the config" for node in model.graph.node
+                               if node.name in config.exclude or node.op_type in config.exclude}
         self._rounded: dict[str, dict] = {}
         self._scores: dict[Candidate, Score] = {}
         self._plan_memo: dict = {}
@@ -82,6 +84,7 @@ class CandidateBuilder:
         rounded = self._compensated(candidate.scope) if candidate.compensated_rounding else None
         result = plan(self.view, selection, self.calibration.observers, ranges, rounded, self._plan_memo)
         result.kept_float.update(self.always_float)
+        result.kept_float.update(self.excluded_nodes)
         return result
 
     def can_compensate(self, scope: str) -> bool:

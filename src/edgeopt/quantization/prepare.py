@@ -1,6 +1,7 @@
 """Graph preparation before quantization. Each pass edits the model and returns whether it changed.
 
 * :func:`upgrade_opset` – per-channel QuantizeLinear needs opset 13.
+* :func:`name_dynamic_dimensions` – ``dim_value`` -1 or 0 become symbolic dimensions.
 * :func:`lift_constants` – weights held in Constant nodes become initializers (and get quantized).
 * :func:`fold_constants` – subgraphs computed only from constants are evaluated once.
 * :func:`fold_batch_norm` – BatchNormalization after Conv/ConvTranspose merges into its weights.
@@ -32,6 +33,7 @@ _NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "R
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every preparation pass; returns the same (edited) model."""
     upgrade_opset(model)
+    name_dynamic_dimensions(model)
     strip_node_metadata(model)
     lift_constants(model)
     remove_initializer_inputs(model)
@@ -53,6 +55,21 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
     model.CopyFrom(upgraded)
     logger.info("converted opset %d to %d", version, minimum)
     return True
+
+
+def name_dynamic_dimensions(model: onnx.ModelProto) -> bool:
+    """Give dimensions declared as ``dim_value`` -1 or 0 (Paddle2ONNX, old TensorFlow exporters
+    write them for "any size") a symbolic name: ONNX Runtime takes -1 as dynamic but 0 literally."""
+    changed = False
+    values = list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info)
+    for value in values:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.dim_param = f"{value.name}_dim{axis}"
+                changed = True
+    return changed
 
 
 def strip_node_metadata(model: onnx.ModelProto) -> bool:

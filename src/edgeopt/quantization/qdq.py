@@ -149,8 +149,7 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, float_readers_rea
 
 def record_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
     """Store (or replace) what the graph cannot show of ``plan`` in the model's metadata."""
-    kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
+    entry = next((e for e in model.metadata_props if e.key == METADATA_KEY), None)
+    if entry is None:
+        entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, plan.metadata()

@@ -40,7 +40,9 @@ def read_plan(model: onnx.ModelProto) -> QuantizationPlan:
     plan.kept_float = recorded.get("kept_float", {})
     plan.corrected_biases = {parse_key(k) for k in recorded.get("corrected_biases", [])}
     plan.compensated_weights = {parse_key(k) for k in recorded.get("compensated_weights", [])}
-    plan.nodes = _quantized_nodes(view, plan) + list(plan.absorbed)
+    # Nodes kept float by name (excluded) may still sit between quantized tensors in the graph.
+    plan.nodes = [name for name in _quantized_nodes(view, plan) if name not in plan.kept_float]
+    plan.nodes += list(plan.absorbed)
     return plan
 
 
@@ -108,14 +110,18 @@ def _read_constants(view: GraphView, constants: dict, plan: QuantizationPlan) ->
 
 
 def _quantized_nodes(view: GraphView, plan: QuantizationPlan) -> list[str]:
-    """Nodes whose float inputs all come from DequantizeLinear and whose outputs are quantized
+    """Nodes with an integer kernel whose float inputs all come from DequantizeLinear and whose outputs are quantized
     (or, for MatMul/Gemm with a quantized weight, stay float: ONNX Runtime's MatMulIntegerToFloat)."""
     dequantized = {node.output[0] for node in view.graph.node if node.op_type == "DequantizeLinear"}
     dequantized |= {name for name in plan.activations if name in view.graph_inputs}
+    # Operators without a fast x86 integer kernel (Softmax, Tanh, ...) run float between quantized
+    # tensors unless the whole model is integer (its inputs feed DequantizeLinear directly).
+    integer_only = any(node.op_type == "DequantizeLinear" and node.input[0] in view.graph_inputs
+                       for node in view.graph.node)
     nodes = []
     for node in view.graph.node:
         rule = rule_for(node)
-        if rule is None or node.op_type in QDQ:
+        if rule is None or node.op_type in QDQ or not (rule.default or integer_only):
             continue
         indices = [i for i in set(rule.activations) | set(rule.weights) if i < len(node.input) and node.input[i]]
         if not indices or not all(node.input[i] in dequantized for i in indices):

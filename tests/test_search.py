@@ -1,0 +1,96 @@
+"""The int8 search and the fallback as pure decisions, driven by a fake scorer (no model, no runtime)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeopt.quantization import fallback, search
+from edgeopt.quantization.candidates import Candidate
+from edgeopt.quantization.scoring import Score
+
+
+class FakeScorer:
+    """Scores from a table keyed by what a candidate changes; counts the calls."""
+
+    def __init__(self, table):
+        self.table = table
+        self.calls: list[Candidate] = []
+
+    def __call__(self, candidate: Candidate) -> Score:
+        self.calls.append(candidate)
+        return self.table(candidate)
+
+
+def test_lowest_error_method_wins():
+    errors = {"percentile": 0.03, "mse": 0.01, "entropy": 0.02, "minmax": 0.05}
+    scorer = FakeScorer(lambda c: Score(errors[c.method], 0.99))
+    best, scores = search.choose_ranges(Candidate(), ("all",), tuple(errors), scorer, target=0.97)
+    assert best.method == "mse" and best.scope == "all"
+    assert set(scores) == {f"all/{m}" for m in errors}
+
+
+def test_a_later_scope_only_when_the_best_so_far_misses_the_target():
+    def table(c):
+        if c.scope == "all":
+            return Score(0.08, 0.90 if c.method == "mse" else 0.85)
+        return Score(0.01, 0.99)
+
+    scorer = FakeScorer(table)
+    best, scores = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile", "mse"), scorer, 0.97)
+    assert best.scope == "matmul-inputs" and len(scores) == 4
+    met = FakeScorer(lambda c: Score(0.01 if c.scope == "all" else 0.001, 0.99))
+    best, scores = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile",), met, 0.97)
+    assert best.scope == "all" and list(scores) == ["all/percentile"]
+
+
+def test_refinements_are_kept_only_where_they_lower_the_error():
+    errors = {(True, True): 0.020, (True, False): 0.015, (False, True): 0.030, (False, False): 0.025}
+    scorer = FakeScorer(lambda c: Score(errors[(c.bias_correction, c.compensated_rounding)], 0.99))
+    best, scores = search.choose_refinements(Candidate(), scorer)
+    assert (best.bias_correction, best.compensated_rounding) == (True, False)
+    assert len(scores) == 4
+
+
+def test_refinement_ties_keep_the_refinement_and_disabled_ones_are_not_tried():
+    scorer = FakeScorer(lambda c: Score(0.01, 0.99))
+    best, _ = search.choose_refinements(Candidate(), scorer)
+    assert best.bias_correction and best.compensated_rounding
+    scorer = FakeScorer(lambda c: Score(0.01, 0.99))
+    best, scores = search.choose_refinements(Candidate(bias_correction=False, compensated_rounding=False), scorer)
+    assert len(scores) == 1 and not best.bias_correction
+
+
+def _keep_scorer(helpful: dict[str, float], base_error: float = 0.10):
+    """Error drops by helpful[name] for each tensor kept float; cosine 1 - error / 2."""
+    def table(keep: frozenset) -> Score:
+        error = max(base_error - sum(helpful.get(name, 0.0) for name in keep), 0.0)
+        return Score(error, 1.0 - error / 2)
+    return table
+
+
+def test_fallback_keeps_the_most_helpful_tensors_until_the_target():
+    names = [f"t{i}" for i in range(20)]
+    helpful = {"t3": 0.05, "t7": 0.03, "t11": 0.01}
+    decision = fallback.choose(names, _keep_scorer(helpful), target=0.98, max_fraction=0.5)
+    assert list(decision.keep_float) == ["t3", "t7"]  # 0.10 - 0.08 = 0.02 -> cosine 0.99
+    assert decision.worst_cosine == pytest.approx(0.99)
+    assert "cuts the output error by 50.0%" in decision.keep_float["t3"]
+
+
+def test_fallback_respects_its_budget_and_skips_useless_changes():
+    names = [f"t{i}" for i in range(10)]
+    decision = fallback.choose(names, _keep_scorer({"t1": 0.05, "t2": 0.04}), target=0.999, max_fraction=0.1)
+    assert list(decision.keep_float) == ["t1"]  # budget: 1 of 10
+    useless = fallback.choose(names, _keep_scorer({"t1": 0.001}), target=0.999, max_fraction=0.5)
+    assert useless.keep_float == {}  # closes less than a quarter of the gap: not worth the speed
+
+
+def test_fallback_does_nothing_when_the_target_is_met():
+    calls = []
+
+    def table(keep):
+        calls.append(keep)
+        return Score(0.01, 0.995)
+
+    decision = fallback.choose(["a", "b"], table, target=0.97, max_fraction=0.5)
+    assert decision.keep_float == {} and calls == [frozenset()]
