@@ -275,7 +275,7 @@ def run(model: onnx.ModelProto | str, feeds: dict[str, np.ndarray], optimize: bo
         ) -> list[np.ndarray]:
     """Outputs of ``model`` on ``feeds`` through ONNX Runtime (graph optimizations off by default,
     so the graph that runs is the graph edgeopt wrote)."""
-    from edgeopt.runtime import make_session
+    from edgeopt.runtimes.onnxruntime import make_session
 
     return make_session(model, optimize=optimize).run(None, feeds)
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeopt.quantization.calibration import CALIBRATION_METHODS, HistogramObserver, compute_range
 from edgeopt.quantization.numerics import (
     INTEGER_RANGES, QuantParams, affine_params, dequantize, quantize, symmetric_params, weight_params)
-from edgeopt.runtime import make_session
+from edgeopt.runtimes.onnxruntime import make_session
 
 
 def ort_quantize(x: np.ndarray, scale, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:

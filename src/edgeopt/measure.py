@@ -16,44 +16,14 @@ import numpy as np
 import onnx
 
 from . import fidelity
-from .data import Dataset, ImagePreprocessing, input_specs, load_data
+from .data import Dataset, ImagePreprocessing, load_data
 from .errors import EdgeoptError
-from .model_io import load_model
+from .runtimes import Runner, open_runner
+from .runtimes.onnxruntime import OnnxRuntimeRunner, decode_outputs, encode_feed  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-
-def encode_feed(feed: dict, io_params: dict) -> dict:
-    """Float inputs to the integers an integer-only model takes (its stored scales)."""
-    from .quantization.numerics import QuantParams, quantize
-
-    encoded = {}
-    for name, value in feed.items():
-        params = io_params.get(name)
-        if params is None or params["role"] != "input":
-            encoded[name] = value
-            continue
-        encoded[name] = quantize(value, QuantParams(np.float32(params["scale"]),
-                                                    np.array(params["zero_point"], dtype=params["dtype"]),
-                                                    params["dtype"]))
-    return encoded
-
-
-def decode_outputs(outputs: list, names: list[str], io_params: dict) -> list:
-    from .quantization.numerics import QuantParams, dequantize
-
-    decoded = []
-    for name, value in zip(names, outputs):
-        params = io_params.get(name)
-        if params is None or params["role"] != "output":
-            decoded.append(value)
-        else:
-            decoded.append(dequantize(value, QuantParams(np.float32(params["scale"]),
-                                                         np.array(params["zero_point"], dtype=params["dtype"]),
-                                                         params["dtype"])))
-    return decoded
 
 
 def file_size(path: "str | os.PathLike") -> dict:
@@ -62,51 +32,28 @@ def file_size(path: "str | os.PathLike") -> dict:
     return {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
 
 
-class ModelRunner:
-    """One ONNX Runtime session that takes and returns float data, integer-only models included."""
-
-    def __init__(self, model: onnx.ModelProto, threads: int | None):
-        from .quantization.integer_io import read_io_params
-        from .runtime import make_session
-
-        self.io_params = read_io_params(model)
-        self.session = make_session(model, threads=threads)
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.float_specs = input_specs(model)
-        if self.io_params:
-            self.float_specs = [s.__class__(s.name, np.dtype(np.float32) if s.name in self.io_params else s.dtype,
-                                            s.shape) for s in self.float_specs]
-
-    def encode(self, feed):
-        return encode_feed(feed, self.io_params) if self.io_params else feed
-
-    def run_encoded(self, feed):
-        from .runtime import run_checked
-
-        return run_checked(self.session, None, feed, "the data")
-
-    def run(self, feed) -> list:
-        outputs = self.run_encoded(self.encode(feed))
-        return decode_outputs(outputs, self.output_names, self.io_params) if self.io_params else outputs
+#: kept for the benchmark's imports; new code opens runners with :func:`edgeopt.runtimes.open_runner`
+ModelRunner = OnnxRuntimeRunner
 
 
 def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 10, runs: int = 100,
-             batch_size: int = 64, preprocessing: ImagePreprocessing | None = None) -> dict:
+             batch_size: int = 64, preprocessing: ImagePreprocessing | None = None,
+             runtime: str | None = None) -> dict:
     """Measure ``model_path`` on ``data`` (path or :class:`Dataset`) and compare it with ``reference``.
 
     Latency is the median and 90th percentile of ``runs`` single-sample inferences after
     ``warmup`` runs, at ``threads`` intra-op threads. Accuracy (top-1 of the first output) needs
     labels. Fidelity compares every float output with the reference model's on the same data.
+    ``runtime`` names the runtime (default: by file suffix, ``.onnx`` -> ONNX Runtime); the
+    reference may run on another one.
     """
     if threads < 1 or runs < 1 or warmup < 0:
         raise EdgeoptError(f"threads and runs must be >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
-    model = load_model(model_path)
-    runner = ModelRunner(model, threads)
-    dataset = data if isinstance(data, Dataset) else load_data(data, runner.float_specs, preprocessing)
+    runner = open_runner(model_path, threads, runtime)
+    dataset = data if isinstance(data, Dataset) else load_data(data, runner.input_specs, preprocessing)
     result = {"schema_version": SCHEMA_VERSION, "model": str(model_path), "samples": len(dataset),
               "threads": threads}
-    result["size"] = file_size(model_path) if not isinstance(model_path, onnx.ModelProto) else \
-        {"raw_bytes": model.ByteSize(), "gzip_bytes": len(gzip.compress(model.SerializeToString(), 9, mtime=0))}
+    result["size"] = _size_of(model_path)
     outputs = _run_all(runner, dataset, batch_size)
     result["latency_ms"] = measure_latency(runner, dataset, warmup, runs)
     if dataset.labels is not None:
@@ -121,10 +68,9 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
         result["top1"] = None
     result["fidelity"] = None
     if reference is not None:
-        reference_model = load_model(reference)
-        reference_runner = ModelRunner(reference_model, threads)
-        ours = [(spec.name, spec.shape) for spec in runner.float_specs]
-        theirs = [(spec.name, spec.shape) for spec in reference_runner.float_specs]
+        reference_runner = open_runner(reference, threads)
+        ours = [(spec.name, spec.shape) for spec in runner.input_specs]
+        theirs = [(spec.name, spec.shape) for spec in reference_runner.input_specs]
         if [name for name, _ in ours] != [name for name, _ in theirs]:
             raise EdgeoptError(f"--reference {reference} has inputs {[n for n, _ in theirs]}; the model has "
                                f"{[n for n, _ in ours]} (expected the float model this one was made from)")
@@ -134,18 +80,25 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     return result
 
 
-def _run_all(runner: ModelRunner, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
+def _size_of(model) -> dict:
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+        return {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
+    return file_size(model)
+
+
+def _run_all(runner: Runner, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
     return [runner.run(feed) for feed in dataset.batches(batch_size)]
 
 
-def measure_latency(runner: ModelRunner, dataset: Dataset, warmup: int, runs: int) -> dict:
-    feeds = [runner.encode(feed) for feed in dataset.batches(1, limit=min(len(dataset), 32))]
+def measure_latency(runner: Runner, dataset: Dataset, warmup: int, runs: int) -> dict:
+    feeds = [runner.prepare(feed) for feed in dataset.batches(1, limit=min(len(dataset), 32))]
     for i in range(warmup):
-        runner.run_encoded(feeds[i % len(feeds)])
+        runner.run_prepared(feeds[i % len(feeds)])
     times = []
     for i in range(runs):
         start = time.perf_counter()
-        runner.run_encoded(feeds[i % len(feeds)])
+        runner.run_prepared(feeds[i % len(feeds)])
         times.append((time.perf_counter() - start) * 1000.0)
     return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90)), "runs": runs,
             "warmup": warmup}

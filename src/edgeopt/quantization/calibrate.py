@@ -94,7 +94,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
     also the channel means, convolution window means, and the input second moments asked for
     (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``)."""
-    from ..runtime import make_session, run_checked
+    from ..runtimes.onnxruntime import make_session, run_checked
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

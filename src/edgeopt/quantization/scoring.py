@@ -35,8 +35,8 @@ def score_outputs(reference: list[list], outputs: list[list]) -> Score:
 def run_outputs(model: onnx.ModelProto, feeds: list[dict], io_params: dict | None = None) -> list[list]:
     """Float outputs of ``model`` on each feed (integer-only models encode and decode through
     ``io_params``)."""
-    from ..measure import decode_outputs, encode_feed
-    from ..runtime import make_session, run_checked
+    from ..runtimes.onnxruntime import decode_outputs, encode_feed
+    from ..runtimes.onnxruntime import make_session, run_checked
 
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
