@@ -218,3 +218,20 @@ def test_evaluate_rejects_bad_settings(conv_files):
         edgeopt.evaluate(conv_files["model"], conv_files["evaluation"], threads=0)
     with pytest.raises(edgeopt.EdgeoptError):
         edgeopt.evaluate(conv_files["model"], conv_files["evaluation"], warmup=-1)
+
+
+def test_an_already_quantized_model_is_refused(tmp_path, capsys):
+    # What onnxruntime's dynamic quantizer writes (ConvInteger, MatMulInteger): quantizing it again
+    # would stack a second rounding on the first; the float original is what to quantize.
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = tmp_path / "float.onnx"
+    onnx.save(models.CASES["conv_net"].build(), str(source))
+    quantized = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(source), str(quantized))
+    before = quantized.read_bytes()
+    output = tmp_path / "again.onnx"
+    code = entry_point(["quantize", str(quantized), "-o", str(output), "--mode", "float16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not output.exists() and quantized.read_bytes() == before
+    assert len(err.splitlines()) == 1 and "already quantized" in err and "expected a float model" in err

@@ -66,6 +66,7 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     if plan is not None and not isinstance(plan, QuantizationPlan):
         raise EdgeoptError(f"plan must be a QuantizationPlan (from a result or read_plan); got {type(plan).__name__}")
     source = load_model(model)
+    _check_not_quantized(source)
     _check_has_float_weights(source)
     full_check = passes_full_check(source)
     started = time.perf_counter()
@@ -86,6 +87,26 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
         "size_bytes": {"float": source.ByteSize(), "quantized": result.model.ByteSize()},
     })
     return result
+
+
+#: Operators only a quantizer writes: a model holding them is already quantized.
+QUANTIZED_OPERATORS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                       "QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                       "DynamicQuantizeLSTM", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+                       "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
+                       "QLinearSoftmax", "QAttention", "MatMulNBits"}
+
+
+def _check_not_quantized(model: onnx.ModelProto) -> None:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in QUANTIZED_OPERATORS:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if counts:
+        found = ", ".join(f"{op} x{count}" for op, count in sorted(counts.items()))
+        hint = ("; to rebuild a QDQ model from its own decisions, pass the float model with "
+                "plan=edgeopt.read_plan(qdq_model)") if "DequantizeLinear" in counts else ""
+        raise EdgeoptError(f"the model is already quantized ({found}); expected a float model{hint}")
 
 
 def _check_has_float_weights(model: onnx.ModelProto) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -20,14 +22,25 @@ def make_integer_io(model: onnx.ModelProto, plan: QuantizationPlan) -> dict[str,
     The scales and zero points the caller needs to encode inputs and decode outputs are returned
     and stored in the model's metadata (``edgeopt.io.<name>`` = JSON).
     """
-    import json
-
     view = GraphView(model)
     io_params: dict[str, dict] = {}
+    removed = _integer_inputs(model, view, plan, io_params) | _integer_outputs(model, view, plan, io_params)
+    kept = [node for node in model.graph.node if node.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    topological_sort(model.graph)
+    for name, params in io_params.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + name, json.dumps(params)
+    check_no_float_operators(model)
+    return io_params
+
+
+def _integer_inputs(model, view: GraphView, plan: QuantizationPlan, io_params: dict) -> set[str]:
+    """Float inputs become integers; returns the QuantizeLinear nodes that go."""
     removed = set()
-    float_type = onnx.TensorProto.FLOAT
     for value in model.graph.input:
-        if value.type.tensor_type.elem_type != float_type:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             continue
         if value.name not in plan.activations:
             raise EdgeoptError(f"integer-only: model input {value.name!r} feeds operators that cannot be "
@@ -41,8 +54,14 @@ def make_integer_io(model: onnx.ModelProto, plan: QuantizationPlan) -> dict[str,
         removed.add(quantize_node.name)
         value.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(params.dtype))
         io_params[value.name] = {"role": "input", **params.to_dict()}
+    return removed
+
+
+def _integer_outputs(model, view: GraphView, plan: QuantizationPlan, io_params: dict) -> set[str]:
+    """Float outputs become integers; returns the DequantizeLinear nodes that go."""
+    removed = set()
     for value in model.graph.output:
-        if value.type.tensor_type.elem_type != float_type:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             continue
         producer = view.producer.get(value.name)
         if producer is None or producer.op_type != "DequantizeLinear" or value.name not in plan.activations:
@@ -70,15 +89,7 @@ def make_integer_io(model: onnx.ModelProto, plan: QuantizationPlan) -> dict[str,
                     consumer.input[i] = value.name
         value.type.tensor_type.elem_type = helper.np_dtype_to_tensor_dtype(np.dtype(params.dtype))
         io_params[value.name] = {"role": "output", **params.to_dict()}
-    kept = [node for node in model.graph.node if node.name not in removed]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    topological_sort(model.graph)
-    for name, params in io_params.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_PREFIX + name, json.dumps(params)
-    check_no_float_operators(model)
-    return io_params
+    return removed
 
 
 def _consumer_ops(view: GraphView, name: str) -> str:

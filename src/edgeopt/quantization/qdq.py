@@ -45,29 +45,45 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, float_readers_rea
     ``float_readers_read_float=False`` (integer-only models, whose inputs become integers) leaves
     float Conv/Gemm readers on the DequantizeLinear output.
     """
+    _remove_absorbed(model, plan)
+    view = GraphView(model)
     nodes = {node.name: node for node in model.graph.node}
     new_nodes: list[onnx.NodeProto] = []
+    scale_names = _insert_activation_pairs(view, plan, float_readers_read_float, new_nodes)
+    weight_scales = _insert_constants(view, nodes, plan, new_nodes)
+    _insert_biases(view, nodes, plan, scale_names, weight_scales, new_nodes)
+    model.graph.node.extend(new_nodes)
+    if any(_qdq_domain(p.dtype) for p in plan.activations.values()):
+        ensure_opset(model, MICROSOFT)
+    topological_sort(model.graph)
+    GraphView(model).remove_unused_initializers()
+    record_plan(model, plan)
 
-    # 1. Activations absorbed by the quantized range of their producer disappear.
+
+def _remove_absorbed(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
+    """Activations absorbed by the quantized range of their producer disappear."""
+    nodes = {node.name: node for node in model.graph.node}
     for activation_name, producer_name in plan.absorbed.items():
         nodes[producer_name].output[0] = nodes[activation_name].output[0]
     kept = [node for node in model.graph.node if node.name not in plan.absorbed]
     del model.graph.node[:]
-    model.graph.node.extend(kept)  # protobuf copies: look the nodes up again
-    nodes = {node.name: node for node in model.graph.node}
-    view = GraphView(model)
+    model.graph.node.extend(kept)
 
-    # 2. One Q->DQ pair per activation tensor. A Conv/ConvTranspose/Gemm that stays float reads the
-    #    float tensor, not the DQ output: ONNX Runtime would otherwise quantize its float weight
-    #    itself (per tensor, at load), and the node the user or the fallback kept float would not be.
-    #    The pair stays even when only such nodes read the tensor: without it ONNX Runtime moves the
-    #    DequantizeLinear of the tensor's producer past order-preserving operators (MaxPool,
-    #    Reshape, ...) and reaches the float node anyway.
+
+def _insert_activation_pairs(view: GraphView, plan: QuantizationPlan, float_readers_read_float: bool,
+                             new_nodes: list) -> dict[str, str]:
+    """One Q->DQ pair per activation tensor; returns tensor (or its DQ alias) -> scale name.
+
+    A Conv/ConvTranspose/Gemm that stays float reads the float tensor, not the DQ output: ONNX
+    Runtime would otherwise quantize its float weight itself (per tensor, at load), and the node
+    the user or the fallback kept float would not be. The pair stays even when only such nodes
+    read the tensor: without it ONNX Runtime moves the DequantizeLinear of the tensor's producer
+    past order-preserving operators (MaxPool, Reshape, ...) and reaches the float node anyway.
+    Generated names are short (a<n>, w<n>, b<n>): on MobileNetV2 names of the form
+    "<tensor>_quantized" were 3% of the file.
+    """
     quantized_nodes = set(plan.nodes)
     scale_names: dict[str, str] = {}
-    aliases: dict[str, str] = {}  # DQ output of a graph input -> the input's name
-    # Short generated names (a<n>, w<n>, b<n>): on MobileNetV2 names of the form
-    # "<tensor>_quantized" were 3% of the file. The plan in the report maps tensors to parameters.
     for number, (name, params) in enumerate(plan.activations.items()):
         base = f"a{number}"
         readers = view.consumers.get(name, [])
@@ -75,35 +91,38 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, float_readers_rea
                          and node.op_type in FLOAT_WEIGHT_READERS and node.input[0] == name
                          and len(node.input) > 1 and view.is_constant(node.input[1])]
         quantized = view.unique(f"{base}_q")
-        domain = _qdq_domain(params.dtype)
         if name in view.graph_inputs:
-            dequantized = view.unique(f"{base}_dq")
+            source, dequantized = name, view.unique(f"{base}_dq")
             for consumer in readers:
-                if consumer in float_readers:
-                    continue
-                for i, value in enumerate(consumer.input):
-                    if value == name:
-                        consumer.input[i] = dequantized
-            source = name
-            aliases[dequantized] = name
+                if consumer not in float_readers:
+                    _rename_inputs(consumer, name, dequantized)
         else:
             producer = view.producer[name]
-            source = view.unique(f"{base}_f")
+            source, dequantized = view.unique(f"{base}_f"), name
             for i, value in enumerate(producer.output):
                 if value == name:
                     producer.output[i] = source
-            dequantized = name
             for consumer in float_readers:
                 consumer.input[0] = source
         scale_zero = _add_params(view, base, params)
-        scale_names[name] = scale_zero[0]
+        scale_names[name] = scale_names[dequantized] = scale_zero[0]
+        domain = _qdq_domain(params.dtype)
         new_nodes.append(view.make_node("QuantizeLinear", [source] + scale_zero, [quantized], f"{base}_Q",
                                         domain=domain))
         new_nodes.append(view.make_node("DequantizeLinear", [quantized] + scale_zero, [dequantized],
                                         f"{base}_DQ", domain=domain))
+    return scale_names
 
-    # 3. Weights (int8) and constant operands behind DequantizeLinear; one stored tensor for
-    #    readers with the same integers and parameters.
+
+def _rename_inputs(node: onnx.NodeProto, old: str, new: str) -> None:
+    for i, value in enumerate(node.input):
+        if value == old:
+            node.input[i] = new
+
+
+def _insert_constants(view: GraphView, nodes: dict, plan: QuantizationPlan, new_nodes: list) -> dict[str, str]:
+    """Weights (int8) and constant operands behind DequantizeLinear, one stored tensor for readers
+    with the same integers and parameters; returns DQ output -> its scale's name."""
     stored: dict[tuple, str] = {}
     weight_scales: dict[str, str] = {}
     for table, kind in ((plan.weights, "weight"), (plan.constants, "constant")):
@@ -123,28 +142,25 @@ def apply_plan(model: onnx.ModelProto, plan: QuantizationPlan, float_readers_rea
                 stored[key] = output
                 weight_scales[output] = dequantize_node.input[1]
             node.input[index] = stored[key]
+    return weight_scales
 
-    # 4. int32 biases whose scale is input scale x weight scale, computed at load by a Mul (which
-    #    ONNX Runtime folds) instead of being stored a second time.
+
+def _insert_biases(view: GraphView, nodes: dict, plan: QuantizationPlan, scale_names: dict,
+                   weight_scales: dict, new_nodes: list) -> None:
+    """int32 biases whose scale is input scale x weight scale, computed at load by a Mul (which
+    ONNX Runtime folds) instead of being stored a second time."""
     for number, ((node_name, index), entry) in enumerate(plan.biases.items()):
         node = nodes[node_name]
         base = f"b{number}"
         quantized = view.add_initializer(f"{base}_q", entry.values)
         scale = view.unique(f"{base}_s")
-        new_nodes.append(view.make_node("Mul", [scale_names[aliases.get(node.input[0], node.input[0])],
-                                                weight_scales[node.input[1]]], [scale], f"{base}_Mul"))
+        new_nodes.append(view.make_node("Mul", [scale_names[node.input[0]], weight_scales[node.input[1]]],
+                                        [scale], f"{base}_Mul"))
         output = view.unique(f"{base}_dq")
         attributes = {"axis": 0} if np.ndim(entry.params.scale) == 1 else {}
         new_nodes.append(view.make_node("DequantizeLinear", [quantized, scale], [output], f"{base}_DQ",
                                         **attributes))
         node.input[index] = output
-
-    model.graph.node.extend(new_nodes)
-    if any(_qdq_domain(p.dtype) for p in plan.activations.values()):
-        ensure_opset(model, MICROSOFT)
-    topological_sort(model.graph)
-    GraphView(model).remove_unused_initializers()
-    record_plan(model, plan)
 
 
 def record_plan(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
