@@ -175,6 +175,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
     builder = CandidateBuilder(model, config, measured, sentinels)
     chosen, scores, decision = _search(builder, config)
+    builder.progress.close()
     built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))
     built.plan.kept_float.update(decision.keep_float)
     qdq.record_plan(built.model, built.plan)

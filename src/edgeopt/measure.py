@@ -18,6 +18,7 @@ import onnx
 from . import fidelity
 from .data import Dataset, ImagePreprocessing, load_data
 from .errors import EdgeoptError
+from .progress import progress
 from .runtimes import Runner, open_runner
 from .runtimes.onnxruntime import OnnxRuntimeRunner, decode_outputs, encode_feed  # noqa: F401 (re-exported)
 
@@ -88,7 +89,8 @@ def _size_of(model) -> dict:
 
 
 def _run_all(runner: Runner, dataset: Dataset, batch_size: int) -> list[list[np.ndarray]]:
-    return [runner.run(feed) for feed in dataset.batches(batch_size)]
+    batches = -(-len(dataset) // batch_size) if dataset.can_batch else len(dataset)
+    return [runner.run(feed) for feed in progress(dataset.batches(batch_size), "running", batches, "batch")]
 
 
 def measure_latency(runner: Runner, dataset: Dataset, warmup: int, runs: int) -> dict:
@@ -96,7 +98,7 @@ def measure_latency(runner: Runner, dataset: Dataset, warmup: int, runs: int) ->
     for i in range(warmup):
         runner.run_prepared(feeds[i % len(feeds)])
     times = []
-    for i in range(runs):
+    for i in progress(range(runs), "timing", runs, "run"):
         start = time.perf_counter()
         runner.run_prepared(feeds[i % len(feeds)])
         times.append((time.perf_counter() - start) * 1000.0)

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import EdgeoptError
+from ..progress import progress
 from . import rounding
 from .calibration import HistogramObserver, holds_sentinels
 from .graph import GraphView, attribute
@@ -107,7 +108,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     wanted = [name for name in names if name in tensors]
     observers = {name: HistogramObserver() for name in tensors}
     samples = 0
-    for feed in feeds:
+    for feed in progress(feeds, "calibrating", total=max_samples, unit="batch"):
         results = run_checked(session, wanted, feed, "calibration data")
         for name, value in list(zip(wanted, results)) + [(n, feed[n]) for n in tensors & set(feed)]:
             observers[name].update(value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..progress import Counter
 from .calibrate import Calibration
 from .graph import GraphView, tensor_dtypes
 from .integer_io import make_integer_io
@@ -71,6 +72,7 @@ class CandidateBuilder:
         self._scores: dict[Candidate, Score] = {}
         self._plan_memo: dict = {}
         self._storage_memo: dict = {}
+        self.progress = Counter("int8 search", unit="build")
 
     def selection(self, candidate: Candidate) -> Selection:
         return select(self.view, self.dtypes, integer_only=self.config.integer_only,
@@ -116,5 +118,6 @@ class CandidateBuilder:
             built = self.build(candidate)
             outputs = run_outputs(built.model, self.calibration.check_feeds, built.io_params)
             self._scores[candidate] = score_outputs(self.calibration.reference, outputs)
+            self.progress.step(f"{candidate.label()} cosine {self._scores[candidate].worst_cosine:.4f}")
             logger.debug("%s: %s", candidate, self._scores[candidate])
         return self._scores[candidate]
