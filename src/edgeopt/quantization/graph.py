@@ -129,6 +129,8 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
 
 def _outer_reads(node: onnx.NodeProto) -> set[str]:
     """Names a node's If/Loop/Scan bodies read from the enclosing graph."""
+    if not any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+        return set()
     wrapper = onnx.GraphProto()
     wrapper.node.append(node)
     return _subgraph_inputs(wrapper)
@@ -136,25 +138,32 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
 
 def topological_sort(graph: onnx.GraphProto) -> None:
     """Reorder nodes so each comes after the producers of its inputs, including the names its
-    control-flow bodies read (passes may append nodes)."""
-    produced = {name for node in graph.node for name in node.output}
-    needs = [[name for name in list(node.input) + sorted(_outer_reads(node)) if name in produced]
-             for node in graph.node]
-    available: set[str] = set()
-    pending = list(zip(graph.node, needs))
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        remaining = []
-        for node, wanted in pending:
-            if all(name in available for name in wanted):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                remaining.append((node, wanted))
-        if len(remaining) == len(pending):
-            ordered.extend(node for node, _ in remaining)  # a cycle: keep the original order
-            break
-        pending = remaining
-    ordered = [onnx.NodeProto.FromString(node.SerializeToString()) for node in ordered]
+    control-flow bodies read (passes may append nodes). Stable (Kahn's algorithm taking ready
+    nodes in their current order); a cycle keeps the original order of the nodes it holds."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    waiting = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    for index, node in enumerate(nodes):
+        needed = {producer[name] for name in list(node.input) + sorted(_outer_reads(node))
+                  if name in producer and producer[name] != index}
+        waiting[index] = len(needed)
+        for source in needed:
+            readers[source].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    placed = set(order)
+    order += [index for index in range(len(nodes)) if index not in placed]
+    ordered = [onnx.NodeProto.FromString(nodes[index].SerializeToString()) for index in order]
     del graph.node[:]
     graph.node.extend(ordered)

@@ -78,7 +78,7 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     """
     memo = {} if memo is None else memo
     result = QuantizationPlan(ranges.activation_type)
-    _plan_activations(selection, observers, ranges, result)
+    _plan_activations(selection, observers, ranges, result, memo)
     _absorb_activations(view, selection, result)
     qmax = WEIGHT_RANGES[ranges.weight_range]
     weights = {key: weight_params(view.constant(name), axis, qmax=qmax)
@@ -112,7 +112,8 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     return result
 
 
-def _plan_activations(selection: Selection, observers, ranges: Ranges, result: QuantizationPlan) -> None:
+def _plan_activations(selection: Selection, observers, ranges: Ranges, result: QuantizationPlan,
+                      memo: dict) -> None:
     symmetric = ranges.activation_type == "int16"
     for node in selection.nodes:
         rule = rule_for(node)
@@ -123,7 +124,12 @@ def _plan_activations(selection: Selection, observers, ranges: Ranges, result: Q
             if rule.shares_scale and name in node.output and node.input[0] in result.activations:
                 result.activations[name] = result.activations[node.input[0]]
                 continue
-            low, high = compute_range(observers[name], ranges.method, ranges.activation_type, ranges.percentile)
+            # Ranges depend only on the tensor and the method: computed once per search (the
+            # entropy search over a histogram takes milliseconds, and a search plans ~100 models).
+            key = ("range", name, ranges.method, ranges.activation_type, ranges.percentile)
+            if key not in memo:
+                memo[key] = compute_range(observers[name], ranges.method, ranges.activation_type, ranges.percentile)
+            low, high = memo[key]
             result.activations[name] = (symmetric_params(max(abs(low), abs(high)), ranges.activation_type)
                                         if symmetric else affine_params(low, high, ranges.activation_type))
 
