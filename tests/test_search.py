@@ -94,3 +94,29 @@ def test_fallback_does_nothing_when_the_target_is_met():
 
     decision = fallback.choose(["a", "b"], table, target=0.97, max_fraction=0.5)
     assert decision.keep_float == {} and calls == [frozenset()]
+
+
+def test_attribution_gives_each_block_the_error_it_adds_on_top_of_the_ones_before():
+    names = [f"t{i}" for i in range(8)]
+    cost = {"t2": 0.04, "t5": 0.01}
+
+    def table(keep: frozenset) -> Score:
+        error = sum(c for name, c in cost.items() if name not in keep)
+        return Score(error, 1.0 - error)
+
+    attribution = fallback.attribute(names, table, blocks=4)
+    assert [block["tensors"] for block in attribution] == [names[0:2], names[2:4], names[4:6], names[6:8]]
+    assert [round(block["error_added"], 6) for block in attribution] == [0.0, 0.04, 0.01, 0.0]
+
+
+def test_fallback_skips_a_tensor_that_does_not_help_on_top_of_those_kept():
+    # t1 and t2 fix the same problem: keeping either float alone helps, keeping both helps no more.
+    names = [f"t{i}" for i in range(10)]
+
+    def table(keep: frozenset) -> Score:
+        error = 0.10 - (0.06 if keep & {"t1", "t2"} else 0.0) - (0.03 if "t3" in keep else 0.0)
+        return Score(error, 1.0 - error / 2)
+
+    decision = fallback.choose(names, table, target=0.99, max_fraction=0.5)
+    assert "t3" in decision.keep_float and len(set(decision.keep_float) & {"t1", "t2"}) == 1
+    assert [step.get("kept") for step in decision.steps[1:]] == [True, False, True]

@@ -179,7 +179,8 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
     built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))
     built.plan.kept_float.update(decision.keep_float)
     qdq.record_plan(built.model, built.plan)
-    report = _static_report(model, built, chosen, scores, decision, measured.samples)
+    final_score = builder.score(chosen.but(keep_float=frozenset(decision.keep_float)))
+    report = _static_report(model, built, chosen, scores, decision, measured.samples, final_score)
     if decision.worst_cosine < config.target_cosine:
         logger.warning("worst output cosine %.4f is below the target %.4f", decision.worst_cosine,
                        config.target_cosine)
@@ -203,10 +204,30 @@ def _search(builder: CandidateBuilder, config: Int8Config):
         decision = fallback.FallbackDecision(worst_cosine=cosine,
                                              steps=[{"kept_float": 0, "worst_cosine": round(cosine, 6)}])
     else:
-        candidates = list(builder.plan(chosen).activations)
-        decision = fallback.choose(candidates, lambda keep: builder.score(chosen.but(keep_float=keep)),
-                                   config.target_cosine, config.fallback_max_fraction)
+        decision = _fallback(builder, chosen, config)
+    if config.attribution and not decision.attribution:
+        decision.attribution = fallback.attribute(list(builder.plan(chosen).activations), simulated(builder, chosen))
     return chosen, scores, decision
+
+
+def simulated(builder: CandidateBuilder, chosen: Candidate):
+    return lambda keep: builder.simulated_score(chosen.but(keep_float=keep))
+
+
+def _fallback(builder: CandidateBuilder, chosen: Candidate, config: Int8Config) -> fallback.FallbackDecision:
+    """The fallback decides on the simulation; its choice is then built and measured for real, and
+    dropped if the real model is not better than all-int8."""
+    candidates = list(builder.plan(chosen).activations)
+    decision = fallback.choose(candidates, simulated(builder, chosen), config.target_cosine,
+                               config.fallback_max_fraction)
+    if decision.keep_float:
+        real = builder.score(chosen.but(keep_float=frozenset(decision.keep_float)))
+        if real.error >= builder.score(chosen).error:
+            logger.info("fallback: the model built with %d tensors float is no better than all-int8; keeping none",
+                        len(decision.keep_float))
+            decision.keep_float = {}
+    decision.worst_cosine = builder.score(chosen.but(keep_float=frozenset(decision.keep_float))).worst_cosine
+    return decision
 
 
 def _scopes(builder: CandidateBuilder, config: Int8Config) -> tuple[str, ...]:
@@ -225,7 +246,7 @@ def _scopes(builder: CandidateBuilder, config: Int8Config) -> tuple[str, ...]:
     return ("all",)
 
 
-def _static_report(model, built, chosen: Candidate, scores: dict, decision, samples: int) -> dict:
+def _static_report(model, built, chosen: Candidate, scores: dict, decision, samples: int, final_score) -> dict:
     errors = {label: score.error for label, score in scores.items() if "/" in label and "=" not in label}
     return {
         "calibration_samples": samples,
@@ -236,13 +257,18 @@ def _static_report(model, built, chosen: Candidate, scores: dict, decision, samp
         # "scope/method" -> relative output error on the check samples, for every build compared
         "calibration_errors": {label: round(error, 8) for label, error in errors.items()},
         "candidate_scores": {label: score.to_dict() for label, score in scores.items()},
-        "fidelity_measure": ("error: the worst output's squared error over its signal energy, pooled over the "
-                             "check samples; worst cosine: the lowest per-sample cosine, silent samples left out"),
+        "fidelity_measure": ("pooled over the check samples, per output: error = squared error over signal "
+                             "energy, cosine = cosine of all samples as one vector; the worst output counts. "
+                             "worst_sample_cosine: lowest per-sample cosine, silent samples left out"),
         "bias_correction": chosen.bias_correction,
         "weight_rounding": "compensated" if chosen.compensated_rounding else "nearest",
         "kept_float": built.plan.kept_float,
         "worst_output_cosine_on_calibration": round(decision.worst_cosine, 6),
+        "worst_sample_cosine_on_calibration": round(final_score.worst_sample_cosine, 6),
         "fallback_steps": decision.steps,
+        # per block of tensors in graph order: the output error it adds when quantized on top of
+        # the blocks before it (computed when the fallback runs, or with attribution=True)
+        "attribution": decision.attribution,
         "integer_io": built.io_params,
         "plan": built.plan.to_dict(),
     }

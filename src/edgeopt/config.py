@@ -155,6 +155,9 @@ class Int8Config(_Config):
     #: At most this share of the activation tensors may stay float (the speed-up survives).
     fallback_max_fraction: float = 0.1
     max_calibration_samples: int | None = None
+    #: Report where the error comes from even when the target is met (per-layer error attribution,
+    #: one simulated run per block of tensors; the fallback computes it anyway when it runs).
+    attribution: bool = False
     #: ``"safe"`` (int8 weights in [-64, 64]: exact on every x86 CPU, including AVX2 ones without
     #: VNNI, whose uint8 x int8 instruction adds pairs of products in 16 bits and saturates) or
     #: ``"full"`` ([-127, 127]: one more bit, for CPUs with VNNI, ARM, or LiteRT/XNNPACK).

@@ -18,10 +18,11 @@ from .calibrate import Calibration
 from .graph import GraphView, tensor_dtypes
 from .integer_io import make_integer_io
 from .plan import QuantizationPlan
-from .planner import Ranges, plan, round_weights
+from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
 from .scoring import Score, run_outputs, score_outputs
 from .select import Selection, select
+from .simulation import SwitchedModel
 from . import weights as weight_storage
 
 logger = logging.getLogger(__name__)
@@ -72,19 +73,24 @@ class CandidateBuilder:
         self._scores: dict[Candidate, Score] = {}
         self._plan_memo: dict = {}
         self._storage_memo: dict = {}
-        self.progress = Counter("int8 search", unit="build")
+        self._simulations: dict[Candidate, SwitchedModel] = {}
+        self._simulated: dict[Candidate, Score] = {}
+        self.progress = Counter("int8 search", unit="model")
 
     def selection(self, candidate: Candidate) -> Selection:
         return select(self.view, self.dtypes, integer_only=self.config.integer_only,
                       per_channel=self.config.per_channel, exclude=self.config.exclude,
                       keep_float=set(candidate.keep_float) | set(self.always_float), scope=candidate.scope)
 
-    def plan(self, candidate: Candidate) -> QuantizationPlan:
+    def _ranges(self, candidate: Candidate) -> Ranges:
+        return Ranges(candidate.method, self.config.percentile, self.config.activation_type,
+                      self.config.weight_range, candidate.bias_correction)
+
+    def plan(self, candidate: Candidate, absorb: bool = True) -> QuantizationPlan:
         selection = self.selection(candidate)
-        ranges = Ranges(candidate.method, self.config.percentile, self.config.activation_type,
-                        self.config.weight_range, candidate.bias_correction)
         rounded = self._compensated(candidate.scope) if candidate.compensated_rounding else None
-        result = plan(self.view, selection, self.calibration.observers, ranges, rounded, self._plan_memo)
+        result = plan(self.view, selection, self.calibration.observers, self._ranges(candidate), rounded,
+                      self._plan_memo, absorb)
         result.kept_float.update(self.always_float)
         result.kept_float.update(self.excluded_nodes)
         return result
@@ -111,6 +117,21 @@ class CandidateBuilder:
         weight_storage.store_int8(quantized, skip=self.excluded_weights, per_channel=self.config.per_channel,
                                   only=self.original_weights, memo=self._storage_memo)
         return Built(quantization_plan, quantized, io_params)
+
+    def simulated_score(self, candidate: Candidate) -> Score:
+        """The candidate's fidelity on the check samples through one shared :class:`SwitchedModel`
+        per (scope, method, refinements): no build, no new session (the fallback's many variants)."""
+        base = candidate.but(keep_float=frozenset())
+        if base not in self._simulations:
+            self._simulations[base] = SwitchedModel(self.model, self.plan(base, absorb=False))
+        if candidate not in self._simulated:
+            selection = self.selection(candidate)
+            quantized = plan_activations(self.view, selection, self.calibration.observers, self._ranges(candidate),
+                                         self._plan_memo)
+            outputs = self._simulations[base].run(self.calibration.check_feeds, selection, set(quantized.activations))
+            self._simulated[candidate] = score_outputs(self.calibration.reference, outputs)
+            self.progress.step(f"simulated cosine {self._simulated[candidate].worst_cosine:.4f}")
+        return self._simulated[candidate]
 
     def score(self, candidate: Candidate) -> Score:
         """The candidate's fidelity on the check samples; each candidate built and run once."""

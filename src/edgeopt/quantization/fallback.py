@@ -1,10 +1,17 @@
-"""Which activations stay float when full int8 misses the fidelity target. Decides; edits nothing.
+"""Where the int8 error comes from, and which tensors stay float. Decides; edits nothing.
 
-Sensitivity is measured, not estimated: each candidate tensor is kept float on its own and the
-drop in output error is recorded (the analysis AIMET and NNCF call layer-wise sensitivity). The
-most helpful tensors are then kept float one at a time until the target is met or the budget of
-float tensors is spent, and the best configuration seen wins. A budget keeps the speed-up: a
-model with half its tensors in float runs at float speed.
+Both are measured, not estimated, through ``evaluate(keep_float) -> Score`` (in practice the
+switched simulation, :mod:`.simulation`, so each variant costs one run, not one build):
+
+* :func:`attribute`: quantize the tensors in graph order, a block at a time, on top of the ones
+  before; the error each block adds is its share (per-layer error attribution). Blocks are
+  contiguous stretches of the graph, so a cost spread over many layers still shows where it is.
+* :func:`choose`: when the all-int8 model misses the target, the tensors of the costliest blocks
+  are measured one by one (kept float alone), then kept float in order of that gain, each kept
+  only if the model measured with it is better than without (the error is re-measured after
+  every addition, so tensors that help only together with others, or not at all on top of the
+  ones already kept, are skipped), until the target or the budget is reached. The budget keeps
+  the speed-up: a model with half its tensors float runs at float speed.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from .scoring import Score
 
 logger = logging.getLogger(__name__)
 
-# Above this many candidates, scan groups of tensors first, then the tensors of the best groups.
-GROUP_SCAN_ABOVE = 48
-GROUPS = 16
-GROUPS_REFINED = 3
-# Keep tensors float only if that closes at least this share of the gap to the target.
+#: At most this many blocks in the attribution (each one run of the simulation).
+ATTRIBUTION_BLOCKS = 24
+#: The tensors of this many costliest blocks are measured one by one.
+BLOCKS_REFINED = 4
+#: Keep tensors float only if that closes at least this share of the gap to the target.
 MIN_GAP_CLOSED = 0.25
 # evaluate(keep_float) -> the model's Score with those tensors float
 Evaluate = Callable[[frozenset], Score]
@@ -33,51 +40,56 @@ class FallbackDecision:
     keep_float: dict[str, str] = field(default_factory=dict)
     worst_cosine: float = 1.0
     steps: list[dict] = field(default_factory=list)
+    #: [{"tensors": [...], "error_added": x}] in graph order (see :func:`attribute`)
+    attribution: list[dict] = field(default_factory=list)
+
+
+def blocks_of(candidates: list[str], count: int = ATTRIBUTION_BLOCKS) -> list[list[str]]:
+    size = max(1, math.ceil(len(candidates) / count))
+    return [candidates[start:start + size] for start in range(0, len(candidates), size)]
+
+
+def attribute(candidates: list[str], evaluate: Evaluate, blocks: int = ATTRIBUTION_BLOCKS) -> list[dict]:
+    """Error added by each block of tensors, quantized in graph order on top of the ones before."""
+    attribution, previous = [], 0.0
+    groups = blocks_of(candidates, blocks)
+    for index, block in enumerate(groups):
+        still_float = frozenset(name for later in groups[index + 1:] for name in later)
+        error = evaluate(still_float).error
+        attribution.append({"tensors": block, "error_added": error - previous})
+        previous = error
+    return attribution
 
 
 def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fraction: float) -> FallbackDecision:
-    """Keep at most ``ceil(max_fraction * len(candidates))`` tensors float, most helpful first."""
+    """Keep at most ``ceil(max_fraction * len(candidates))`` tensors float, re-measuring each."""
     base = evaluate(frozenset())
-    base_cosine, base_error = base.worst_cosine, base.error
-    decision = FallbackDecision(worst_cosine=base_cosine,
-                                steps=[{"kept_float": 0, "worst_cosine": round(base_cosine, 6)}])
-    if base_cosine >= target or not candidates or max_fraction <= 0:
+    decision = FallbackDecision(worst_cosine=base.worst_cosine,
+                                steps=[{"kept_float": 0, "worst_cosine": round(base.worst_cosine, 6)}])
+    if not candidates or base.worst_cosine >= target or max_fraction <= 0:
         return decision
-    scanned = candidates
-    if len(candidates) > GROUP_SCAN_ABOVE:
-        # Large models: find the most sensitive stretches of the graph first (contiguous groups in
-        # graph order), then measure their tensors one by one.
-        groups = [candidates[start:start + math.ceil(len(candidates) / GROUPS)]
-                  for start in range(0, len(candidates), math.ceil(len(candidates) / GROUPS))]
-        group_gains = sorted(((base_error - evaluate(frozenset(group)).error, index)
-                              for index, group in enumerate(groups)), reverse=True)
-        scanned = [name for _, index in group_gains[:GROUPS_REFINED] for name in groups[index]]
-    gains = []
-    for name in scanned:
-        alone = evaluate(frozenset({name}))
-        gains.append((base_error - alone.error, alone.worst_cosine, name))
-    gains.sort(key=lambda item: (-item[0], -item[1]))
+    decision.attribution = attribute(candidates, evaluate)
+    costly = sorted(decision.attribution, key=lambda block: -block["error_added"])[:BLOCKS_REFINED]
+    scanned = [name for block in costly for name in block["tensors"]]
+    gains = sorted(((base.error - evaluate(frozenset({name})).error, name) for name in scanned), reverse=True)
     budget = max(1, math.ceil(max_fraction * len(candidates)))
-    keep: set[str] = set()
-    best = (base_cosine, frozenset())
-    reasons = {}
-    for gain, alone, name in gains[:budget]:
-        if gain <= 0:
+    keep, current, reasons = frozenset(), base, {}
+    for gain, name in gains:
+        if gain <= 0 or len(keep) >= budget or current.worst_cosine >= target:
             break
-        keep.add(name)
-        reasons[name] = (f"keeping it float alone cuts the output error by {100 * gain / max(base_error, 1e-30):.1f}% "
-                         f"(worst cosine {alone:.4f} vs {base_cosine:.4f} all-int8)")
-        cosine = evaluate(frozenset(keep)).worst_cosine
-        decision.steps.append({"kept_float": len(keep), "worst_cosine": round(cosine, 6)})
-        if cosine > best[0]:
-            best = (cosine, frozenset(keep))
-        if cosine >= target:
-            break
-    if best[0] - base_cosine < MIN_GAP_CLOSED * (target - base_cosine):
+        trial = evaluate(keep | {name})
+        decision.steps.append({"kept_float": len(keep) + 1, "tensor": name,
+                               "worst_cosine": round(trial.worst_cosine, 6), "kept": trial.error < current.error})
+        if trial.error < current.error:
+            reasons[name] = (f"keeping it float alone cuts the output error by {100 * gain / max(base.error, 1e-30):.1f}%; "
+                             f"with the {len(keep)} kept before it, the error goes {current.error:.3g} -> "
+                             f"{trial.error:.3g}")
+            keep, current = keep | {name}, trial
+    if current.worst_cosine - base.worst_cosine < MIN_GAP_CLOSED * (target - base.worst_cosine):
         # Float tensors cost speed; a change within the noise of the fidelity check is not worth it.
-        best = (base_cosine, frozenset())
-    decision.worst_cosine = best[0]
-    decision.keep_float = {name: reasons[name] for name in sorted(best[1])}
-    logger.info("fallback: %d of %d tensors float, worst cosine %.4f -> %.4f", len(best[1]), len(candidates),
-                base_cosine, best[0])
+        keep, current = frozenset(), base
+    decision.worst_cosine = current.worst_cosine
+    decision.keep_float = {name: reasons[name] for name in sorted(keep)}
+    logger.info("fallback: %d of %d tensors float, worst output cosine %.4f -> %.4f", len(keep), len(candidates),
+                base.worst_cosine, current.worst_cosine)
     return decision

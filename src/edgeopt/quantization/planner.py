@@ -69,17 +69,26 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     return values
 
 
+def plan_activations(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
+                     ranges: Ranges, memo: dict | None = None, absorb: bool = True) -> QuantizationPlan:
+    """The activation part of :func:`plan`: nodes, activation parameters, absorbed Relu/Clip."""
+    result = QuantizationPlan(ranges.activation_type)
+    _plan_activations(selection, observers, ranges, result, {} if memo is None else memo)
+    if absorb:
+        _absorb_activations(view, selection, result)
+    return result
+
+
 def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver], ranges: Ranges,
-         weight_values: dict | None = None, memo: dict | None = None) -> QuantizationPlan:
+         weight_values: dict | None = None, memo: dict | None = None, absorb: bool = True) -> QuantizationPlan:
     """Parameters and integers for every selected tensor, absorbed activations, int32 biases.
 
     ``weight_values`` holds weights already on their int8 grid (compensated rounding); ``memo``
-    keeps integers between calls for the same model (the search plans many candidates).
+    keeps integers between calls for the same model (the search plans many candidates);
+    ``absorb=False`` keeps every Relu/Clip (and quantizes the tensor before it).
     """
     memo = {} if memo is None else memo
-    result = QuantizationPlan(ranges.activation_type)
-    _plan_activations(selection, observers, ranges, result, memo)
-    _absorb_activations(view, selection, result)
+    result = plan_activations(view, selection, observers, ranges, memo, absorb)
     qmax = WEIGHT_RANGES[ranges.weight_range]
     weights = {key: weight_params(view.constant(name), axis, qmax=qmax)
                for key, (name, axis) in selection.weights.items()}

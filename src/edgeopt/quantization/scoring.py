@@ -11,25 +11,32 @@ from ..fidelity import output_fidelity
 
 @dataclass(frozen=True)
 class Score:
-    """``error``: the worst output's pooled relative squared error (what the search minimises; it
-    stays meaningful when some samples' outputs are silent); ``worst_cosine``: the lowest
-    per-sample cosine over outputs and non-silent samples (what the target is checked against)."""
+    """How close a candidate is to float on the check samples, pooled over them per output.
+
+    ``error``: the worst output's squared error over its signal energy (what the search
+    minimises); ``worst_cosine``: the worst output's cosine with all check samples taken as one
+    vector (what the target is checked against). Both stay meaningful when some samples' outputs
+    are (nearly) silent, a detector finding nothing, where a per-sample cosine measures noise
+    against nothing and would steer the search. ``worst_sample_cosine`` (lowest per-sample cosine,
+    silent samples left out) is reported, not optimised.
+    """
 
     error: float
     worst_cosine: float
+    worst_sample_cosine: float = 1.0
     silent_samples: int = 0
 
     def to_dict(self) -> dict:
-        return {"error": round(self.error, 8), "worst_cosine": round(self.worst_cosine, 6),
-                "silent_samples": self.silent_samples}
+        return {"error": round(self.error, 8), "worst_output_cosine": round(self.worst_cosine, 6),
+                "worst_sample_cosine": round(self.worst_sample_cosine, 6), "silent_samples": self.silent_samples}
 
 
 def score_outputs(reference: list[list], outputs: list[list]) -> Score:
     per_output = output_fidelity(reference, outputs)
     if not per_output:
         return Score(0.0, 1.0)
-    return Score(max(o["pooled_error"] for o in per_output), min(o["worst_cosine"] for o in per_output),
-                 max(o["silent"] for o in per_output))
+    return Score(max(o["pooled_error"] for o in per_output), min(o["pooled_cosine"] for o in per_output),
+                 min(o["worst_cosine"] for o in per_output), max(o["silent"] for o in per_output))
 
 
 def run_outputs(model: onnx.ModelProto, feeds: list[dict], io_params: dict | None = None) -> list[list]:
