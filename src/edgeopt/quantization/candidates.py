@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..progress import Counter
-from .calibrate import Calibration
+from .calibrate import Calibration, batch_size
 from .graph import GraphView, tensor_dtypes
 from .integer_io import make_integer_io
 from .plan import QuantizationPlan
@@ -26,6 +26,9 @@ from .simulation import SwitchedModel
 from . import weights as weight_storage
 
 logger = logging.getLogger(__name__)
+
+#: Check samples the simulated variants are scored on (see :meth:`CandidateBuilder.simulated_score`).
+SIMULATION_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,21 @@ class CandidateBuilder:
             selection = self.selection(candidate)
             quantized = plan_activations(self.view, selection, self.calibration.observers, self._ranges(candidate),
                                          self._plan_memo)
-            outputs = self._simulations[base].run(self.calibration.check_feeds, selection, set(quantized.activations))
-            self._simulated[candidate] = score_outputs(self.calibration.reference, outputs)
+            feeds, reference = self._simulation_samples()
+            outputs = self._simulations[base].run(feeds, selection, set(quantized.activations))
+            self._simulated[candidate] = score_outputs(reference, outputs)
             self.progress.step(f"simulated cosine {self._simulated[candidate].worst_cosine:.4f}")
         return self._simulated[candidate]
+
+    def _simulation_samples(self) -> tuple[list, list]:
+        """The first SIMULATION_SAMPLES check samples: the fallback explores many variants on them;
+        what it chooses is then built and scored on all check samples."""
+        count = 0
+        for index, feed in enumerate(self.calibration.check_feeds):
+            count += batch_size(feed)
+            if count >= SIMULATION_SAMPLES:
+                return self.calibration.check_feeds[:index + 1], self.calibration.reference[:index + 1]
+        return self.calibration.check_feeds, self.calibration.reference
 
     def score(self, candidate: Candidate) -> Score:
         """The candidate's fidelity on the check samples; each candidate built and run once."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -35,6 +36,8 @@ def score_outputs(reference: list[list], outputs: list[list]) -> Score:
     per_output = output_fidelity(reference, outputs)
     if not per_output:
         return Score(0.0, 1.0)
+    if not all(math.isfinite(o["pooled_error"]) for o in per_output):
+        return Score(math.inf, 0.0, 0.0)  # NaN or inf outputs (a quantized variance of 0, say): unusable
     return Score(max(o["pooled_error"] for o in per_output), min(o["pooled_cosine"] for o in per_output),
                  min(o["worst_cosine"] for o in per_output), max(o["silent"] for o in per_output))
 

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import EdgeoptError
-from .graph import GraphView
+from .graph import GraphView, attribute
 from .operators import rule_for
 
 
@@ -97,3 +97,49 @@ def select(view: GraphView, dtypes: dict[str, int], *, integer_only: bool, per_c
         if rule.bias is not None and rule.bias < len(node.input) and view.is_constant(node.input[rule.bias]):
             selection.biases[(node.name, rule.bias)] = node.input[rule.bias]
     return selection
+
+
+#: Reductions whose kept dimensions broadcast back over the reduced tensor: normalization statistics.
+_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
+#: Operators a statistic flows through and stays a statistic (when all its other inputs are
+#: statistics or constants).
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Max", "Min", "Cast",
+                "Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity"}
+
+
+def normalization_statistics(view: GraphView) -> dict[str, str]:
+    """Tensors of decomposed normalizations (LayerNorm, GroupNorm, RMSNorm as exporters without a
+    fused operator write them): means, variances and what is computed from them alone, and the
+    squares a variance is reduced from. No integer kernel runs them, and an 8-bit grid loses a
+    variance (measured: magika's decomposed LayerNorm took int8 to a cosine of 0.07).
+
+    A reduction counts only when what is computed from it meets a non-statistic tensor again in
+    an elementwise operator (``x - mean``, ``x * rsqrt(var)``): global average pooling by
+    ReduceMean feeding a classifier, or a squeeze-and-excitation branch through convolutions, does
+    not.
+    """
+    origin: dict[str, set[int]] = {}  # statistic tensor -> the reductions it comes from
+    merged: set[int] = set()
+    squares: dict[str, str] = {}
+    for index, node in enumerate(view.graph.node):  # graph order: producers come first
+        variable = [name for name in node.input if name and not view.is_constant(name)]
+        if node.op_type in _REDUCTIONS:
+            origin.update({name: {index} for name in node.output})
+        elif node.op_type in _ELEMENTWISE and variable:
+            sources = [origin[name] for name in variable if name in origin]
+            if len(sources) == len(variable):
+                origin.update({name: set().union(*sources) for name in node.output})
+            elif sources:
+                merged.update(*sources)
+        if _is_square(node, view) and all(c.op_type in _REDUCTIONS for c in view.consumers.get(node.output[0], [])):
+            squares[node.output[0]] = "squared values a variance is reduced from"
+    found = {name: "a normalization statistic (mean or variance of a decomposed normalization, or computed "
+                   "from them alone)" for name, sources in origin.items() if sources & merged}
+    return {**found, **squares}
+
+
+def _is_square(node: onnx.NodeProto, view: GraphView) -> bool:
+    if node.op_type == "Mul" and len(node.input) == 2 and node.input[0] == node.input[1]:
+        return True
+    return node.op_type == "Pow" and len(node.input) == 2 and view.is_constant(node.input[1]) \
+        and float(np.asarray(view.constant(node.input[1])).reshape(-1)[0]) == 2.0
