@@ -9,8 +9,11 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
+
+import edgeopt
 
 from edgeopt.cli import entry_point
 
@@ -238,3 +241,31 @@ def test_weight_rounding_option(conv_files, capsys, monkeypatch, tmp_path, round
     else:  # kept only when it measurably helps; the plan lists the weights it changed
         assert report["weight_rounding"] in ("compensated", "nearest")
         assert bool(report["plan"]["compensated_weights"]) == (report["weight_rounding"] == "compensated")
+
+
+@pytest.mark.parametrize("weight_range,largest", [("safe", 64), ("full", 127)])
+def test_weight_range_option_bounds_the_stored_integers(weight_range, largest, conv_files, tmp_path, capsys):
+    output = tmp_path / "out.onnx"
+    code = entry_point(["quantize", str(conv_files["model"]), "-o", str(output), "--mode", "int8",
+                        "--calibration", str(conv_files["calibration"]), "--weight-range", weight_range])
+    assert code == 0, capsys.readouterr().err
+    plan = edgeopt.read_plan(onnx.load(str(output)))
+    assert max(int(np.abs(entry.values.astype(np.int32)).max()) for entry in plan.weights.values()) == largest
+
+
+def test_weight_range_and_attribution_are_refused_where_they_do_not_apply(conv_files, tmp_path, capsys):
+    output = tmp_path / "out.onnx"
+    assert entry_point(["quantize", str(conv_files["model"]), "-o", str(output), "--mode", "float16",
+                        "--weight-range", "full"]) == 2
+    assert entry_point(["quantize", str(conv_files["model"]), "-o", str(output), "--mode", "dynamic",
+                        "--attribution"]) == 2
+    assert not output.exists()
+
+
+def test_attribution_is_reported_on_request(conv_files, tmp_path, capsys):
+    output, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    code = entry_point(["quantize", str(conv_files["model"]), "-o", str(output), "--mode", "int8", "--calibration",
+                        str(conv_files["calibration"]), "--attribution", "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    attribution = json.loads(report.read_text())["attribution"]
+    assert attribution and all({"tensors", "error_added"} <= set(block) for block in attribution)

@@ -8,8 +8,8 @@ import logging
 import pathlib
 import sys
 
-from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, SCOPES, WEIGHT_ROUNDINGS, DynamicConfig,
-                     Float16Config, Int8Config, Int16x8Config)
+from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, SCOPES, WEIGHT_RANGE_CHOICES,
+                     WEIGHT_ROUNDINGS, DynamicConfig, Float16Config, Int8Config, Int16x8Config)
 from .errors import EdgeoptError
 
 EXIT_ERROR = 2
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scope", choices=SCOPES,
                    help="int8: quantize every operator with an integer kernel (all), only MatMul/Gemm inputs "
                         "(matmul-inputs), or choose (auto, the default)")
+    q.add_argument("--weight-range", choices=WEIGHT_RANGE_CHOICES,
+                   help="int8/dynamic: weights in [-64, 64], exact on every x86 CPU (safe, the default), or "
+                        "[-127, 127], exact only with VNNI, on ARM and on LiteRT (full)")
+    q.add_argument("--attribution", action="store_true",
+                   help="int8: report the output error each block of layers adds, even when the target is met")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
@@ -73,9 +78,13 @@ def _config(args) -> object:
     if args.mode == "dynamic":
         if args.activation_granularity:
             common["activation_granularity"] = args.activation_granularity
+        if args.weight_range:
+            common["weight_range"] = args.weight_range
         return DynamicConfig(per_channel=not args.per_tensor, **common)
     options = dict(common, per_channel=not args.per_tensor, integer_only=args.integer_only,
-                   fallback=not args.no_fallback)
+                   fallback=not args.no_fallback, attribution=args.attribution)
+    if args.weight_range:
+        options["weight_range"] = args.weight_range
     if args.calibration_method:
         options["calibration_method"] = args.calibration_method
     if args.weight_rounding:
@@ -95,8 +104,10 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         from .api import quantize
 
-        if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope):
-            raise EdgeoptError("--integer-only, --activation-type and --scope apply to --mode int8 only")
+        if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope or args.attribution):
+            raise EdgeoptError("--integer-only, --activation-type, --scope and --attribution apply to --mode int8 only")
+        if args.weight_range and args.mode not in ("int8", "dynamic"):
+            raise EdgeoptError("--weight-range applies to --mode int8 and dynamic only")
         config = _config(args)
         if args.mode in ("int8", "int16x8") and not args.calibration:
             raise EdgeoptError(f"--mode {args.mode} needs --calibration DATA (.npz or image folder)")
