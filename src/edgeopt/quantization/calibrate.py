@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ..data import input_specs
 from ..errors import EdgeoptError
 from ..progress import progress
 from . import rounding
@@ -88,13 +89,29 @@ def batch_size(feed: dict) -> int:
     return len(first) if first.ndim else 1
 
 
+#: Calibration runs the model on at most this many bytes of observed tensors at once (a batch of
+#: 16 ImageNet images through MobileNetV2 is about 2 GB of activations).
+CALIBRATION_BYTES = 256 << 20
+
+
+@dataclass
+class _Wanted:
+    """What :func:`collect_statistics` accumulates beyond the histograms."""
+
+    channel_means_for: set
+    conv_windows: dict
+    moment_inputs: dict
+    moment_samples: tuple[int, int]
+
+
 def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
-              channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
-              moment_inputs: dict | None = None, moment_samples: tuple[int, int] = (0, 128),
-              ) -> tuple[dict[str, HistogramObserver], int]:
+                       channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
+                       moment_inputs: dict | None = None, moment_samples: tuple[int, int] = (0, 128),
+                       ) -> tuple[dict[str, HistogramObserver], int]:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
     also the channel means, convolution window means, and the input second moments asked for
-    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``)."""
+    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``).
+    Large batches run in pieces of at most CALIBRATION_BYTES of observed tensors."""
     from ..runtimes.onnxruntime import make_session, run_checked
 
     probe = onnx.ModelProto()
@@ -104,34 +121,52 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     for name in sorted(tensors - existing - inputs):
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = make_session(probe, optimize=False)
-    names = [value.name for value in probe.graph.output]
-    wanted = [name for name in names if name in tensors]
+    wanted = [value.name for value in probe.graph.output if value.name in tensors]
+    extra = _Wanted(set(channel_means_for), conv_windows or {}, moment_inputs or {}, moment_samples)
     observers = {name: HistogramObserver() for name in tensors}
-    samples = 0
+    # Only a batch axis that is dynamic on every input (axis 0) can be cut into pieces.
+    divisible = all(spec.shape and spec.shape[0] is None for spec in input_specs(model))
+    samples, piece = 0, 1
     for feed in progress(feeds, "calibrating", total=max_samples, unit="batch"):
-        results = run_checked(session, wanted, feed, "calibration data")
-        for name, value in list(zip(wanted, results)) + [(n, feed[n]) for n in tensors & set(feed)]:
-            observers[name].update(value)
-            if name in channel_means_for:
-                observers[name].update_channel_means(value)
-            for node_name, geometry in (conv_windows or {}).get(name, []):
-                if np.ndim(value) == 4:
-                    observers[name].update_window_means(node_name, value, *geometry)
-            first, stop = moment_samples
-            if name in (moment_inputs or {}) and np.ndim(value) and samples < stop and \
-                    samples + len(np.asarray(value)) > first:
-                part = np.asarray(value)[max(first - samples, 0):stop - samples]
-                computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
-                for node_name, spec in moment_inputs[name]:
-                    if spec not in computed:
-                        computed[spec] = _moments(part, spec)
-                    observers[name].update_moments(node_name, *computed[spec])
-        samples += len(next(iter(feed.values()))) if next(iter(feed.values())).ndim else 1
+        for part in _pieces(feed, piece) if divisible else (feed,):
+            results = run_checked(session, wanted, part, "calibration data")
+            piece = max(1, int(CALIBRATION_BYTES // max(sum(r.nbytes for r in results) / batch_size(part), 1)))
+            seen = list(zip(wanted, results)) + [(n, part[n]) for n in tensors & set(part)]
+            for name, value in seen:
+                _observe(observers[name], name, value, samples, extra)
+            samples += batch_size(part)
         if max_samples is not None and samples >= max_samples:
             break
     if samples == 0:
         raise EdgeoptError("calibration data is empty; expected at least one sample")
     return observers, samples
+
+
+def _pieces(feed: dict, size: int):
+    """``feed`` in pieces of ``size`` samples along axis 0 (whole when its inputs disagree on it)."""
+    lengths = {len(value) if np.ndim(value) else -1 for value in feed.values()}
+    if len(lengths) != 1 or (count := lengths.pop()) <= size:
+        yield feed
+        return
+    for start in range(0, count, size):
+        yield {name: value[start:start + size] for name, value in feed.items()}
+
+
+def _observe(observer: HistogramObserver, name: str, value: np.ndarray, samples: int, extra: _Wanted) -> None:
+    observer.update(value)
+    if name in extra.channel_means_for:
+        observer.update_channel_means(value)
+    for node_name, geometry in extra.conv_windows.get(name, []):
+        if np.ndim(value) == 4:
+            observer.update_window_means(node_name, value, *geometry)
+    first, stop = extra.moment_samples
+    if name in extra.moment_inputs and np.ndim(value) and samples < stop and samples + len(value) > first:
+        part = np.asarray(value)[max(first - samples, 0):stop - samples]
+        computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
+        for node_name, spec in extra.moment_inputs[name]:
+            if spec not in computed:
+                computed[spec] = _moments(part, spec)
+            observer.update_moments(node_name, *computed[spec])
 
 
 def _moments(value: np.ndarray, spec: tuple) -> tuple[np.ndarray, int]:
