@@ -1,6 +1,8 @@
 """Run edgeopt's reference benchmark and write benchmarks/RESULTS.md, results.json and results.png.
 
-    python -m benchmarks                       # every case (about 25 minutes on 2 cores)
+    python -m benchmarks                       # the reference cases (about 25 minutes on 2 cores)
+    python -m benchmarks --group thirdparty    # the third-party model suite (benchmarks/thirdparty.py)
+    python -m benchmarks --group all           # both
     python -m benchmarks --quick               # two cases, 1,000 samples, fewer variants (about 1 minute)
     python -m benchmarks --only minilm silero-vad
     python -m benchmarks --render              # rewrite RESULTS.md/png from results.json
@@ -26,7 +28,7 @@ import time
 import numpy as np
 
 from . import cases as case_registry
-from .optimize import EDGEOPT_INT8, VARIANTS
+from .optimize import EDGEOPT_INT8, THIRDPARTY_VARIANTS, VARIANTS
 
 HERE = pathlib.Path(__file__).resolve().parent
 TIMEOUT_S = 300
@@ -63,10 +65,9 @@ def produce(case, variants, work: pathlib.Path) -> dict[str, dict]:
 
 
 def outputs_of(path: str, dataset, threads: int = 2) -> list[np.ndarray]:
-    from edgeopt.measure import ModelRunner
-    from edgeopt.model_io import load_model
+    from edgeopt.runtimes import open_runner
 
-    runner = ModelRunner(load_model(path), threads)
+    runner = open_runner(path, threads)
     batches = [runner.run(feed) for feed in dataset.batches(64)]
     return [np.concatenate([np.asarray(b[i]).reshape(len(np.asarray(b[i])) if np.ndim(b[i]) else 1, -1)
                             for b in batches]) for i in range(len(batches[0]))]
@@ -112,23 +113,96 @@ def score(metric: str, outputs: list[np.ndarray], reference: list[np.ndarray], l
     return result
 
 
-def interleaved_latency(paths: dict[str, str], dataset, threads: int, rounds: int, runs: int) -> dict:
-    from edgeopt.measure import ModelRunner
-    from edgeopt.model_io import load_model
+def interleaved_latency(paths: dict[str, str], dataset, threads: int, rounds: int, runs: int,
+                        opener=None) -> dict:
+    """Single-sample latency of every variant, rounds interleaved across them so that their ratios
+    share this machine's noise; ``opener(path, threads)`` loads a runner (edgeopt's by default)."""
+    from edgeopt.runtimes import open_runner
 
-    runners = {name: ModelRunner(load_model(path), threads) for name, path in paths.items()}
-    feeds = {name: [r.encode(f) for f in dataset.batches(1, limit=16)] for name, r in runners.items()}
+    opener = opener or open_runner
+    runners = {name: opener(path, threads) for name, path in paths.items()}
+    feeds = {name: [r.prepare(f) for f in dataset.batches(1, limit=16)] for name, r in runners.items()}
     times = {name: [] for name in paths}
     for name, runner in runners.items():
         for feed in feeds[name][:5]:
-            runner.run_encoded(feed)
+            runner.run_prepared(feed)
     for _ in range(rounds):
         for name, runner in runners.items():
             for i in range(runs):
                 start = time.perf_counter()
-                runner.run_encoded(feeds[name][i % len(feeds[name])])
+                runner.run_prepared(feeds[name][i % len(feeds[name])])
                 times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90))} for name, t in times.items()}
+
+
+def runner_for(path: str, threads: int):
+    """edgeopt's runner (it decodes integer-only models' outputs), or a plain onnxruntime session
+    for a file that onnx's checker rejects but onnxruntime runs (onnxruntime's quantizer writes
+    DequantizeLinear with an axis into opset-12 models); the second element says which."""
+    from edgeopt.errors import EdgeoptError
+    from edgeopt.runtimes import open_runner
+
+    from .thirdparty_fidelity import PlainRunner
+
+    try:
+        return open_runner(path, threads), None
+    except EdgeoptError as exc:
+        return PlainRunner(path, threads), str(exc).split(": ", 1)[-1][:160]
+
+
+def fidelity_outputs(path: str, dataset, threads: int = 2) -> tuple[dict[str, np.ndarray], str | None]:
+    """Every output per sample (integer-only models decoded to float), for the fidelity metric,
+    and the checker's complaint when the file needed a plain onnxruntime session."""
+    from .thirdparty_fidelity import collect
+
+    runner, complaint = runner_for(path, threads)
+    return collect(runner.run, dataset, runner.output_names), complaint
+
+
+def run_fidelity_case(case, made: dict, quick: bool) -> dict:
+    """A third-party case: every variant scored on every output (benchmarks/thirdparty_fidelity.py);
+    latency at 1 thread only, in interleaved rounds."""
+    from .thirdparty_fidelity import fidelity
+
+    evaluation = case.evaluation
+    reference, _ = fidelity_outputs(str(case.model), evaluation)
+    rows = {}
+    for variant, report in made.items():
+        row = {"seconds": report["seconds"], "peak_mb": report["peak_mb"], "error": report["error"],
+               "decisions": report.get("decisions") or {}}
+        if report["path"]:
+            try:
+                outputs, complaint = fidelity_outputs(report["path"], evaluation)
+                row.update(fidelity(reference, outputs, case.classifier_outputs))
+                row["size"] = file_sizes(report["path"])
+                if complaint:
+                    row["checker"] = complaint
+            except Exception as exc:  # noqa: BLE001 (recorded in the table)
+                row["error"] = f"does not run in onnxruntime: {short_error(exc)}"
+        rows[variant] = row
+    runnable = {v: made[v]["path"] for v in rows if rows[v]["error"] is None}
+    latency = interleaved_latency(runnable, evaluation, 1, rounds=2 if quick else 4, runs=10,
+                                  opener=lambda path, threads: runner_for(path, threads)[0])
+    for variant, value in latency.items():
+        rows[variant]["latency_1t"] = value
+    return {"name": case.name, "title": case.title, "metric": case.metric, "note": case.note,
+            "samples": len(evaluation), "info": case.info, "rows": rows}
+
+
+def short_error(exc: Exception) -> str:
+    """An onnxruntime error's reason without its file path (which would use up the cell)."""
+    import re
+
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"Load model from \S+ failed:", "", text)
+    return re.sub(r"/\S+/", "", text).strip()[:220]
+
+
+def file_sizes(path: str) -> dict:
+    import gzip
+
+    data = pathlib.Path(path).read_bytes()
+    return {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
 
 
 def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
@@ -139,6 +213,9 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
         evaluation = evaluation.subset(np.arange(1000))
     work = work / name
     work.mkdir(parents=True, exist_ok=True)
+    if case.metric == "fidelity":
+        variants = [v for v in THIRDPARTY_VARIANTS if v in QUICK_VARIANTS] if quick else THIRDPARTY_VARIANTS
+        return run_fidelity_case(case, produce(case, variants, work), quick)
     made = produce(case, QUICK_VARIANTS if quick else VARIANTS, work)
     reference = outputs_of(str(case.model), evaluation)
     rows, correct = {}, {}
@@ -150,10 +227,7 @@ def run_case(name: str, quick: bool, work: pathlib.Path) -> dict:
                 outputs = outputs_of(report["path"], evaluation)
                 row.update(score(case.metric, outputs, reference, evaluation.labels))
                 correct[variant] = hits(case.metric, outputs, reference, evaluation.labels)
-                data = pathlib.Path(report["path"]).read_bytes()
-                import gzip
-
-                row["size"] = {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9, mtime=0))}
+                row["size"] = file_sizes(report["path"])
             except Exception as exc:
                 row["error"] = f"does not run in onnxruntime: {str(exc).splitlines()[0][:160]}"
         rows[variant] = row
@@ -188,9 +262,41 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}, edgeopt {edgeopt.__version__}")
 
 
+def selected_cases(args) -> list[str]:
+    """The cases to run: --only, else --quick's two, else every case of --group."""
+    if args.only:
+        return args.only
+    if args.quick and args.group == "reference":
+        return list(QUICK_CASES)
+    return [n for n, g in case_registry.GROUPS.items() if args.group in ("all", g)]
+
+
+def merge(previous: dict, fresh: dict[str, dict], args) -> dict:
+    """Results of this run, keeping the previous run's cases that this run did not measure (a
+    group's run leaves the other group's numbers alone); each group keeps when and where it ran."""
+    cases = {c["name"]: c for c in previous.get("cases", [])}
+    cases.update(fresh)
+    command = "python -m benchmarks" + (f" --group {args.group}" if args.group != "reference" else "") + \
+        (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    stamp = {"date": datetime.date.today().isoformat(), "machine": machine(), "quick": args.quick,
+             "command": command}
+    groups = dict(previous.get("groups", {}))
+    for group in {case_registry.GROUPS[name] for name in fresh}:
+        groups[group] = stamp
+    results = {**previous, "groups": groups,
+               "cases": [cases[n] for n in case_registry.CASES if n in cases]}
+    for case in results["cases"]:
+        case.setdefault("group", case_registry.GROUPS.get(case["name"], "reference"))
+    if "reference" in groups:
+        results.update(groups["reference"])  # the top-level stamp stays the reference run's
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="edgeopt reference benchmark")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--group", choices=("reference", "thirdparty", "all"), default="reference",
+                        help="which cases: the reference models (default), the third-party suite, or all")
     parser.add_argument("--only", nargs="+", choices=sorted(case_registry.CASES))
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md and the figure")
     parser.add_argument("--work", type=pathlib.Path, default=HERE / ".cache" / "runs")
@@ -198,15 +304,13 @@ def main(argv=None) -> int:
     results_path = HERE / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     if not args.render:
-        names = args.only or (QUICK_CASES if args.quick else list(case_registry.CASES))
-        previous_cases = {c["name"]: c for c in previous.get("cases", [])} if args.only else {}
-        for name in names:
+        fresh = {}
+        for name in selected_cases(args):
             started = time.perf_counter()
-            previous_cases[name] = run_case(name, args.quick, args.work)
-            previous_cases[name]["benchmark_seconds"] = round(time.perf_counter() - started)
-        ordered = [previous_cases[n] for n in case_registry.CASES if n in previous_cases]
-        previous = {"date": datetime.date.today().isoformat(), "machine": machine(), "quick": args.quick,
-                    "command": "python -m benchmarks" + (" --quick" if args.quick else ""), "cases": ordered}
+            fresh[name] = run_case(name, args.quick, args.work)
+            fresh[name]["benchmark_seconds"] = round(time.perf_counter() - started)
+            fresh[name]["group"] = case_registry.GROUPS[name]
+        previous = merge(previous, fresh, args)
         results_path.write_text(json.dumps(previous, indent=2) + "\n")
     from .report import render
 

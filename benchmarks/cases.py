@@ -26,20 +26,29 @@ class Case:
     name: str
     title: str
     #: "top1" (labelled classes), "agreement" (top-1 agreement with float, no labels),
-    #: "cosine" (embedding cosine to float), "vad" (speech/no-speech agreement with float)
+    #: "cosine" (embedding cosine to float), "vad" (speech/no-speech agreement with float),
+    #: "fidelity" (third-party group: mean over samples of the worst output's cosine to float)
     metric: str
     model: pathlib.Path
     calibration: Dataset
     evaluation: Dataset
     note: str = ""
+    #: for the "fidelity" metric: outputs scored by top-1 agreement with float, each "argmax" (over
+    #: its last axis) or a float threshold (a one-channel probability map)
+    classifier_outputs: dict = dataclasses.field(default_factory=dict)
+    #: what the model is and where it came from (the third-party group's model table)
+    info: dict = dataclasses.field(default_factory=dict)
 
 
 CASES: dict[str, Callable[[], Case]] = {}
+#: case name -> its group: "reference" (this file) or "thirdparty" (thirdparty.py)
+GROUPS: dict[str, str] = {}
 
 
-def case(name: str):
+def case(name: str, group: str = "reference"):
     def register(function):
         CASES[name] = function
+        GROUPS[name] = group
         return function
     return register
 
@@ -248,7 +257,7 @@ def speech_clips() -> list[np.ndarray]:
 def silero_vad() -> Case:
     import importlib.resources
 
-    from edgeopt.runtime import make_session
+    from edgeopt.runtimes.onnxruntime import make_session
 
     path = pathlib.Path(str(importlib.resources.files("silero_vad") / "data" / "silero_vad.onnx"))
     session = make_session(path)
@@ -277,3 +286,7 @@ def silero_vad() -> Case:
                 calibration, evaluation,
                 f"{len(evaluation)} chunks of 32 ms from {len(clips) - len(clips[0::4])} real speech recordings, each with the "
                 "state the float model carried; scored by speech/no-speech agreement (threshold 0.5) with float")
+
+
+# The third-party model suite registers its cases (group "thirdparty") when it is imported.
+from . import thirdparty  # noqa: F401

@@ -20,7 +20,6 @@ from .data import Dataset, ImagePreprocessing, load_data
 from .errors import EdgeoptError
 from .progress import progress
 from .runtimes import Runner, open_runner
-from .runtimes.onnxruntime import OnnxRuntimeRunner, decode_outputs, encode_feed  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +30,6 @@ def file_size(path: "str | os.PathLike") -> dict:
     """Raw bytes on disk and bytes after ``gzip -9``."""
     data = pathlib.Path(path).read_bytes()
     return {"raw_bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
-
-
-#: kept for the benchmark's imports; new code opens runners with :func:`edgeopt.runtimes.open_runner`
-ModelRunner = OnnxRuntimeRunner
 
 
 def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 10, runs: int = 100,
