@@ -5,6 +5,7 @@
 * :func:`lift_constants` – weights held in Constant nodes become initializers (and get quantized).
 * :func:`fold_constants` – subgraphs computed only from constants are evaluated once.
 * :func:`fold_batch_norm` – BatchNormalization after Conv/ConvTranspose merges into its weights.
+* :mod:`.fusions` – constant Mul/Add after a Conv fold into it; decomposed hard-swish fuses.
 * :func:`strip_node_metadata` – exporter provenance on every node (PyTorch's dynamo exporter
   writes stack traces and module paths) goes; it can weigh as much as the weights.
 """
@@ -18,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import EdgeoptError
+from .fusions import fold_affine_into_conv, fuse_hard_swish
 from .graph import GraphView, attribute, opset_version, topological_sort
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     remove_initializer_inputs(model)
     fold_constants(model)
     fold_batch_norm(model)
+    fold_affine_into_conv(model)
+    fuse_hard_swish(model)
     name_nodes(model)
     return model
 
