@@ -260,3 +260,6 @@ def render(results: dict, here: pathlib.Path) -> None:
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")
     update_readme(results, here.parent / "README.md")
+    from .thirdparty_report import update_readme as update_thirdparty_readme
+
+    update_thirdparty_readme(everything, here.parent / "README.md")

@@ -106,8 +106,78 @@ def section(results: dict) -> list[str]:
              "samples, per output. Top-1 agreement: arg-max over the last axis at every position (a "
              "probability map: the side of its threshold). Latency: one sample, 1 thread, median of "
              "interleaved rounds."), "", "### Models", ""] + _model_table(cases) + ["", "### Coverage", ""]
-    lines += _coverage(cases) + [""]
+    lines += _coverage(cases) + [""] + targets(results)
     for case in cases:
         lines += [f"### {case['title']}", "", f"{case['note']}", ""] + _case_table(case) + [""]
         lines += _checker_notes(case) + _decisions(case)
     return lines
+
+
+INT8, STATIC = "edgeopt int8 auto", "onnxruntime static U8S8 minmax"
+#: issue 8's bounds for the suite: int8 fidelity, float tensors, optimizer time against onnxruntime's
+BOUND, GOAL, MAX_FLOAT_SHARE, TIME_RATIO = 0.97, 0.98, 0.10, 3.0
+SUMMARY_START, SUMMARY_END = "<!-- thirdparty-summary:start -->", "<!-- thirdparty-summary:end -->"
+
+
+def summary(results: dict) -> list[str]:
+    """One line per third-party model: edgeopt's int8 against float and onnxruntime's static quantizer."""
+    cases = _cases(results)
+    if not cases:
+        return []
+    stamp = (results.get("groups") or {}).get(GROUP, {})
+    lines = [f"`{stamp.get('command', 'python -m benchmarks --group thirdparty')}`, {stamp.get('date', '?')} "
+             "(mean over held-out samples of each sample's worst output cosine; latency one sample, 1 thread):", "",
+             "| model | edgeopt int8 | worst sample | tensors float | latency | size | optimizer s | "
+             "onnxruntime static | its optimizer s | edgeopt dynamic |", "|" + "---|" * 10]
+    for case in cases:
+        rows, base = case["rows"], case["rows"].get("float", {})
+        ours, theirs, dynamic = rows.get(INT8) or {}, rows.get(STATIC) or {}, rows.get("edgeopt dynamic") or {}
+
+        def fidelity(row):
+            return "failed" if not row or row.get("error") else _number(row.get("metric"))
+
+        def ratio(row, key):
+            if not row or row.get("error") or not base.get(key):
+                return ""
+            value = row[key]["median"] / base[key]["median"] if key == "latency_1t" else \
+                row[key]["raw_bytes"] / base[key]["raw_bytes"]
+            return f"{value:.2f}x" if key == "latency_1t" else f"{value:.3f}x"
+
+        kept = (ours.get("decisions") or {}).get("kept_float", "")
+        lines.append(f"| {case['name']} | {fidelity(ours)} | {_number(ours.get('cosine_worst'))} | {kept} | "
+                     f"{ratio(ours, 'latency_1t')} | {ratio(ours, 'size')} | {ours.get('seconds', 0):.1f} | "
+                     f"{fidelity(theirs)} | {theirs.get('seconds', 0):.1f} | {fidelity(dynamic)} |")
+    return lines
+
+
+def targets(results: dict) -> list[str]:
+    """Whether each of the suite's bounds holds in this run, model by model."""
+    cases = [c for c in _cases(results) if (c["rows"].get(INT8) or {}).get("metric") is not None]
+    if not cases:
+        return []
+    lines = ["### Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    for label, bound in (("int8 mean worst-output cosine >= 0.97 on every model", BOUND),
+                         ("goal: >= 0.98 on every model", GOAL)):
+        low = min(cases, key=lambda c: c["rows"][INT8]["metric"])
+        lines.append(f"| {label} | lowest {low['rows'][INT8]['metric']:.4f} ({low['name']}) | "
+                     f"{'yes' if low['rows'][INT8]['metric'] >= bound else 'no'} |")
+    timed = [c for c in cases if not (c["rows"].get(STATIC) or {}).get("error") and c["rows"].get(STATIC)]
+    if timed:
+        worst = max(timed, key=lambda c: c["rows"][INT8]["seconds"] / max(c["rows"][STATIC]["seconds"], 1e-9))
+        value = worst["rows"][INT8]["seconds"] / max(worst["rows"][STATIC]["seconds"], 1e-9)
+        lines.append(f"| default int8 optimizer time within {TIME_RATIO:.0f}x of onnxruntime's static quantizer "
+                     f"(where it ran) | worst {value:.1f}x ({worst['name']}) | {'yes' if value <= TIME_RATIO else 'no'} |")
+    return lines + [""]
+
+
+def update_readme(results: dict, readme) -> None:
+    """Replace the README's third-party block (between its markers) with the current numbers."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    start, end = text.find(SUMMARY_START), text.find(SUMMARY_END)
+    lines = summary(results)
+    if start < 0 or end < start or not lines:
+        return
+    block = "\n".join([SUMMARY_START, ""] + lines + ["", SUMMARY_END])
+    readme.write_text(text[:start] + block + text[end + len(SUMMARY_END):])
