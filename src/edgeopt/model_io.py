@@ -92,9 +92,41 @@ def write_bytes_atomic(path: "str | os.PathLike", data: bytes) -> None:
         raise
 
 
-def save_model(model: onnx.ModelProto, path: "str | os.PathLike") -> pathlib.Path:
-    """Serialise ``model`` and write it atomically; returns the path written."""
-    data = model.SerializeToString()
-    write_bytes_atomic(path, data)
-    logger.info("wrote %s (%d bytes)", path, len(data))
-    return pathlib.Path(path)
+#: protobuf cannot serialise a message of 2 GiB or more: larger models keep their tensors in a
+#: file beside the model (ONNX external data).
+EXTERNAL_DATA_ABOVE = (2 << 30) - (64 << 20)
+
+
+def save_model(model: onnx.ModelProto, path: "str | os.PathLike", external_above: int = EXTERNAL_DATA_ABOVE
+               ) -> pathlib.Path:
+    """Serialise ``model`` and write it atomically; returns the path written. A model larger than
+    ``external_above`` bytes keeps its tensors in ``<name>.data`` beside it (both files written
+    through temporary names and renamed, the data file first)."""
+    if model.ByteSize() <= external_above:
+        data = model.SerializeToString()
+        write_bytes_atomic(path, data)
+        logger.info("wrote %s (%d bytes)", path, len(data))
+        return pathlib.Path(path)
+    return _save_with_external_data(model, pathlib.Path(path))
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    check_writable(path)
+    data_name = f"{path.name}.data"
+    check_writable(path.parent / data_name)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    folder = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        convert_model_to_external_data(copy, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        onnx.save_model(copy, os.path.join(folder, path.name))
+        os.replace(os.path.join(folder, data_name), path.parent / data_name)
+        os.replace(os.path.join(folder, path.name), path)
+    finally:
+        for leftover in pathlib.Path(folder).glob("*"):
+            leftover.unlink()
+        os.rmdir(folder)
+    logger.info("wrote %s with its tensors in %s", path, data_name)
+    return path
