@@ -27,7 +27,11 @@ def onnxruntime_static(model_path, output_path, feeds, method: str, activation_t
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = str(output_path) + ".pre.onnx"
-    quant_pre_process(str(model_path), prepared, skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(model_path), prepared, skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 (its shape inference gives up on some exporters' models)
+        # What a user does next: quantize the model as it is (onnxruntime's docs call the step optional).
+        prepared = str(model_path)
     quantize_static(prepared, str(output_path), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,

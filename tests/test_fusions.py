@@ -79,3 +79,28 @@ def test_a_clip_to_other_bounds_is_not_hard_swish():
              helper.make_node("Mul", ["x", "c"], ["m"], name="mul"),
              helper.make_node("Div", ["m", "six"], ["y"], name="div")]
     assert not fuse_hard_swish(_model(nodes, inits))
+
+
+def test_hard_swish_in_a_model_with_unnamed_nodes_keeps_every_other_node():
+    # Removal must go by node, not by name: unnamed nodes all share the name "".
+    from edgeopt.quantization.prepare import prepare
+
+    inits = [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0), _const("w", np.ones((4, 4, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"]),
+             helper.make_node("Add", ["h", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"]),
+             helper.make_node("Mul", ["h", "c"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["r"]),
+             helper.make_node("Relu", ["r"], ["y"])]
+    original = _model(nodes, inits)
+    rewritten = prepare(onnx.ModelProto.FromString(original.SerializeToString()))
+    _check_same(original, rewritten, ["Conv", "HardSwish", "Relu"])
+
+
+def test_a_constant_that_broadcasts_onto_another_axis_is_not_folded():
+    # (6, 1) right-aligns onto the H and W axes of (N, C, H, W), not onto the channels: no fold.
+    rng = np.random.default_rng(3)
+    inits = [_const("w", rng.normal(size=(6, 4, 1, 1))), _const("odd", rng.normal(size=(6, 1)))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Mul", ["c", "odd"], ["y"], name="mul")]
+    assert not fold_affine_into_conv(_model(nodes, inits))

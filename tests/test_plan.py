@@ -73,11 +73,24 @@ def test_a_plan_needs_a_static_config_and_a_plan_object():
         edgeopt.quantize(case.build(), edgeopt.Int8Config(), plan=result.plan.to_dict())
     with pytest.raises(edgeopt.EdgeoptError, match="activations to uint8"):
         edgeopt.quantize(case.build(), edgeopt.Int8Config(activation_type="int8"), plan=result.plan)
+    with pytest.raises(edgeopt.EdgeoptError, match="integer_only=True"):
+        edgeopt.quantize(case.build(), edgeopt.Int8Config(integer_only=True), plan=result.plan)
+
+
+def test_an_inconsistent_bias_scale_is_refused():
+    import dataclasses
+
+    case, result = _quantize("conv_net", CONFIGS["int8"])
+    key, entry = next(iter(result.plan.biases.items()))
+    broken = dataclasses.replace(result.plan, biases={**result.plan.biases, key: dataclasses.replace(
+        entry, params=dataclasses.replace(entry.params, scale=entry.params.scale * 2))})
+    with pytest.raises(edgeopt.EdgeoptError, match="input scale x weight scale"):
+        edgeopt.quantize(case.build(), edgeopt.Int8Config(), plan=broken)
 
 
 def test_read_plan_of_another_tools_qdq_model():
-    # A QDQ model in the form onnxruntime's quantizer writes (Q -> DQ named after the tensor, bias
-    # scale stored, not computed): the plan names the DequantizeLinear outputs.
+    # A QDQ model in the form onnxruntime's quantizer writes (no edgeopt metadata): activations are
+    # named by what the QuantizeLinear reads, the float model's tensor.
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.arange(-8, 8, dtype=np.int8).reshape(4, 4)
@@ -98,7 +111,7 @@ def test_read_plan_of_another_tools_qdq_model():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.checker.check_model(model)
     plan = edgeopt.read_plan(model)
-    assert set(plan.activations) == {"x", "y_dq"}
+    assert set(plan.activations) == {"x", "y"}
     assert float(plan.activations["x"].scale) == pytest.approx(0.1)
     assert plan.nodes == ["mm"]
     entry = plan.weights[("mm", 1)]

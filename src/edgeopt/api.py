@@ -221,11 +221,17 @@ def _fallback(builder: CandidateBuilder, chosen: Candidate, config: Int8Config) 
     """The fallback decides on the simulation; its choice is then built and measured for real, and
     dropped if the real model is not better than all-int8."""
     candidates = list(builder.plan(chosen).activations)
-    decision = fallback.choose(candidates, simulated(builder, chosen), config.target_cosine,
+    real = builder.score(chosen)
+    if real.worst_cosine >= config.target_cosine:
+        return fallback.FallbackDecision(worst_cosine=real.worst_cosine,
+                                         steps=[{"kept_float": 0, "worst_cosine": round(real.worst_cosine, 6)}])
+    # The simulation scores on fewer samples and without the integer kernels' rounding: its target
+    # is moved by the gap between the two on the all-int8 model.
+    offset = builder.simulated_score(chosen).worst_cosine - real.worst_cosine
+    decision = fallback.choose(candidates, simulated(builder, chosen), config.target_cosine + offset,
                                config.fallback_max_fraction)
     if decision.keep_float:
-        real = builder.score(chosen.but(keep_float=frozenset(decision.keep_float)))
-        if real.error >= builder.score(chosen).error:
+        if builder.score(chosen.but(keep_float=frozenset(decision.keep_float))).error >= real.error:
             logger.info("fallback: the model built with %d tensors float is no better than all-int8; keeping none",
                         len(decision.keep_float))
             decision.keep_float = {}
@@ -291,7 +297,11 @@ def _weights_only(model: onnx.ModelProto, config: Int8Config) -> QuantizationRes
 
 def _from_plan(model: onnx.ModelProto, config: Int8Config, given: QuantizationPlan) -> QuantizationResult:
     """Build the int8 model a given plan describes (no calibration, no search)."""
+    check_exclusions(GraphView(model), config.exclude)
     check_plan_fits(model, given)
+    if given.integer_only != config.integer_only:
+        raise EdgeoptError(f"the plan is for a model with {'integer' if given.integer_only else 'float'} inputs and "
+                           f"outputs; the config has integer_only={config.integer_only}")
     if given.activation_type != config.activation_type:
         raise EdgeoptError(f"the plan quantizes activations to {given.activation_type}; the config asks for "
                            f"{config.activation_type}")

@@ -165,8 +165,9 @@ def _evaluation_text(result: dict) -> str:
         lines.append(f"top-1: {100 * result['top1']:.2f}%")
     if result["fidelity"]:
         f = result["fidelity"]
-        lines.append(f"vs reference: top-1 agreement {100 * f.get('top1_agreement', float('nan')):.2f}%, "
-                     f"SQNR {f.get('sqnr_db', float('nan')):.1f} dB, cosine worst {f['cosine_worst']:.5f}")
+        nan = float("nan")  # a model with no float output has no fidelity numbers
+        lines.append(f"vs reference: top-1 agreement {100 * f.get('top1_agreement', nan):.2f}%, "
+                     f"SQNR {f.get('sqnr_db', nan):.1f} dB, cosine worst {f.get('cosine_worst', nan):.5f}")
     return "\n".join(lines)
 
 

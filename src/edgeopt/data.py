@@ -77,6 +77,12 @@ def check_feed(feed: Mapping[str, np.ndarray], specs: list[InputSpec], where: st
             raise EdgeoptError(f"{where}: input {spec.name!r} has shape {array.shape}; the model expects {shape}")
 
 
+class Batch(dict):
+    """An input dict holding several samples along axis 0 of every input (what
+    :meth:`Dataset.batches` yields when the model's batch axis is dynamic): it may be cut into
+    smaller batches. A plain dict is one model call, never cut."""
+
+
 class Dataset:
     """Arrays named by model input, samples along the batch axis, and optional labels."""
 
@@ -141,9 +147,10 @@ class Dataset:
         count = self.count if limit is None else min(limit, self.count)
         step = batch_size if self.can_batch else 1
         specs = {spec.name: spec for spec in self.specs}
+        divisible = self.can_batch and all(spec.batch_axis == 0 for spec in self.specs)
         for start in range(0, count, step):
             stop = min(start + step, count)
-            feed = {}
+            feed = Batch() if divisible else {}
             for name, array in self.arrays.items():
                 spec = specs[name]
                 if self.stacked[name]:

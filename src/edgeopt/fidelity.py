@@ -37,34 +37,6 @@ def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float:
     return float(np.mean(ref.argmax(axis=1) == out.argmax(axis=1)))
 
 
-def worst_cosine(reference_outputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """The lowest per-sample cosine over every float output of every batch."""
-    worst = 1.0
-    for ref_batch, out_batch in zip(reference_outputs, outputs):
-        for ref, out in zip(ref_batch, out_batch):
-            ref, out = np.asarray(ref), np.asarray(out)
-            if not np.issubdtype(ref.dtype, np.floating):
-                continue
-            if ref.ndim == 0:
-                ref, out = ref.reshape(1), out.reshape(1)
-            worst = min(worst, float(cosine_per_sample(ref.reshape(len(ref), -1) if ref.ndim > 1 else ref[None],
-                                                       out.reshape(len(out), -1) if out.ndim > 1 else out[None]).min()))
-    return worst
-
-
-def relative_error(reference_outputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]) -> float:
-    """Squared error of every float output over their squared norm (0 when identical)."""
-    noise = signal = 0.0
-    for ref_batch, out_batch in zip(reference_outputs, outputs):
-        for ref, out in zip(ref_batch, out_batch):
-            ref = np.asarray(ref)
-            if np.issubdtype(ref.dtype, np.floating):
-                ref = ref.astype(np.float64)
-                noise += float(np.sum((ref - np.asarray(out, dtype=np.float64)) ** 2))
-                signal += float(np.sum(ref**2))
-    return noise / max(signal, 1e-30)
-
-
 #: A sample whose float output has less than this share of the output's mean energy per sample is
 #: "silent" (a detector that finds nothing, a mask of zeros): its cosine measures noise against
 #: nothing, so it is left out of the worst-sample cosine (the pooled error still counts it).

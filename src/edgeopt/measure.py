@@ -93,7 +93,7 @@ def measure_latency(runner: Runner, dataset: Dataset, warmup: int, runs: int) ->
     for i in range(warmup):
         runner.run_prepared(feeds[i % len(feeds)])
     times = []
-    for i in progress(range(runs), "timing", runs, "run"):
+    for i in range(runs):  # no bar here: its updates would sit between the timed runs
         start = time.perf_counter()
         runner.run_prepared(feeds[i % len(feeds)])
         times.append((time.perf_counter() - start) * 1000.0)

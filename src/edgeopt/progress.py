@@ -34,18 +34,23 @@ def progress(items: Iterable[T], description: str, total: int | None = None, uni
                     dynamic_ncols=True)
 
 
-class Counter:
-    """A bar advanced by hand, for steps that are not one loop (candidates the search builds)."""
+class StepBar:
+    """A bar advanced by hand, for steps that are not one loop (the models the search builds);
+    it appears on a terminal at the first step and counts every step after it."""
 
-    def __init__(self, description: str, total: int | None = None, unit: str = "it"):
+    def __init__(self, description: str, unit: str = "it"):
+        self.description, self.unit = description, unit
         self.bar = None
-        if enabled(total if total is not None else MIN_STEPS):
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr,
-                            dynamic_ncols=True)
+        self.started = False
 
     def step(self, text: str | None = None) -> None:
+        if not self.started:
+            self.started = True
+            if enabled(None):
+                from tqdm import tqdm
+
+                self.bar = tqdm(desc=self.description, unit=self.unit, leave=False, file=sys.stderr,
+                                dynamic_ncols=True)
         if self.bar is not None:
             if text:
                 self.bar.set_postfix_str(text, refresh=False)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from ..data import input_specs
+from ..data import Batch
 from ..errors import EdgeoptError
 from ..progress import progress
 from . import rounding
@@ -69,9 +69,14 @@ def calibrate(model: onnx.ModelProto, selection: Selection, feeds, *, max_sample
     check_feeds: list[dict] = []
 
     def remember(stream):
+        kept = 0
         for feed in stream:
-            if len(check_feeds) * batch_size(feed) < CHECK_SAMPLES:
-                check_feeds.append(feed)
+            if kept < CHECK_SAMPLES:
+                check = feed
+                if isinstance(feed, Batch) and kept + batch_size(feed) > CHECK_SAMPLES:
+                    check = Batch({name: value[:CHECK_SAMPLES - kept] for name, value in feed.items()})
+                check_feeds.append(check)
+                kept += batch_size(check)
             yield feed
 
     observers, samples = collect_statistics(
@@ -124,13 +129,12 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     wanted = [value.name for value in probe.graph.output if value.name in tensors]
     extra = _Wanted(set(channel_means_for), conv_windows or {}, moment_inputs or {}, moment_samples)
     observers = {name: HistogramObserver() for name in tensors}
-    # Only a batch axis that is dynamic on every input (axis 0) can be cut into pieces.
-    divisible = all(spec.shape and spec.shape[0] is None for spec in input_specs(model))
-    samples, piece = 0, 1
-    for feed in progress(feeds, "calibrating", total=max_samples, unit="batch"):
-        for part in _pieces(feed, piece) if divisible else (feed,):
+    samples, piece = 0, None
+    for feed in progress(feeds, "calibrating", unit="batch"):
+        if piece is None:
+            piece = _piece_size(session, wanted, feed)
+        for part in _pieces(feed, piece):
             results = run_checked(session, wanted, part, "calibration data")
-            piece = max(1, int(CALIBRATION_BYTES // max(sum(r.nbytes for r in results) / batch_size(part), 1)))
             seen = list(zip(wanted, results)) + [(n, part[n]) for n in tensors & set(part)]
             for name, value in seen:
                 _observe(observers[name], name, value, samples, extra)
@@ -142,10 +146,22 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     return observers, samples
 
 
+def _piece_size(session, wanted: list[str], feed: dict) -> int:
+    """How many samples of a :class:`~edgeopt.data.Batch` fit in CALIBRATION_BYTES of observed
+    tensors, measured on one sample (a run whose results are dropped, so that batches that fit
+    are observed exactly as they come)."""
+    from ..runtimes.onnxruntime import run_checked
+
+    if not isinstance(feed, Batch) or batch_size(feed) == 1:
+        return 1
+    one = run_checked(session, wanted, {name: value[:1] for name, value in feed.items()}, "calibration data")
+    return max(1, int(CALIBRATION_BYTES // max(sum(r.nbytes for r in one), 1)))
+
+
 def _pieces(feed: dict, size: int):
-    """``feed`` in pieces of ``size`` samples along axis 0 (whole when its inputs disagree on it)."""
-    lengths = {len(value) if np.ndim(value) else -1 for value in feed.values()}
-    if len(lengths) != 1 or (count := lengths.pop()) <= size:
+    """A :class:`~edgeopt.data.Batch` in runs of at most ``size`` samples; any other feed whole."""
+    count = batch_size(feed)
+    if not isinstance(feed, Batch) or count <= size:
         yield feed
         return
     for start in range(0, count, size):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..progress import Counter
+from ..progress import StepBar
 from .calibrate import Calibration, batch_size
 from .graph import GraphView, tensor_dtypes
 from .integer_io import make_integer_io
-from .plan import QuantizationPlan
+from .plan import QuantizationPlan, same_params
 from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
 from .scoring import Score, run_outputs, score_outputs
@@ -78,7 +78,7 @@ class CandidateBuilder:
         self._storage_memo: dict = {}
         self._simulations: dict[Candidate, SwitchedModel] = {}
         self._simulated: dict[Candidate, Score] = {}
-        self.progress = Counter("int8 search", unit="model")
+        self.progress = StepBar("int8 search", unit="model")
 
     def selection(self, candidate: Candidate) -> Selection:
         return select(self.view, self.dtypes, integer_only=self.config.integer_only,
@@ -96,6 +96,7 @@ class CandidateBuilder:
                       self._plan_memo, absorb)
         result.kept_float.update(self.always_float)
         result.kept_float.update(self.excluded_nodes)
+        result.integer_only = self.config.integer_only
         return result
 
     def can_compensate(self, scope: str) -> bool:
@@ -131,6 +132,11 @@ class CandidateBuilder:
             selection = self.selection(candidate)
             quantized = plan_activations(self.view, selection, self.calibration.observers, self._ranges(candidate),
                                          self._plan_memo)
+            simulated = self._simulations[base].plan.activations
+            if any(name not in simulated or not same_params(params, simulated[name])
+                   for name, params in quantized.activations.items()):
+                # A tensor whose scale was shared with one now float gets its own: build it for real.
+                return self.score(candidate)
             feeds, reference = self._simulation_samples()
             outputs = self._simulations[base].run(feeds, selection, set(quantized.activations))
             self._simulated[candidate] = score_outputs(reference, outputs)

@@ -44,6 +44,13 @@ class FallbackDecision:
     attribution: list[dict] = field(default_factory=list)
 
 
+def _gain(before: float, after: float) -> float:
+    """Error removed; when the all-int8 outputs are unusable (NaN, inf), any usable variant gains."""
+    if not math.isfinite(before):
+        return 1.0 if math.isfinite(after) else 0.0
+    return before - after
+
+
 def blocks_of(candidates: list[str], count: int = ATTRIBUTION_BLOCKS) -> list[list[str]]:
     size = max(1, math.ceil(len(candidates) / count))
     return [candidates[start:start + size] for start in range(0, len(candidates), size)]
@@ -71,7 +78,7 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
     decision.attribution = attribute(candidates, evaluate)
     costly = sorted(decision.attribution, key=lambda block: -block["error_added"])[:BLOCKS_REFINED]
     scanned = [name for block in costly for name in block["tensors"]]
-    gains = sorted(((base.error - evaluate(frozenset({name})).error, name) for name in scanned), reverse=True)
+    gains = sorted(((_gain(base.error, evaluate(frozenset({name})).error), name) for name in scanned), reverse=True)
     budget = max(1, math.ceil(max_fraction * len(candidates)))
     keep, current, reasons = frozenset(), base, {}
     for gain, name in gains:
@@ -81,7 +88,8 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
         decision.steps.append({"kept_float": len(keep) + 1, "tensor": name,
                                "worst_cosine": round(trial.worst_cosine, 6), "kept": trial.error < current.error})
         if trial.error < current.error:
-            reasons[name] = (f"keeping it float alone cuts the output error by {100 * gain / max(base.error, 1e-30):.1f}%; "
+            share = f"{100 * gain / max(base.error, 1e-30):.1f}%" if math.isfinite(base.error) else "from unusable"
+            reasons[name] = (f"keeping it float alone cuts the output error by {share}; "
                              f"with the {len(keep)} kept before it, the error goes {current.error:.3g} -> "
                              f"{trial.error:.3g}")
             keep, current = keep | {name}, trial

@@ -20,30 +20,39 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import GraphView, attribute, opset_version, topological_sort
+from .graph import GraphView, attribute, opset_version, subgraph_inputs, topological_sort
 
 logger = logging.getLogger(__name__)
 
 
-def _per_channel(view: GraphView, name: str, channels: int) -> np.ndarray | None:
-    """A constant that broadcasts over an NC... tensor as one value per channel, as (channels,)."""
+def _per_channel(view: GraphView, name: str, channels: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts over a rank-``rank`` NC... tensor as one value per channel (or
+    one value), as (channels,); None for anything that would broadcast another way (numpy's
+    right-aligned rule) or change the rank."""
     value = view.constant(name)
-    if value is None or value.dtype != np.float32 or value.ndim > 4:
+    if value is None or value.dtype != np.float32 or value.ndim > rank:
         return None
     if value.size == 1:
         return np.full(channels, float(value.reshape(-1)[0]), np.float32)
-    shape = [d for d in value.shape]
-    while shape and shape[0] == 1 and len(shape) > 1:
-        shape = shape[1:]
-    if value.size == channels and len(shape) >= 1 and shape[0] == channels and all(d == 1 for d in shape[1:]) \
-            and value.ndim >= 3:
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if shape == (1, channels) + (1,) * (rank - 2):
         return value.reshape(channels).astype(np.float32)
     return None
 
 
 def _single_reader(view: GraphView, name: str) -> onnx.NodeProto | None:
+    """The one node reading ``name`` (None when several do, a graph output is it, or an
+    If/Loop/Scan body reads it from the outer scope)."""
     readers = view.consumers.get(name, [])
-    return readers[0] if len(readers) == 1 and name not in view.graph_outputs else None
+    if len(readers) != 1 or name in view.graph_outputs or name in _body_reads(view):
+        return None
+    return readers[0]
+
+
+def _body_reads(view: GraphView) -> set[str]:
+    if not hasattr(view, "_body_reads"):
+        view._body_reads = subgraph_inputs(view.graph)
+    return view._body_reads
 
 
 def fold_affine_into_conv(model: onnx.ModelProto) -> bool:
@@ -69,7 +78,7 @@ def _fold_one(view: GraphView) -> bool | None:
             continue
         other = reader.input[1] if reader.input[0] == conv.output[0] else reader.input[0]
         weight = view.constant(conv.input[1]).astype(np.float32)
-        values = _per_channel(view, other, weight.shape[0])
+        values = _per_channel(view, other, weight.shape[0], weight.ndim)
         if values is None or (len(conv.input) > 2 and conv.input[2] and not view.is_constant(conv.input[2])):
             continue
         bias = view.constant(conv.input[2]).astype(np.float32) if len(conv.input) > 2 and conv.input[2] \
@@ -104,11 +113,13 @@ def _fold_into_next(view: GraphView) -> bool | None:
         if value is None or value.size != 1 or value.dtype != np.float32 or source is None or conv is None \
                 or conv.op_type != "Conv" or conv.input[0] != node.output[0] or not view.is_constant(conv.input[1]):
             continue
-        weight = view.constant(conv.input[1]).astype(np.float32)
-        bias = view.constant(conv.input[2]).astype(np.float32) if len(conv.input) > 2 and conv.input[2] \
-            else np.zeros(weight.shape[0], np.float32)
         if len(conv.input) > 2 and conv.input[2] and not view.is_constant(conv.input[2]):
             continue
+        weight = view.constant(conv.input[1]).astype(np.float32)
+        if value.ndim > weight.ndim:
+            continue  # broadcasting would raise the rank
+        bias = view.constant(conv.input[2]).astype(np.float32) if len(conv.input) > 2 and conv.input[2] \
+            else np.zeros(weight.shape[0], np.float32)
         scalar = float(value.reshape(-1)[0])
         if node.op_type == "Mul":
             weight = weight * np.float32(scalar)
@@ -143,9 +154,14 @@ def fuse_hard_swish(model: onnx.ModelProto) -> bool:
     if not any(_hard_swish_at(view, node) for node in view.graph.node):
         return False
     if opset_version(model) < 14:
+        from ..errors import EdgeoptError
         from .prepare import upgrade_opset
 
-        upgrade_opset(model, 14)
+        try:
+            upgrade_opset(model, 14, reason="for HardSwish")
+        except EdgeoptError as exc:
+            logger.info("hard-swish patterns left as they are: %s", exc)
+            return False
         view = GraphView(model)
     fused, remove = 0, set()
     for add in list(view.graph.node):
@@ -153,11 +169,11 @@ def fuse_hard_swish(model: onnx.ModelProto) -> bool:
         if match is None:
             continue
         x, nodes, output = match
-        remove.update(node.name for node in nodes)
+        remove.update(id(node) for node in nodes)
         view.graph.node.append(onnx.helper.make_node("HardSwish", [x], [output], name=view.unique(f"{add.name}_hardswish")))
         fused += 1
     if fused:
-        kept = [node for node in view.graph.node if node.name not in remove]
+        kept = [node for node in view.graph.node if id(node) not in remove]
         del view.graph.node[:]
         view.graph.node.extend(kept)
         topological_sort(view.graph)

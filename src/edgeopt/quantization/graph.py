@@ -63,7 +63,7 @@ class GraphView:
 
     def remove_unused_initializers(self) -> None:
         used = {name for node in self.graph.node for name in node.input}
-        used |= _subgraph_inputs(self.graph) | self.graph_outputs
+        used |= subgraph_inputs(self.graph) | self.graph_outputs
         kept = [init for init in self.graph.initializer if init.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
@@ -78,7 +78,7 @@ class GraphView:
                                 **attributes)
 
 
-def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+def subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     """Names read from an outer scope by If/Loop/Scan bodies (they must not be removed)."""
     names: set[str] = set()
     for node in graph.node:
@@ -88,7 +88,7 @@ def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
                 local = {o for n in body.node for o in n.output} | {i.name for i in body.initializer}
                 local |= {i.name for i in body.input}
                 names |= {i for n in body.node for i in n.input if i and i not in local}
-                names |= _subgraph_inputs(body)
+                names |= subgraph_inputs(body)
     return names
 
 
@@ -133,7 +133,7 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
         return set()
     wrapper = onnx.GraphProto()
     wrapper.node.append(node)
-    return _subgraph_inputs(wrapper)
+    return subgraph_inputs(wrapper)
 
 
 def topological_sort(graph: onnx.GraphProto) -> None:

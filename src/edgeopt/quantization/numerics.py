@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # Integer types edgeopt can emit, with the range of values it uses for each.
-# Weights use the restricted symmetric range [-127, 127] (so -w quantizes exactly to -q, as
-# TFLite's quantization spec asks); activations use the full range of their type.
+# Weights are symmetric (so -w quantizes exactly to -q, as TFLite's quantization spec asks), in
+# [-127, 127] at most and [-64, 64] by default (WEIGHT_RANGES); activations use the full range of
+# their type.
 INTEGER_RANGES = {
     "uint8": (0, 255),
     "int8": (-128, 127),

@@ -68,6 +68,8 @@ class QuantizationPlan:
     absorbed: dict[str, str] = field(default_factory=dict)
     #: tensor or node name -> why it stays float
     kept_float: dict[str, str] = field(default_factory=dict)
+    #: inputs and outputs become integers, no float operator is left (Edge TPU-class targets)
+    integer_only: bool = False
     #: how the integers were chosen (provenance, not needed to apply the plan)
     corrected_biases: set[Key] = field(default_factory=set)
     compensated_weights: set[Key] = field(default_factory=set)
@@ -81,7 +83,7 @@ class QuantizationPlan:
                 and all(same_params(p, other.activations[n]) for n, p in self.activations.items())
                 and self.weights == other.weights and self.biases == other.biases
                 and self.constants == other.constants and set(self.nodes) == set(other.nodes)
-                and self.absorbed == other.absorbed)
+                and self.absorbed == other.absorbed and self.integer_only == other.integer_only)
 
     def differences(self, other: "QuantizationPlan") -> list[str]:
         """What differs from ``other``, one line per item (for test failures and debugging)."""
@@ -103,8 +105,10 @@ class QuantizationPlan:
         return lines
 
     def metadata(self) -> str:
-        """What a QDQ graph cannot show (absorbed activations, why tensors stay float, provenance)."""
-        return json.dumps({"absorbed": self.absorbed, "kept_float": self.kept_float,
+        """What a QDQ graph cannot show exactly: the quantized nodes (a node between quantized
+        tensors may still run float), absorbed activations, why tensors stay float, provenance."""
+        return json.dumps({"nodes": list(self.nodes), "absorbed": self.absorbed, "kept_float": self.kept_float,
+                           "integer_only": self.integer_only,
                            "corrected_biases": sorted(_key_text(k) for k in self.corrected_biases),
                            "compensated_weights": sorted(_key_text(k) for k in self.compensated_weights)},
                           sort_keys=True)

@@ -41,13 +41,15 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     remove_initializer_inputs(model)
     fold_constants(model)
     fold_batch_norm(model)
+    name_nodes(model)  # the fusions and plans refer to nodes by name
     fold_affine_into_conv(model)
     fuse_hard_swish(model)
     name_nodes(model)
     return model
 
 
-def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
+def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET,
+                  reason: str = "needed for per-channel quantization") -> bool:
     version = opset_version(model)
     if version >= minimum:
         return False
@@ -55,7 +57,7 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> bool:
         upgraded = onnx.version_converter.convert_version(model, minimum)
     except Exception as exc:
         raise EdgeoptError(f"cannot convert the model from opset {version} to {minimum} "
-                           f"(needed for per-channel quantization): {str(exc).splitlines()[0][:160]}") from None
+                           f"({reason}): {str(exc).splitlines()[0][:160]}") from None
     model.CopyFrom(upgraded)
     logger.info("converted opset %d to %d", version, minimum)
     return True

@@ -1,10 +1,12 @@
 """Recover a :class:`QuantizationPlan` from a QDQ model: edgeopt's own, or one a training framework
 exported with QuantizeLinear/DequantizeLinear. Reads; edits nothing.
 
-Naming: an activation is named by the output of its DequantizeLinear (what its readers read; in
-edgeopt's models that is the float model's own tensor name), a graph input by its own name, and
-an output of an integer-only model by the output's name. Constants are keyed by the
-``(node, input index)`` that reads them.
+Naming: in edgeopt's models (they carry ``edgeopt.plan`` metadata) an activation is named by the
+output of its DequantizeLinear, which is the float model's own tensor name; in other tools'
+models by the input of its QuantizeLinear, the float tensor (onnxruntime's quantizer names the
+DequantizeLinear output ``<tensor>_DequantizeLinear_Output``). A graph input keeps its name, an
+output of an integer-only model the output's. Constants are keyed by the ``(node, input index)``
+that reads them. The quantized nodes come from the metadata where it is, else from the graph.
 """
 
 from __future__ import annotations
@@ -30,19 +32,18 @@ def read_plan(model: onnx.ModelProto) -> QuantizationPlan:
     """The plan ``model``'s QuantizeLinear/DequantizeLinear nodes and metadata describe."""
     view = GraphView(model)
     constants = _constants(view)
-    activations = _activations(view, constants)
+    recorded = _metadata(model)
+    activations = _activations(view, constants, by_dequantized=bool(recorded))
     dtypes = Counter(params.dtype for params in activations.values())
     plan = QuantizationPlan(dtypes.most_common(1)[0][0] if dtypes else "uint8")
     plan.activations = activations
     _read_constants(view, constants, plan)
-    recorded = _metadata(model)
     plan.absorbed = recorded.get("absorbed", {})
+    plan.integer_only = bool(recorded.get("integer_only", _integer_inputs(view)))
     plan.kept_float = recorded.get("kept_float", {})
     plan.corrected_biases = {parse_key(k) for k in recorded.get("corrected_biases", [])}
     plan.compensated_weights = {parse_key(k) for k in recorded.get("compensated_weights", [])}
-    # Nodes kept float by name (excluded) may still sit between quantized tensors in the graph.
-    plan.nodes = [name for name in _quantized_nodes(view, plan) if name not in plan.kept_float]
-    plan.nodes += list(plan.absorbed)
+    plan.nodes = list(recorded["nodes"]) if "nodes" in recorded else _quantized_nodes(view, plan)
     return plan
 
 
@@ -70,19 +71,18 @@ def _params(node: onnx.NodeProto, constants: dict, dtype: np.dtype) -> QuantPara
     return QuantParams(scale, zero_point, np.dtype(zero_point.dtype).name, axis)
 
 
-def _activations(view: GraphView, constants: dict) -> dict[str, QuantParams]:
+def _activations(view: GraphView, constants: dict, by_dequantized: bool) -> dict[str, QuantParams]:
     found: dict[str, QuantParams] = {}
     for node in view.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
             readers = [n for n in view.consumers.get(node.output[0], []) if n.op_type == "DequantizeLinear"]
-            if node.input[0] in view.graph_inputs:
+            if node.input[0] in view.graph_inputs or not by_dequantized:
                 name = node.input[0]
             elif node.output[0] in view.graph_outputs or not readers:
                 name = node.output[0]
             else:
                 name = readers[0].output[0]
-            zero_dtype = constants[node.input[2]].dtype if len(node.input) > 2 and node.input[2] else np.uint8
-            found[name] = _params(node, constants, zero_dtype)
+            found[name] = _params(node, constants, np.dtype(np.uint8))
         elif node.op_type == "DequantizeLinear" and node.input[0] in view.graph_inputs:
             found[node.input[0]] = _params(node, constants, np.dtype(np.uint8))  # integer-only input
     return found
@@ -115,9 +115,8 @@ def _quantized_nodes(view: GraphView, plan: QuantizationPlan) -> list[str]:
     dequantized = {node.output[0] for node in view.graph.node if node.op_type == "DequantizeLinear"}
     dequantized |= {name for name in plan.activations if name in view.graph_inputs}
     # Operators without a fast x86 integer kernel (Softmax, Tanh, ...) run float between quantized
-    # tensors unless the whole model is integer (its inputs feed DequantizeLinear directly).
-    integer_only = any(node.op_type == "DequantizeLinear" and node.input[0] in view.graph_inputs
-                       for node in view.graph.node)
+    # tensors unless the whole model is integer.
+    integer_only = _integer_inputs(view)
     nodes = []
     for node in view.graph.node:
         rule = rule_for(node)
@@ -132,6 +131,11 @@ def _quantized_nodes(view: GraphView, plan: QuantizationPlan) -> list[str]:
         if quantized_outputs or inputs_only:
             nodes.append(node.name)
     return nodes
+
+
+def _integer_inputs(view: GraphView) -> bool:
+    """Whether graph inputs feed DequantizeLinear directly (an integer-only model's integer inputs)."""
+    return any(node.op_type == "DequantizeLinear" and node.input[0] in view.graph_inputs for node in view.graph.node)
 
 
 def _feeds_quantize(view: GraphView, name: str) -> bool:
@@ -169,3 +173,12 @@ def check_plan_fits(model: onnx.ModelProto, plan: QuantizationPlan) -> None:
                     tuple(view.initializers[source].dims) != entry.values.shape:
                 raise EdgeoptError(f"the plan's constant for input {index} of node {node_name!r} does not fit the "
                                    f"model (expected a constant of shape {entry.values.shape})")
+    for (node_name, index), entry in plan.biases.items():
+        activation = plan.activations.get(nodes[node_name].input[0])
+        weight = plan.weights.get((node_name, 1))
+        expected = None if activation is None or weight is None else \
+            np.asarray(activation.scale, np.float32) * np.asarray(weight.params.scale, np.float32)
+        if expected is None or not np.array_equal(np.asarray(entry.params.scale, np.float32).reshape(-1),
+                                                  np.asarray(expected, np.float32).reshape(-1)):
+            raise EdgeoptError(f"the plan's int32 bias of node {node_name!r} needs its input quantized, its weight "
+                               "quantized and a scale of input scale x weight scale; expected a consistent plan")

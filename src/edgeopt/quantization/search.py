@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Callable
 
 from .candidates import Candidate
@@ -20,20 +19,6 @@ from .scoring import Score
 logger = logging.getLogger(__name__)
 
 Scorer = Callable[[Candidate], Score]
-
-
-@dataclass
-class SearchLog:
-    """Every candidate scored, in order, for the report."""
-
-    scored: list[tuple[Candidate, Score]] = field(default_factory=list)
-
-    def recorder(self, score: Scorer) -> Scorer:
-        def recorded(candidate: Candidate) -> Score:
-            result = score(candidate)
-            self.scored.append((candidate, result))
-            return result
-        return recorded
 
 
 def choose_ranges(base: Candidate, scopes: tuple[str, ...], methods: tuple[str, ...], score: Scorer,

@@ -131,7 +131,8 @@ def normalization_statistics(view: GraphView) -> dict[str, str]:
                 origin.update({name: set().union(*sources) for name in node.output})
             elif sources:
                 merged.update(*sources)
-        if _is_square(node, view) and all(c.op_type in _REDUCTIONS for c in view.consumers.get(node.output[0], [])):
+        readers = view.consumers.get(node.output[0], []) if node.output else []
+        if _is_square(node, view) and readers and all(c.op_type in _REDUCTIONS for c in readers):
             squares[node.output[0]] = "squared values a variance is reduced from"
     found = {name: "a normalization statistic (mean or variance of a decomposed normalization, or computed "
                    "from them alone)" for name, sources in origin.items() if sources & merged}

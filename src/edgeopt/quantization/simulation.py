@@ -5,9 +5,11 @@ The plan's QuantizeLinear/DequantizeLinear pairs are applied as usual, then ever
 tensor, and every quantized node's constant inputs, sit behind a ``Where`` whose condition is a
 boolean graph input (a switch). Switched on, a reader sees the dequantized tensor; off, the
 float one. For a set of tensors kept float, :meth:`SwitchedModel.switches` sets the switches as
-the real build would quantize (same selection, same parameters), so the simulation differs
-from the build only by the integer kernels' requantization rounding. Absorbed Relu/Clip nodes
-are kept (numerically the same: the quantized range clamps as they do).
+the real build would quantize (same selection, same parameters). It differs from the build by
+the integer kernels' requantization rounding, and in float nodes' weights (exact here, stored
+as int8 in the build). Absorbed Relu/Clip nodes are kept (numerically the same: the quantized
+range clamps as they do). A variant whose parameters differ from the base plan's (a tensor that
+shared the scale of one now float) is not simulated: the builder builds it for real.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class SwitchedModel:
                                         [switched], "sim_where"))
         # A float Conv/Gemm reads the float tensor in the real build: its own switch decides.
         for reader in view.consumers.get(switched, []):
-            if reader.op_type in FLOAT_WEIGHT_READERS and reader.input[0] == switched:
+            if reader.op_type in FLOAT_WEIGHT_READERS and reader.input[0] == switched and len(reader.input) > 1 \
+                    and view.is_constant(reader.input[1]):
                 node_input = view.unique(f"{switched}_for_{reader.name}")
                 new_nodes.append(view.make_node("Where", [self._switch(self.node_switch, reader.name, view), switched,
                                                           float_source], [node_input], "sim_where"))

@@ -4,6 +4,6 @@
 is the first implementation, LiteRT plugs in the same way (``register_runtime``).
 """
 
-from .base import Runner, open_runner, register_runtime, runtimes
+from .base import Runner, open_runner, register_runtime
 
-__all__ = ["Runner", "open_runner", "register_runtime", "runtimes"]
+__all__ = ["Runner", "open_runner", "register_runtime"]

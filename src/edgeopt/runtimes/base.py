@@ -39,11 +39,6 @@ def register_runtime(name: str, suffixes: tuple[str, ...], factory: Callable[...
     _RUNTIMES[name] = (tuple(s.lower() for s in suffixes), factory)
 
 
-def runtimes() -> list[str]:
-    _register_builtin()
-    return sorted(_RUNTIMES)
-
-
 def open_runner(model, threads: int | None = 1, runtime: str | None = None) -> Runner:
     """A :class:`Runner` for ``model`` (a path, or an in-memory model of the runtime's kind)."""
     _register_builtin()
