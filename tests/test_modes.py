@@ -299,22 +299,25 @@ def test_matmul_inputs_scope_runs_integer_matmuls_with_float_outputs(tmp_path):
     assert cosine >= COSINE_BOUND["int8"]
 
 
-def test_auto_scope_tries_matmul_inputs_only_without_convolutions():
-    # A target no int8 model reaches: "all" misses it, so "auto" tries "matmul-inputs" on the
-    # attention model (and keeps whichever is closer to float), never on the CNN.
+def test_auto_scope_tries_matmul_inputs_when_all_misses_the_target():
+    # A target no int8 model reaches: "all" misses it, so "auto" tries "matmul-inputs" (on the
+    # attention model beside "all"; on the CNN after the fallback) and keeps whichever is closer.
     impossible = dict(target_cosine=1.0, fallback=False)
-    attention = models.CASES["attention"]
-    result = edgeopt.quantize(attention.build(), edgeopt.Int8Config(**impossible),
-                              calibration=attention.feeds(CALIBRATION_SEED, 64))
-    errors = result.report["calibration_errors"]
-    assert {key.split("/")[0] for key in errors} == {"all", "matmul-inputs"}
-    chosen = f"{result.report['scope']}/{result.report['calibration_method']}"
-    assert errors[chosen] == min(errors.values())
+    for case in (models.CASES["attention"], models.CASES["conv_net"]):
+        result = edgeopt.quantize(case.build(), edgeopt.Int8Config(**impossible),
+                                  calibration=case.feeds(CALIBRATION_SEED, 64))
+        errors = result.report["calibration_errors"]
+        assert {key.split("/")[0] for key in errors} == {"all", "matmul-inputs"}
+        chosen = f"{result.report['scope']}/{result.report['calibration_method']}"
+        assert errors[chosen] == min(errors.values())
+    # A reachable target: the CNN stays "all" and "matmul-inputs" is never built.
     conv = models.CASES["conv_net"]
-    result = edgeopt.quantize(conv.build(), edgeopt.Int8Config(**impossible), calibration=conv.feeds(CALIBRATION_SEED, 64))
+    result = edgeopt.quantize(conv.build(), edgeopt.Int8Config(target_cosine=0.9),
+                              calibration=conv.feeds(CALIBRATION_SEED, 64))
     assert result.report["scope"] == "all"
     assert all(key.startswith("all/") for key in result.report["calibration_errors"])
     # int16 activations have no MatMulIntegerToFloat: "auto" never picks matmul-inputs for them.
+    attention = models.CASES["attention"]
     result = edgeopt.quantize(attention.build(), edgeopt.Int16x8Config(scope="auto", **impossible),
                               calibration=attention.feeds(CALIBRATION_SEED, 64))
     assert result.report["scope"] == "all"

@@ -192,8 +192,23 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
 
 def _search(builder: CandidateBuilder, config: Int8Config):
     """Ranges, then refinements, then the fallback; returns the candidate, every score by label,
-    and the fallback's decision."""
+    and the fallback's decision. With scope ``auto``, a model that still misses the target is
+    tried with MatMul/Gemm inputs only, and the closer of the two results wins."""
     scopes = _scopes(builder, config)
+    chosen, scores, decision = _search_scopes(builder, config, scopes)
+    if decision.worst_cosine < config.target_cosine and scopes == ("all",) and config.scope == "auto" \
+            and _matmul_inputs_apply(builder, config):
+        other, other_scores, other_decision = _search_scopes(builder, config, ("matmul-inputs",))
+        scores.update(other_scores)
+        final = builder.score(chosen.but(keep_float=frozenset(decision.keep_float)))
+        if builder.score(other.but(keep_float=frozenset(other_decision.keep_float))).error < final.error:
+            chosen, decision = other, other_decision
+    if config.attribution and not decision.attribution:
+        decision.attribution = fallback.attribute(list(builder.plan(chosen).activations), simulated(builder, chosen))
+    return chosen, scores, decision
+
+
+def _search_scopes(builder: CandidateBuilder, config: Int8Config, scopes: tuple[str, ...]):
     methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
     base = Candidate(scope=scopes[0], method=methods[0], bias_correction=config.bias_correction,
                      compensated_rounding=config.weight_rounding == "compensated")
@@ -201,15 +216,13 @@ def _search(builder: CandidateBuilder, config: Int8Config):
     # No weight had input moments (too few samples beyond the check samples): nothing to compensate.
     chosen = chosen.but(compensated_rounding=chosen.compensated_rounding and builder.can_compensate(chosen.scope))
     chosen, refinements = search.choose_refinements(chosen, builder.score)
-    scores = {**scores, **refinements}
+    scores = {**scores, **{f"{chosen.scope}/{label}": score for label, score in refinements.items()}}
     if config.integer_only or not config.fallback:
         cosine = builder.score(chosen).worst_cosine
         decision = fallback.FallbackDecision(worst_cosine=cosine,
                                              steps=[{"kept_float": 0, "worst_cosine": round(cosine, 6)}])
     else:
         decision = _fallback(builder, chosen, config)
-    if config.attribution and not decision.attribution:
-        decision.attribution = fallback.attribute(list(builder.plan(chosen).activations), simulated(builder, chosen))
     return chosen, scores, decision
 
 
@@ -239,24 +252,29 @@ def _fallback(builder: CandidateBuilder, chosen: Candidate, config: Int8Config) 
     return decision
 
 
+def _matmul_inputs_apply(builder: CandidateBuilder, config: Int8Config) -> bool:
+    return not config.integer_only and config.activation_type != "int16" and \
+        bool(builder.selection(Candidate(scope="matmul-inputs")).nodes)
+
+
 def _scopes(builder: CandidateBuilder, config: Int8Config) -> tuple[str, ...]:
     """``auto``: quantize only MatMul/Gemm inputs when quantizing everything misses the target on
     a model without convolutions (a transformer's residual stream and normalisations hold
-    outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed)."""
-    has_matmul_inputs = config.scope != "all" and bool(builder.selection(Candidate(scope="matmul-inputs")).nodes)
-    if config.scope == "matmul-inputs" and not has_matmul_inputs:
+    outliers a per-tensor int8 grid cannot; MatMulIntegerToFloat keeps the speed); models with
+    convolutions try it after the fallback (see :func:`_search`)."""
+    if config.scope == "matmul-inputs" and not builder.selection(Candidate(scope="matmul-inputs")).nodes:
         raise EdgeoptError("scope 'matmul-inputs': the model has no MatMul or Gemm with a constant weight and "
                            "float inputs to quantize")
     if config.scope != "auto":
         return (config.scope,)
     convolutions = any(node.op_type in ("Conv", "ConvTranspose") for node in builder.selection(Candidate()).nodes)
-    if has_matmul_inputs and not config.integer_only and config.activation_type != "int16" and not convolutions:
+    if _matmul_inputs_apply(builder, config) and not convolutions:
         return ("all", "matmul-inputs")
     return ("all",)
 
 
 def _static_report(model, built, chosen: Candidate, scores: dict, decision, samples: int, final_score) -> dict:
-    errors = {label: score.error for label, score in scores.items() if "/" in label and "=" not in label}
+    errors = {label: score.error for label, score in scores.items() if label.count("/") == 1 and "=" not in label}
     return {
         "calibration_samples": samples,
         "quantized_nodes": _count_ops(model, built.plan.nodes),
