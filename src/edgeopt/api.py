@@ -20,7 +20,7 @@ from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
 from .quantization.read_plan import check_plan_fits
-from .quantization.select import check_exclusions, normalization_statistics, select
+from .quantization.select import check_exclusions, excluded_nodes, normalization_statistics, select
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def _check_has_float_weights(model: onnx.ModelProto) -> None:
 def _excluded_weights(model: onnx.ModelProto, exclude: tuple[str, ...]) -> set[str]:
     """Inputs of the nodes the user keeps float (checked: every entry must match a node)."""
     check_exclusions(GraphView(model), exclude)
-    return {name for node in model.graph.node if node.name in exclude or node.op_type in exclude
-            for name in node.input}
+    return {name for node in excluded_nodes(model, exclude) for name in node.input}
 
 
 @register_handler(Float16Config)

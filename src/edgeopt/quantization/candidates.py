@@ -2,7 +2,7 @@
 
 The search (:mod:`.search`) and the fallback (:mod:`.fallback`) only see :class:`Candidate` and
 :class:`~.scoring.Score`; everything that touches graphs and sessions is here, memoised so that
-each candidate is built and run once.
+each candidate is scored once (the chosen one is built once more to be returned).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .plan import QuantizationPlan, same_params
 from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
 from .scoring import Score, run_outputs, score_outputs
-from .select import Selection, select
+from .select import Selection, excluded_nodes, select
 from .simulation import SwitchedModel
 from . import weights as weight_storage
 
@@ -67,11 +67,9 @@ class CandidateBuilder:
         self.view = GraphView(model)
         self.dtypes = tensor_dtypes(model)
         self.original_weights = {init.name for init in model.graph.initializer}
-        self.excluded_weights = {name for node in model.graph.node
-                                 if node.name in config.exclude or node.op_type in config.exclude
-                                 for name in node.input}
-        self.excluded_nodes = {node.name: "excluded by the config" for node in model.graph.node
-                               if node.name in config.exclude or node.op_type in config.exclude}
+        excluded = excluded_nodes(model, config.exclude)
+        self.excluded_weights = {name for node in excluded for name in node.input}
+        self.excluded_nodes = {node.name: "excluded by the config" for node in excluded}
         self._rounded: dict[str, dict] = {}
         self._scores: dict[Candidate, Score] = {}
         self._plan_memo: dict = {}

@@ -31,7 +31,14 @@ def check_exclusions(view: GraphView, exclude: tuple[str, ...]) -> None:
     names = {node.name for node in view.graph.node} | {node.op_type for node in view.graph.node}
     unknown = [item for item in exclude if item not in names]
     if unknown:
-        raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model")
+        raise EdgeoptError(f"exclude: {unknown} match no node name or operator type in the model (after "
+                           "preparation, which folds constants, BatchNormalization and constant Mul/Add into "
+                           "convolutions; name a node that remains)")
+
+
+def excluded_nodes(model: onnx.ModelProto, exclude: tuple[str, ...]) -> list[onnx.NodeProto]:
+    """The nodes ``exclude`` names, by node name or operator type."""
+    return [node for node in model.graph.node if node.name in exclude or node.op_type in exclude]
 
 
 #: The operators the "matmul-inputs" scope quantizes (their inputs only; see :func:`select`).
