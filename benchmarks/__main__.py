@@ -309,6 +309,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             fresh[name] = run_case(name, args.quick, args.work)
             fresh[name]["benchmark_seconds"] = round(time.perf_counter() - started)
+            fresh[name]["date"] = datetime.date.today().isoformat()  # a later --only run keeps this case's
             fresh[name]["group"] = case_registry.GROUPS[name]
         previous = merge(previous, fresh, args)
         results_path.write_text(json.dumps(previous, indent=2) + "\n")

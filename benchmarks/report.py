@@ -186,7 +186,9 @@ def summary(results: dict) -> list[str]:
         if best:
             anchor = f"{best[0]}: {anchor}"
         dynamic, dynamic_latency = cell(rows.get("edgeopt dynamic"), base, metric)
-        lines.append(f"| {case['name']} | {METRIC_NAMES[metric]} | {_value(base['metric'], metric)} | {ours} | "
+        name = case["name"] if case.get("date") == results["date"] else \
+            f"{case['name']} (measured {case.get('date', 'earlier')}, earlier code)"
+        lines.append(f"| {name} | {METRIC_NAMES[metric]} | {_value(base['metric'], metric)} | {ours} | "
                      f"{ours_latency} | {size} | {anchor} | {anchor_latency} | {dynamic} | {dynamic_latency} |")
     return lines
 
@@ -250,7 +252,10 @@ def render(results: dict, here: pathlib.Path) -> None:
              "optimizer ran in a fresh process. Anchors got the same model and calibration data as edgeopt. "
              "Figure: [results.png](results.png) (accuracy against size and against latency).", ""]
     for case in results["cases"]:
-        lines += [f"## {case['title']}", "", f"{case['note']}.", ""] + _case_table(case) + [""]
+        earlier = case.get("date") != results["date"]
+        when = (f"**Measured on {case.get('date', 'an earlier day')} by an earlier run (earlier code), not in "
+                "the run above.** ") if earlier else ""
+        lines += [f"## {case['title']}", "", f"{when}{case['note']}.", ""] + _case_table(case) + [""]
         lines += _comparison(case) + [""] + _decisions(case)
     lines += ["## Targets", ""] + targets(results) + [""]
     reading = here / "READING.md"
