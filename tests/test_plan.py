@@ -117,3 +117,22 @@ def test_read_plan_of_another_tools_qdq_model():
     entry = plan.weights[("mm", 1)]
     assert entry.params.axis == 1 and entry.values.dtype == np.int8
     np.testing.assert_array_equal(entry.values, weight)
+
+
+def test_safe_weight_range_keeps_depthwise_convolutions_at_full_range():
+    # ONNX Runtime's depthwise kernel cannot saturate; the other convolutions stay in [-64, 64].
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 1, 3, 3)).astype(np.float32), "dw"),
+             numpy_helper.from_array(rng.normal(size=(8, 8, 1, 1)).astype(np.float32), "pw")]
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["d"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "pw"], ["y"], name="pointwise")]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
+    plan = edgeopt.quantize(model, edgeopt.Int8Config(weight_rounding="nearest"), calibration={"x": x}).plan
+    assert int(np.abs(plan.weights[("depthwise", 1)].values.astype(np.int32)).max()) == 127
+    assert int(np.abs(plan.weights[("pointwise", 1)].values.astype(np.int32)).max()) == 64

@@ -33,6 +33,18 @@ class Ranges:
     correct_biases: bool = True
 
 
+def weight_qmax(node, view: GraphView, weight_range: str) -> int:
+    """The largest int8 weight for ``node``. Depthwise convolutions take the full range whatever
+    ``weight_range`` says: ONNX Runtime's depthwise kernel widens to 16 bits before it adds, so
+    it cannot saturate (measured exact with weights of +-127 against activations of 200-255),
+    and their 9 weights per channel need the bit most."""
+    weight = view.initializers.get(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type == "Conv" and weight is not None and len(weight.dims) == 4 and weight.dims[1] == 1 \
+            and attribute(node, "group", 1) == weight.dims[0] and weight.dims[0] > 1:
+        return WEIGHT_RANGES["full"]
+    return WEIGHT_RANGES[weight_range]
+
+
 def round_weights(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
                   weight_range: str = "safe") -> dict[tuple[str, int], np.ndarray]:
     """Compensated int8 weights (as float values on their grid) for every weight whose input
@@ -42,8 +54,8 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     readers: dict[str, int] = {}
     for name, _ in selection.weights.values():
         readers[name] = readers.get(name, 0) + 1
-    qmax = WEIGHT_RANGES[weight_range]
     for key, (name, axis) in selection.weights.items():
+        qmax = weight_qmax(nodes[key[0]], view, weight_range)
         if readers[name] > 1:
             continue  # one stored tensor for several layers: nearest rounding, stored once
         node = nodes[key[0]]
@@ -89,8 +101,9 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     """
     memo = {} if memo is None else memo
     result = plan_activations(view, selection, observers, ranges, memo, absorb)
-    qmax = WEIGHT_RANGES[ranges.weight_range]
-    weights = {key: weight_params(view.constant(name), axis, qmax=qmax)
+    nodes = {node.name: node for node in selection.nodes}
+    weights = {key: weight_params(view.constant(name), axis,
+                                  qmax=weight_qmax(nodes[key[0]], view, ranges.weight_range))
                for key, (name, axis) in selection.weights.items()}
     on_grid = {key: (weight_values or {}).get(key) for key in weights}
     biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
@@ -102,7 +115,7 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     for key, params in weights.items():
         name, axis = selection.weights[key]
         compensated = on_grid[key] is not None
-        memo_key = ("weight", key if compensated else name, axis, qmax, params.scale.tobytes())
+        memo_key = ("weight", key if compensated else name, axis, params.scale.tobytes())
         if memo_key not in memo:
             memo[memo_key] = quantize(on_grid[key] if compensated else view.constant(name), params)
         result.weights[key] = QuantizedConstant(params, memo[memo_key])
