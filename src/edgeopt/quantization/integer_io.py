@@ -129,7 +129,6 @@ def check_no_float_operators(model: onnx.ModelProto) -> None:
 
 
 def read_io_params(model: onnx.ModelProto) -> dict[str, dict]:
-    import json
 
     return {entry.key[len(METADATA_PREFIX):]: json.loads(entry.value) for entry in model.metadata_props
             if entry.key.startswith(METADATA_PREFIX)}

@@ -40,35 +40,27 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _io_quant_params(entry: dict):
+    """The QuantParams an integer-only model's ``edgeopt.io.<name>`` metadata entry describes."""
+    from ..quantization.numerics import QuantParams
+
+    return QuantParams(np.float32(entry["scale"]), np.array(entry["zero_point"], dtype=entry["dtype"]), entry["dtype"])
+
+
 def encode_feed(feed: dict, io_params: dict) -> dict:
     """Float inputs to the integers an integer-only model takes (its stored scales)."""
-    from ..quantization.numerics import QuantParams, quantize
+    from ..quantization.numerics import quantize
 
-    encoded = {}
-    for name, value in feed.items():
-        params = io_params.get(name)
-        if params is None or params["role"] != "input":
-            encoded[name] = value
-            continue
-        encoded[name] = quantize(value, QuantParams(np.float32(params["scale"]),
-                                                    np.array(params["zero_point"], dtype=params["dtype"]),
-                                                    params["dtype"]))
-    return encoded
+    return {name: quantize(value, _io_quant_params(io_params[name]))
+            if io_params.get(name, {}).get("role") == "input" else value for name, value in feed.items()}
 
 
 def decode_outputs(outputs: list, names: list[str], io_params: dict) -> list:
-    from ..quantization.numerics import QuantParams, dequantize
+    """An integer-only model's integer outputs back to float."""
+    from ..quantization.numerics import dequantize
 
-    decoded = []
-    for name, value in zip(names, outputs):
-        params = io_params.get(name)
-        if params is None or params["role"] != "output":
-            decoded.append(value)
-        else:
-            decoded.append(dequantize(value, QuantParams(np.float32(params["scale"]),
-                                                         np.array(params["zero_point"], dtype=params["dtype"]),
-                                                         params["dtype"])))
-    return decoded
+    return [dequantize(value, _io_quant_params(io_params[name]))
+            if io_params.get(name, {}).get("role") == "output" else value for name, value in zip(names, outputs)]
 
 
 class OnnxRuntimeRunner:
