@@ -129,6 +129,6 @@ def check_no_float_operators(model: onnx.ModelProto) -> None:
 
 
 def read_io_params(model: onnx.ModelProto) -> dict[str, dict]:
-
+    """The integer inputs' and outputs' scales an integer-only model stores (empty otherwise)."""
     return {entry.key[len(METADATA_PREFIX):]: json.loads(entry.value) for entry in model.metadata_props
             if entry.key.startswith(METADATA_PREFIX)}
