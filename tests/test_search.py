@@ -48,6 +48,14 @@ def test_refinements_are_kept_only_where_they_lower_the_error():
     scorer = FakeScorer(lambda c: Score(errors[(c.bias_correction, c.compensated_rounding)], 0.99))
     best, scores = search.choose_refinements(Candidate(), scorer)
     assert (best.bias_correction, best.compensated_rounding) == (True, False)
+    assert len(scores) == 3  # bias correction off alone was worse: both off is not tried
+
+
+def test_both_refinements_off_is_tried_when_each_alone_is_better_off():
+    errors = {(True, True): 0.020, (True, False): 0.015, (False, True): 0.018, (False, False): 0.012}
+    scorer = FakeScorer(lambda c: Score(errors[(c.bias_correction, c.compensated_rounding)], 0.99))
+    best, scores = search.choose_refinements(Candidate(), scorer)
+    assert (best.bias_correction, best.compensated_rounding) == (False, False)
     assert len(scores) == 4
 
 

@@ -47,7 +47,8 @@ def output_fidelity(reference_outputs: list[list[np.ndarray]], outputs: list[lis
     """Per float output, over all batches: ``pooled_error`` (squared error energy over signal
     energy, pooled over samples), ``pooled_cosine`` (the cosine of all samples' values taken as
     one vector), ``worst_cosine`` (lowest per-sample cosine among the samples that are not
-    silent) and ``silent`` (how many samples were left out of it)."""
+    silent), ``silent`` (how many samples were left out of it) and ``sample_cosines`` (each
+    sample's cosine, NaN where silent)."""
     scores = []
     for index in range(len(reference_outputs[0]) if reference_outputs else 0):
         ref_rows, out_rows = [], []
@@ -65,7 +66,10 @@ def output_fidelity(reference_outputs: list[list[np.ndarray]], outputs: list[lis
             energy = np.sum(ref ** 2, axis=1)
             audible = energy > SILENT_ENERGY * max(float(energy.mean()), 1e-300)
             cosine = cosine_per_sample(ref[audible], out[audible]) if audible.any() else np.ones(1)
+            per_sample = np.full(len(ref), np.nan)
+            per_sample[audible] = cosine[:int(audible.sum())]
             scores.append({"pooled_error": float(np.sum((ref - out) ** 2) / max(float(energy.sum()), 1e-30)),
                            "pooled_cosine": float(cosine_per_sample(ref.reshape(1, -1), out.reshape(1, -1))[0]),
-                           "worst_cosine": float(cosine.min()), "silent": int(np.sum(~audible))})
+                           "worst_cosine": float(cosine.min()), "silent": int(np.sum(~audible)),
+                           "sample_cosines": per_sample})
     return scores

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 MAX_ROUNDING_INPUTS = 4096
 #: Calibration samples replayed to check candidates against float (held out from the moments).
 CHECK_SAMPLES = 64
+#: Check samples of a :class:`~edgeopt.data.Batch` run at a time: a candidate's session keeps the
+#: memory of its largest run (64 ImageNet images through MobileNetV2 at once: 520 MB).
+CHECK_PIECE = 8
 #: Samples after the check samples whose input moments compensated rounding fits on.
 ROUNDING_SAMPLES = 128
 
@@ -75,7 +78,7 @@ def calibrate(model: onnx.ModelProto, selection: Selection, feeds, *, max_sample
                 check = feed
                 if isinstance(feed, Batch) and kept + batch_size(feed) > CHECK_SAMPLES:
                     check = Batch({name: value[:CHECK_SAMPLES - kept] for name, value in feed.items()})
-                check_feeds.append(check)
+                check_feeds.extend(_pieces(check, CHECK_PIECE))
                 kept += batch_size(check)
             yield feed
 
@@ -96,7 +99,7 @@ def batch_size(feed: dict) -> int:
 
 #: Calibration runs the model on at most this many bytes of observed tensors at once (a batch of
 #: 16 ImageNet images through MobileNetV2 is about 2 GB of activations).
-CALIBRATION_BYTES = 256 << 20
+CALIBRATION_BYTES = 64 << 20
 
 
 @dataclass
@@ -165,16 +168,16 @@ def _pieces(feed: dict, size: int):
         yield feed
         return
     for start in range(0, count, size):
-        yield {name: value[start:start + size] for name, value in feed.items()}
+        yield Batch({name: value[start:start + size] for name, value in feed.items()})
 
 
 def _observe(observer: HistogramObserver, name: str, value: np.ndarray, samples: int, extra: _Wanted) -> None:
     observer.update(value)
     if name in extra.channel_means_for:
         observer.update_channel_means(value)
-    for node_name, geometry in extra.conv_windows.get(name, []):
-        if np.ndim(value) == 4:
-            observer.update_window_means(node_name, value, *geometry)
+    if name in extra.conv_windows:
+        observer.update_images(value)
+        observer.window_geometry.update(extra.conv_windows[name])
     first, stop = extra.moment_samples
     if name in extra.moment_inputs and np.ndim(value) and samples < stop and samples + len(value) > first:
         part = np.asarray(value)[max(first - samples, 0):stop - samples]

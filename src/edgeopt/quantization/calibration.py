@@ -8,11 +8,16 @@ numpy only.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .numerics import INTEGER_RANGES, affine_params
 
 DEFAULT_BINS = 2048
+#: Values binned at a time: the index temporaries stay a few MB and are reused, where one
+#: tensor-sized int64 temporary per update cost most of calibration's time (page faults).
+HISTOGRAM_CHUNK = 1 << 20
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -26,35 +31,47 @@ class HistogramObserver:
         self.min = np.inf
         self.max = -np.inf
         self.total = 0
-        self.sum = 0.0
         self.nonfinite = 0  # -inf masks, NaN: counted, kept out of the histogram
         self.channel_sums: np.ndarray | None = None
-        self.window_totals: dict[str, list] = {}
         self.channel_count = 0
+        #: (C, H, W) -> [the NCHW tensor summed over samples; samples]. float32: these images add
+        #: up to about one sample's activations, and a mean over a few hundred samples needs no more
+        self.image_totals: dict[tuple, list] = {}
+        #: node name -> (kernel, strides, pads, dilations) of a 2-D convolution reading this tensor
+        self.window_geometry: dict[str, tuple] = {}
         #: node name -> [sum of x x^T over the inputs that node sees, count] (weight rounding)
         self.moment_totals: dict[str, list] = {}
 
     def update_channel_means(self, values: np.ndarray) -> None:
         """Accumulate the mean of axis 1 (channels of NCHW, features of N x K) for bias correction."""
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values)
         if values.ndim < 2:
             return
-        axes = tuple(i for i in range(values.ndim) if i != 1)
-        sums = values.sum(axis=axes)
+        # Positions in float32 per (sample, channel), then float64 over samples: no float64 copy.
+        inner = tuple(range(2, values.ndim))
+        sums = (values.sum(axis=inner) if inner else values).astype(np.float64).sum(axis=0)
         if self.channel_sums is None:
             self.channel_sums = np.zeros_like(sums)
         if sums.shape == self.channel_sums.shape:
             self.channel_sums += sums
             self.channel_count += values.size // values.shape[1]
 
-    def update_window_means(self, key: str, values: np.ndarray, kernel, strides, pads, dilations) -> None:
-        """Accumulate, per input channel and kernel offset, the mean of the zero-padded input that a
-        2-D convolution's output positions see (exact bias correction with padding and stride)."""
-        sums, count = window_sums(np.asarray(values, dtype=np.float64), kernel, strides, pads, dilations)
-        _accumulate(self.window_totals, key, sums, count)
+    def update_images(self, values: np.ndarray) -> None:
+        """Accumulate the sum over samples of an NCHW tensor, from which :meth:`window_means` forms
+        what each convolution reading it sees (window sums are linear: one image per tensor and
+        image size, whatever the number of samples or convolutions)."""
+        values = np.asarray(values)
+        if values.ndim == 4:
+            _accumulate(self.image_totals, values.shape[1:], values.sum(axis=0, dtype=np.float32), len(values))
 
     def window_means(self, key: str) -> np.ndarray | None:
-        return _mean(self.window_totals, key)
+        """Per input channel and kernel offset, the mean of the zero-padded input that the output
+        positions of convolution ``key`` see (exact bias correction with padding and stride)."""
+        if key not in self.window_geometry or not self.image_totals:
+            return None
+        totals = [window_sums(image[None].astype(np.float64), *self.window_geometry[key]) for image, _ in self.image_totals.values()]
+        positions = sum(count * samples for (_, count), (_, samples) in zip(totals, self.image_totals.values()))
+        return sum(sums for sums, _ in totals) / max(positions, 1)
 
     def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
         _accumulate(self.moment_totals, key, sums, count)
@@ -85,42 +102,48 @@ class HistogramObserver:
             vmin, vmax = float(values.min()), float(values.max())
         self.min, self.max = min(self.min, vmin), max(self.max, vmax)
         self.total += values.size
-        self.sum += float(values.sum(dtype=np.float64))
         if self.low is None:
-            span = vmax - vmin
-            if span == 0.0:
-                span = max(abs(vmax), 1e-6)
-            self.low = vmin
-            self.width = span * 1.0001 / self.bins
-        self._grow(vmin, vmax)
-        # In place, in float32: one temporary the size of the tensor instead of four.
-        index = np.subtract(values, np.float32(self.low))
-        index *= np.float32(1.0 / self.width)
-        np.clip(index, 0, self.bins - 1, out=index)
-        self.counts += np.bincount(index.astype(np.intp), minlength=self.bins)
+            span = max(vmax - vmin, abs(vmax), 1e-30) if vmax == vmin else vmax - vmin
+            self.width = 2.0 ** math.ceil(math.log2(span / self.bins))
+            self.low = math.floor(vmin / self.width) * self.width
+        self._grow()
+        # float32 arithmetic, unless the grid's start is beyond float32 (a -3.4e38 mask value)
+        dtype = np.float32 if abs(self.low) < 1e38 else np.float64
+        low, inverse = dtype(self.low), dtype(1.0 / self.width)
+        buffer = np.empty(min(values.size, HISTOGRAM_CHUNK), dtype=dtype)
+        for start in range(0, values.size, HISTOGRAM_CHUNK):
+            part = values[start:start + HISTOGRAM_CHUNK]
+            index = buffer[:part.size]
+            np.subtract(part, low, out=index)
+            index *= inverse
+            np.clip(index, 0, self.bins - 1, out=index)
+            self.counts += np.bincount(index.astype(np.intp), minlength=self.bins)
 
-    def _grow(self, vmin: float, vmax: float) -> None:
-        """Widen the range, by merging 2**k old bins into one, until it covers [vmin, vmax]."""
-        while vmin < self.low or vmax >= self.high:
-            old_low = self.low
-            self.width *= 2.0
-            # Keep the old bin edges on the new grid: shift the start by a whole number of old bins.
-            shift = self.bins // 2 if vmin < old_low else 0
-            self.low = old_low - shift * (self.width / 2.0)
-            merged = np.zeros_like(self.counts)
-            positions = (np.arange(self.bins) + shift) // 2
-            np.add.at(merged, positions, self.counts)
-            self.counts = merged
+    def _grow(self) -> None:
+        """Move and widen the range until it covers every value seen: the start moves down by whole
+        bins, and where that is not enough the bin width doubles and the start moves to a multiple
+        of the new width, so 2**k old bins merge exactly into one. Widths
+        are powers of two and starts multiples of them, so the grid is the narrowest that covers the
+        extremes, whatever the batches the data came in."""
+        if self.low <= self.min and self.max < self.high:
+            return
+        width = self.width
+        low = math.floor(self.min / width) * width  # first a shift by whole bins at the same width
+        while not self.max < low + width * self.bins:
+            width *= 2.0
+            low = math.floor(self.min / width) * width
+        offset, factor = round((self.low - low) / self.width), round(width / self.width)
+        # Old bins past the data (empty) may fall beyond the new grid: clipped, they add nothing.
+        positions = np.minimum((np.arange(self.bins) + offset) // factor, self.bins - 1)
+        merged = np.zeros_like(self.counts)
+        np.add.at(merged, positions, self.counts)
+        self.counts, self.width, self.low = merged, width, low
 
     def bin_centers(self) -> np.ndarray:
         return self.low + self.width * (np.arange(self.bins) + 0.5)
 
-    @property
-    def mean(self) -> float:
-        return self.sum / max(self.total, 1)
 
-
-def _accumulate(table: dict[str, list], key: str, sums: np.ndarray, count: int) -> None:
+def _accumulate(table: dict, key, sums: np.ndarray, count: int) -> None:
     """Add ``sums`` over ``count`` items to the running total stored under ``key``."""
     total = table.setdefault(key, [np.zeros_like(sums), 0])
     if total[0].shape == sums.shape:
@@ -142,7 +165,7 @@ def window_sums(x: np.ndarray, kernel, strides, pads, dilations) -> tuple[np.nda
     top, left, bottom, right = pads
     n, c, h, w = x.shape
     # Sums are linear: add the samples up first, then pad and slice one image instead of n.
-    padded = np.pad(x.sum(axis=0, keepdims=True), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    padded = np.pad(x.sum(axis=0, keepdims=True, dtype=np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     out_w = (w + left + right - dw * (kw - 1) - 1) // sw + 1
     sums = np.empty((c, kh * kw))

@@ -43,12 +43,19 @@ def choose_ranges(base: Candidate, scopes: tuple[str, ...], methods: tuple[str, 
 
 def choose_refinements(base: Candidate, score: Scorer) -> tuple[Candidate, dict[str, Score]]:
     """Bias correction and compensated rounding, each on only if ``base`` has it and it lowers the
-    error; ties keep it on (it was measured no worse)."""
+    error; ties keep it on (it was measured no worse). Each is first turned off alone; both off is
+    tried only when each alone was better off (a build saved on most models)."""
     options = [(bias, compensated) for bias in dict.fromkeys((base.bias_correction, False))
                for compensated in dict.fromkeys((base.compensated_rounding, False))]
+    first = (base.bias_correction, base.compensated_rounding)
+    both_off = (False, False)
     scores = {option: score(base.but(bias_correction=option[0], compensated_rounding=option[1]))
-              for option in options}
-    bias, compensated = min(options, key=lambda o: (scores[o].error, -o[1], -o[0]))
+              for option in options if option != both_off or option == first}
+    singles = [option for option in scores if option != first]
+    if both_off in options and both_off not in scores and \
+            all(scores[option].error < scores[first].error for option in singles):
+        scores[both_off] = score(base.but(bias_correction=False, compensated_rounding=False))
+    bias, compensated = min(scores, key=lambda o: (scores[o].error, -o[1], -o[0]))
     logger.info("relative output error by (bias correction, compensated rounding): %s; kept %s",
                 {f"{b}/{c}": round(s.error, 6) for (b, c), s in scores.items()}, (bias, compensated))
     return (base.but(bias_correction=bias, compensated_rounding=compensated),

@@ -11,11 +11,14 @@ from ..errors import EdgeoptError
 
 
 def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | None = None,
-                 optimize: bool = True):
+                 optimize: bool = True, arena: bool = True):
+    """A CPU session; ``arena=False`` returns each run's memory instead of keeping the largest
+    run's (calibration, whose runs return every intermediate tensor)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
