@@ -20,7 +20,8 @@ from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
 from .quantization.read_plan import check_plan_fits
-from .quantization.select import check_exclusions, excluded_nodes, normalization_statistics, select
+from .quantization.select import (check_exclusions, excluded_nodes, normalization_statistics,
+                                  pointwise_interiors, select)
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +173,11 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
     if sentinels and config.integer_only:
         name = next(iter(sentinels))
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
-    # Integer-only models must quantize everything; elsewhere normalization statistics stay float.
+    # Integer-only models must quantize everything; elsewhere normalization statistics and the
+    # inside of decomposed activations stay float.
     statistics = {} if config.integer_only else {
-        name: reason for name, reason in normalization_statistics(view).items() if name in everything.activations}
+        name: reason for name, reason in {**pointwise_interiors(view), **normalization_statistics(view)}.items()
+        if name in everything.activations}
     builder = CandidateBuilder(model, config, measured, {**statistics, **sentinels})
     chosen, scores, decision = _search(builder, config)
     builder.progress.close()

@@ -112,6 +112,9 @@ _REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2"}
 #: statistics or constants).
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Max", "Min", "Cast",
                 "Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity"}
+#: Of these, operators whose inputs after the first are shapes or axes (computed at run time by
+#: some exporters: tf2onnx's BroadcastTo reads Shape -> Concat -> Cast).
+_SHAPED = {"Reshape", "Expand", "Unsqueeze", "Squeeze"}
 
 
 def normalization_statistics(view: GraphView) -> dict[str, str]:
@@ -129,7 +132,8 @@ def normalization_statistics(view: GraphView) -> dict[str, str]:
     merged: set[int] = set()
     squares: dict[str, str] = {}
     for index, node in enumerate(view.graph.node):  # graph order: producers come first
-        variable = [name for name in node.input if name and not view.is_constant(name)]
+        data = node.input[:1] if node.op_type in _SHAPED else node.input  # not shapes or axes
+        variable = [name for name in data if name and not view.is_constant(name)]
         if node.op_type in _REDUCTIONS:
             origin.update({name: {index} for name in node.output})
         elif node.op_type in _ELEMENTWISE and variable:
@@ -144,6 +148,43 @@ def normalization_statistics(view: GraphView) -> dict[str, str]:
     found = {name: "a normalization statistic (mean or variance of a decomposed normalization, or computed "
                    "from them alone)" for name, sources in origin.items() if sources & merged}
     return {**found, **squares}
+
+
+#: Elementwise operators of one variable tensor (with constants) that exporters chain into
+#: activation functions: GELU as x * 0.5 * (1 + tanh(c * (x + 0.044715 x^3))) or with Erf, SiLU as
+#: x * sigmoid(x), Mish.
+_POINTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Tanh", "Erf", "Sigmoid",
+              "Exp", "Log", "Softplus", "Max", "Min"}
+
+
+def pointwise_interiors(view: GraphView) -> dict[str, str]:
+    """Tensors inside a decomposed activation function: a chain of elementwise operators whose
+    only variable input is one tensor ``x`` (the others constants), read only inside the chain.
+    The chain's result is quantized as any activation; its interior (``x^3``, the tanh, the
+    sigmoid) gains nothing from an integer kernel, and each 8-bit step adds error (measured:
+    magika's two tanh-GELUs took int8 from a cosine of 0.955 to 0.989 when kept float)."""
+    root: dict[str, str] = {}  # tensor -> the one variable tensor it is a pointwise function of
+    members: dict[str, set[str]] = {}  # root -> names of the nodes of its chain
+    for node in view.graph.node:
+        if node.op_type not in _POINTWISE or not node.output:
+            continue
+        sources = {root.get(name, name) for name in node.input if name and not view.is_constant(name)}
+        if len(sources) != 1:
+            continue
+        (source,) = sources
+        members.setdefault(source, set()).add(node.name)
+        root.update({name: source for name in node.output})
+    outputs = {value.name for value in view.graph.output}
+    interiors = {}
+    for node in view.graph.node:
+        chain = members.get(root.get(node.output[0], ""), set()) if node.output else set()
+        if node.name not in chain or len(chain) < 2 or node.output[0] in outputs:
+            continue
+        readers = view.consumers.get(node.output[0], [])
+        if readers and all(reader.name in chain for reader in readers):
+            interiors[node.output[0]] = ("inside a decomposed activation function (a pointwise chain of one tensor, "
+                                         "such as GELU or SiLU): only its result is quantized")
+    return interiors
 
 
 def _is_square(node: onnx.NodeProto, view: GraphView) -> bool:
