@@ -105,3 +105,16 @@ def test_int8_quantizes_a_decomposed_gelu_at_its_input_and_result_only():
     assert {"h", "gelu"} <= set(result.plan.activations)
     integer_only = edgeopt.quantize(model, edgeopt.Int8Config(integer_only=True), calibration={"x": x})
     assert "h3" in integer_only.plan.activations  # integer-only quantizes everything
+
+
+def test_silu_stays_quantized_its_kernels_are_integer():
+    """x * sigmoid(x): QLinearSigmoid and QLinearMul run it in integers, faster than float."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (16, 16)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Sigmoid", ["h"], ["s"], name="sigmoid"),
+             helper.make_node("Mul", ["h", "s"], ["y"], name="silu")]
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert pointwise_interiors(GraphView(model)) == {}

@@ -62,16 +62,19 @@ class HistogramObserver:
         image size, whatever the number of samples or convolutions)."""
         values = np.asarray(values)
         if values.ndim == 4:
-            _accumulate(self.image_totals, values.shape[1:], values.sum(axis=0, dtype=np.float32), len(values))
+            image = values.sum(axis=0, dtype=np.float32)
+            _accumulate(self.image_totals, values.shape[1:], image, len(values))
 
     def window_means(self, key: str) -> np.ndarray | None:
         """Per input channel and kernel offset, the mean of the zero-padded input that the output
         positions of convolution ``key`` see (exact bias correction with padding and stride)."""
         if key not in self.window_geometry or not self.image_totals:
             return None
-        totals = [window_sums(image[None].astype(np.float64), *self.window_geometry[key]) for image, _ in self.image_totals.values()]
-        positions = sum(count * samples for (_, count), (_, samples) in zip(totals, self.image_totals.values()))
-        return sum(sums for sums, _ in totals) / max(positions, 1)
+        sums, positions = 0.0, 0
+        for image, samples in self.image_totals.values():
+            image_sums, per_sample = window_sums(image[None].astype(np.float64), *self.window_geometry[key])
+            sums, positions = sums + image_sums, positions + per_sample * samples
+        return sums / max(positions, 1)
 
     def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
         _accumulate(self.moment_totals, key, sums, count)

@@ -80,7 +80,8 @@ def conv_patch_moments(x: np.ndarray, group: int, kernel, strides, pads, dilatio
     top, left, bottom, right = pads
     n, c, h, w = x.shape
     if patches_per_sample is None:
-        patches_per_sample = int(np.clip(PATCHES_PER_INPUT * (c // group) * kh * kw, MIN_PATCHES, MAX_PATCHES))
+        inputs = (c // group) * kh * kw
+        patches_per_sample = int(np.clip(PATCHES_PER_INPUT * inputs, MIN_PATCHES, MAX_PATCHES))
     x = np.asarray(x, dtype=np.float32)
     out_h = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
     out_w = (w + left + right - dw * (kw - 1) - 1) // sw + 1
