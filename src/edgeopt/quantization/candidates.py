@@ -71,6 +71,7 @@ class CandidateBuilder:
         self.excluded_weights = {name for node in excluded for name in node.input}
         self.excluded_nodes = {node.name: "excluded by the config" for node in excluded}
         self._rounded: dict[str, dict] = {}
+        self._rounding_memo: dict = {}
         self._scores: dict[Candidate, Score] = {}
         self._plan_memo: dict = {}
         self._storage_memo: dict = {}
@@ -104,7 +105,8 @@ class CandidateBuilder:
         """Compensated weights, computed the first time a candidate of this scope asks for them."""
         if scope not in self._rounded:
             self._rounded[scope] = round_weights(self.view, self.selection(Candidate(scope=scope)),
-                                                 self.calibration.observers, self.config.weight_range)
+                                                 self.calibration.observers, self.config.weight_range,
+                                                 self._rounding_memo)
         return self._rounded[scope]
 
     def build(self, candidate: Candidate) -> Built:

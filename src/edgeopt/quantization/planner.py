@@ -46,10 +46,12 @@ def weight_qmax(node, view: GraphView, weight_range: str) -> int:
 
 
 def round_weights(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
-                  weight_range: str = "safe") -> dict[tuple[str, int], np.ndarray]:
+                  weight_range: str = "safe", memo: dict | None = None) -> dict[tuple[str, int], np.ndarray]:
     """Compensated int8 weights (as float values on their grid) for every weight whose input
-    moments calibration collected; the scales are those :func:`plan` chooses."""
+    moments calibration collected; the scales are those :func:`plan` chooses. ``memo`` keeps
+    each weight's result across selections (scopes select the same MatMul weights)."""
     values = {}
+    memo = {} if memo is None else memo
     nodes = {node.name: node for node in selection.nodes}
     readers: dict[str, int] = {}
     for name, _ in selection.weights.values():
@@ -58,6 +60,9 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
         qmax = weight_qmax(nodes[key[0]], view, weight_range)
         if readers[name] > 1:
             continue  # one stored tensor for several layers: nearest rounding, stored once
+        if (key, name, qmax) in memo:
+            values[key] = memo[(key, name, qmax)]
+            continue
         node = nodes[key[0]]
         observer = observers.get(node.input[0])
         moments = None if observer is None else observer.moments(key[0])
@@ -77,7 +82,7 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
                                               scales.reshape(groups, per_group), moments, -qmax, qmax)
         rounded = (integers.reshape(rows.shape) * scales[:, None]).astype(np.float32)
         rounded = rounded.reshape((weight.T if transposed else weight).shape)
-        values[key] = rounded.T if transposed else rounded
+        values[key] = memo[(key, name, qmax)] = rounded.T if transposed else rounded
     return values
 
 
