@@ -40,6 +40,24 @@ def peak_memory_mb() -> float:
     return float("nan")
 
 
+#: The first words of each reason edgeopt gives for a tensor kept float, and the table's name for it.
+REASON_KINDS = (("a normalization statistic", "normalization statistics"),
+                ("squared values a variance", "normalization statistics"),
+                ("inside a decomposed activation", "inside decomposed activations"),
+                ("holds sentinel values", "sentinel values"),
+                ("keeping it float alone", "kept by the fallback"),
+                ("excluded by the config", "excluded"))
+
+
+def reason_kinds(kept_float: dict[str, str]) -> dict[str, int]:
+    """How many tensors stayed float for each kind of reason (the report gives each one's text)."""
+    counts: dict[str, int] = {}
+    for reason in kept_float.values():
+        kind = next((name for prefix, name in REASON_KINDS if reason.startswith(prefix)), "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def calibration_feeds(model_path: str, calibration: str) -> list[dict]:
     """The anchors' calibration feeds; dims a model declares as -1 read as dynamic (as
     onnxruntime does), so an anchor meets the model as shipped."""
@@ -75,7 +93,8 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         report = result.report
         return {key: report[key] for key in ("scope", "calibration_method", "weight_rounding", "bias_correction")
                 if key in report} | \
-            ({"kept_float": len(report["kept_float"])} if "kept_float" in report else {})
+            ({"kept_float": len(report["kept_float"]), "kept_float_why": reason_kinds(report["kept_float"])}
+             if "kept_float" in report else {})
     elif variant.startswith("onnxruntime static"):
         method = variant.rsplit(" ", 1)[1]
         activation = "int8" if "S8S8" in variant else "uint8"

@@ -111,8 +111,11 @@ def _decisions(case: dict) -> list[str]:
         if "weight_rounding" in d:
             method = "".join(f"{d[key]} {label}, " for key, label in (("scope", "scope"), ("calibration_method", "ranges"))
                              if key in d)
+            why = d.get("kept_float_why") or {}
+            why = f" ({', '.join(f'{count} {kind}' for kind, count in why.items())})" if why else ""
             parts.append(f"{name.removeprefix('edgeopt ')}: {method}{d['weight_rounding']} rounding, bias correction "
-                         f"{'on' if d.get('bias_correction') else 'off'}, {d.get('kept_float', 0)} tensors kept float")
+                         f"{'on' if d.get('bias_correction') else 'off'}, {d.get('kept_float', 0)} tensors kept "
+                         f"float{why}")
     return ["edgeopt's choices: " + "; ".join(parts) + ".", ""] if parts else []
 
 
