@@ -11,6 +11,13 @@ from edgeopt.quantization.graph import GraphView
 from edgeopt.quantization.select import normalization_statistics, pointwise_interiors
 
 
+def _one_in_one_out(nodes, inits, name: str, x_shape: list, y_shape: list, opset: int):
+    """A model of ``nodes`` reading float ``x`` and writing float ``y``."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
 def _decomposed_layer_norm():
     """x -> LayerNorm written out (as tf2onnx and keras2onnx export it) -> MatMul."""
     rng = np.random.default_rng(0)
@@ -29,9 +36,7 @@ def _decomposed_layer_norm():
              helper.make_node("Div", ["centered", "std"], ["normalized"], name="divide"),
              helper.make_node("Mul", ["normalized", "gamma"], ["scaled"], name="gamma_mul"),
              helper.make_node("Add", ["scaled", "beta"], ["y"], name="beta_add")]
-    graph = helper.make_graph(nodes, "layer_norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 16])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return _one_in_one_out(nodes, inits, "layer_norm", [None, 8, 16], [None, 8, 16], opset=18)
 
 
 def test_decomposed_layer_norm_statistics_are_found():
@@ -77,9 +82,7 @@ def _tanh_gelu_between_matmuls():
              helper.make_node("Mul", ["h", "half"], ["hh"], name="half"),
              helper.make_node("Mul", ["hh", "t1"], ["gelu"], name="gelu"),
              helper.make_node("MatMul", ["gelu", "w2"], ["y"], name="down")]
-    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return _one_in_one_out(nodes, inits, "gelu", [None, 16], [None, 8], opset=17)
 
 
 def test_the_inside_of_a_decomposed_gelu_is_found_but_not_its_input_or_result():
@@ -114,7 +117,5 @@ def test_silu_stays_quantized_its_kernels_are_integer():
     nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
              helper.make_node("Sigmoid", ["h"], ["s"], name="sigmoid"),
              helper.make_node("Mul", ["h", "s"], ["y"], name="silu")]
-    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _one_in_one_out(nodes, inits, "silu", [None, 16], [None, 16], opset=17)
     assert pointwise_interiors(GraphView(model)) == {}

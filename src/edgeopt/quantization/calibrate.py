@@ -132,6 +132,9 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     wanted = [value.name for value in probe.graph.output if value.name in tensors]
     extra = _Wanted(set(channel_means_for), conv_windows or {}, moment_inputs or {}, moment_samples)
     observers = {name: HistogramObserver() for name in tensors}
+    for name, convolutions in extra.conv_windows.items():
+        if name in observers:
+            observers[name].window_geometry.update(convolutions)
     samples, piece = 0, None
     for feed in progress(feeds, "calibrating", unit="batch"):
         if piece is None:
@@ -177,7 +180,6 @@ def _observe(observer: HistogramObserver, name: str, value: np.ndarray, samples:
         observer.update_channel_means(value)
     if name in extra.conv_windows:
         observer.update_images(value)
-        observer.window_geometry.update(extra.conv_windows[name])
     first, stop = extra.moment_samples
     if name in extra.moment_inputs and np.ndim(value) and samples < stop and samples + len(value) > first:
         part = np.asarray(value)[max(first - samples, 0):stop - samples]

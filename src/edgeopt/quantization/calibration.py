@@ -39,6 +39,7 @@ class HistogramObserver:
         self.image_totals: dict[tuple, list] = {}
         #: node name -> (kernel, strides, pads, dilations) of a 2-D convolution reading this tensor
         self.window_geometry: dict[str, tuple] = {}
+        self._window_means: dict[str, np.ndarray] = {}  # formed once per node after the last update
         #: node name -> [sum of x x^T over the inputs that node sees, count] (weight rounding)
         self.moment_totals: dict[str, list] = {}
 
@@ -64,17 +65,20 @@ class HistogramObserver:
         if values.ndim == 4:
             image = values.sum(axis=0, dtype=np.float32)
             _accumulate(self.image_totals, values.shape[1:], image, len(values))
+            self._window_means.clear()
 
     def window_means(self, key: str) -> np.ndarray | None:
         """Per input channel and kernel offset, the mean of the zero-padded input that the output
         positions of convolution ``key`` see (exact bias correction with padding and stride)."""
         if key not in self.window_geometry or not self.image_totals:
             return None
-        sums, positions = 0.0, 0
-        for image, samples in self.image_totals.values():
-            image_sums, per_sample = window_sums(image[None].astype(np.float64), *self.window_geometry[key])
-            sums, positions = sums + image_sums, positions + per_sample * samples
-        return sums / max(positions, 1)
+        if key not in self._window_means:  # every candidate's plan asks; the statistics are final
+            sums, positions = 0.0, 0
+            for image, samples in self.image_totals.values():
+                image_sums, per_sample = window_sums(image[None], *self.window_geometry[key])
+                sums, positions = sums + image_sums, positions + per_sample * samples
+            self._window_means[key] = sums / max(positions, 1)
+        return self._window_means[key]
 
     def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
         _accumulate(self.moment_totals, key, sums, count)

@@ -18,7 +18,6 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from .graph import GraphView, attribute, opset_version, subgraph_inputs, topological_sort
 

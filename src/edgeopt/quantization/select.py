@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import EdgeoptError
-from .graph import GraphView, attribute
+from .graph import GraphView
 from .operators import rule_for
 
 
@@ -168,7 +168,7 @@ def pointwise_interiors(view: GraphView) -> dict[str, str]:
     (measured on ddddocr's detector: 0.59x float latency quantized, 0.65x with its sigmoids
     float, at the same fidelity)."""
     root: dict[str, str] = {}  # tensor -> the one variable tensor it is a pointwise function of
-    members: dict[str, set[str]] = {}  # root -> names of the nodes of its chain
+    chains: dict[str, list[onnx.NodeProto]] = {}  # that tensor -> the nodes computing from it alone
     for node in view.graph.node:
         if node.op_type not in _POINTWISE or not node.output:
             continue
@@ -176,22 +176,18 @@ def pointwise_interiors(view: GraphView) -> dict[str, str]:
         if len(sources) != 1:
             continue
         (source,) = sources
-        members.setdefault(source, set()).add(node.name)
+        chains.setdefault(source, []).append(node)
         root.update({name: source for name in node.output})
-    outputs = {value.name for value in view.graph.output}
-    by_name = {node.name: node for node in view.graph.node}
-    float_chains = {source for source, chain in members.items()
-                    if any(not _integer_kernel(by_name[name]) for name in chain)}
     interiors = {}
-    for node in view.graph.node:
-        source = root.get(node.output[0], "") if node.output else ""
-        chain = members.get(source, set())
-        if node.name not in chain or len(chain) < 2 or source not in float_chains or node.output[0] in outputs:
+    for chain in chains.values():
+        if len(chain) < 2 or all(_integer_kernel(node) for node in chain):
             continue
-        readers = view.consumers.get(node.output[0], [])
-        if readers and all(reader.name in chain for reader in readers):
-            interiors[node.output[0]] = ("inside a decomposed activation function (a pointwise chain of one tensor, "
-                                         "such as GELU or SiLU): only its result is quantized")
+        names = {node.name for node in chain}
+        for node in chain:
+            readers = view.consumers.get(node.output[0], [])
+            if node.output[0] not in view.graph_outputs and readers and all(r.name in names for r in readers):
+                interiors[node.output[0]] = ("inside a decomposed activation function (a pointwise chain of one "
+                                             "tensor, such as GELU written out): only its result is quantized")
     return interiors
 
 
