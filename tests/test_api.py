@@ -57,7 +57,7 @@ def test_main_entry_points_are_exported():
 def test_config_round_trips_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert data["type"] == type(config).__name__
-    assert data["version"] == 3
+    assert data["version"] == 4
     for restored in (_Config.from_dict(data), type(config).from_dict(data)):
         assert type(restored) is type(config)
         assert restored == config
@@ -86,7 +86,7 @@ def test_from_dict_rejects_a_type_of_another_class_and_other_versions():
     with pytest.raises(edgeopt.EdgeoptError):
         edgeopt.Float16Config.from_dict({"type": "Int8Config"})
     with pytest.raises(edgeopt.EdgeoptError, match="version"):
-        edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 4})
+        edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 5})
 
 
 def test_version_1_config_dicts_keep_their_behaviour():
@@ -97,12 +97,18 @@ def test_version_1_config_dicts_keep_their_behaviour():
     assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 1, "scope": "auto"}).scope == "auto"
 
 
-def test_older_config_dicts_keep_full_range_weights():
+def test_older_config_dicts_keep_their_weight_range():
     # Version 3 made int8 weights "safe" ([-64, 64]) by default; older dicts meant [-127, 127].
+    # Version 4 renamed that range "half" ("safe" now limits the pairs x86 kernels add).
     for version in (1, 2):
         assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": version}).weight_range == "full"
         assert edgeopt.DynamicConfig.from_dict({"type": "DynamicConfig", "version": version}).weight_range == "full"
-    assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 3}).weight_range == "safe"
+    for data in ({}, {"weight_range": "safe"}, {"weight_range": "half"}):
+        for kind in ("Int8Config", "DynamicConfig"):
+            config = edgeopt.Int8Config.from_dict if kind == "Int8Config" else edgeopt.DynamicConfig.from_dict
+            assert config({"type": kind, "version": 3, **data}).weight_range == "half"
+    assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 3, "weight_range": "full"}).weight_range == "full"
+    assert edgeopt.Int8Config.from_dict({"type": "Int8Config", "version": 4}).weight_range == "safe"
     with pytest.raises(edgeopt.EdgeoptError, match="weight_range"):
         edgeopt.Int8Config(weight_range="7bit")
 

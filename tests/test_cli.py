@@ -243,7 +243,7 @@ def test_weight_rounding_option(conv_files, capsys, monkeypatch, tmp_path, round
         assert bool(report["plan"]["compensated_weights"]) == (report["weight_rounding"] == "compensated")
 
 
-@pytest.mark.parametrize("weight_range,largest", [("safe", 64), ("full", 127)])
+@pytest.mark.parametrize("weight_range,largest", [("half", 64), ("full", 127)])
 def test_weight_range_option_bounds_the_stored_integers(weight_range, largest, conv_files, tmp_path, capsys):
     output = tmp_path / "out.onnx"
     code = entry_point(["quantize", str(conv_files["model"]), "-o", str(output), "--mode", "int8",

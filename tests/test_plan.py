@@ -119,8 +119,10 @@ def test_read_plan_of_another_tools_qdq_model():
     np.testing.assert_array_equal(entry.values, weight)
 
 
-def test_safe_weight_range_keeps_depthwise_convolutions_at_full_range():
-    # ONNX Runtime's depthwise kernel cannot saturate; the other convolutions stay in [-64, 64].
+@pytest.mark.parametrize("weight_range", ["safe", "half"])
+def test_limited_weight_ranges_keep_depthwise_convolutions_at_full_range(weight_range):
+    # ONNX Runtime's depthwise kernel cannot saturate; the other convolutions stay in [-64, 64]
+    # ("half") or have each pair of neighbouring input channels within 128 ("safe").
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -133,6 +135,13 @@ def test_safe_weight_range_keeps_depthwise_convolutions_at_full_range():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 8, 8])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
-    plan = edgeopt.quantize(model, edgeopt.Int8Config(weight_rounding="nearest"), calibration={"x": x}).plan
+    config = edgeopt.Int8Config(weight_rounding="nearest", weight_range=weight_range)
+    plan = edgeopt.quantize(model, config, calibration={"x": x}).plan
     assert int(np.abs(plan.weights[("depthwise", 1)].values.astype(np.int32)).max()) == 127
-    assert int(np.abs(plan.weights[("pointwise", 1)].values.astype(np.int32)).max()) == 64
+    pointwise = plan.weights[("pointwise", 1)].values.astype(np.int32)[:, :, 0, 0]
+    if weight_range == "half":
+        assert int(np.abs(pointwise).max()) == 64
+    else:
+        pairs = pointwise[:, 0::2] + pointwise[:, 1::2]
+        same_sign = pointwise[:, 0::2] * pointwise[:, 1::2] > 0
+        assert int(np.abs(np.where(same_sign, pairs, 0)).max()) <= 128 and int(np.abs(pointwise).max()) > 64

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: quantize every operator with an integer kernel (all), only MatMul/Gemm inputs "
                         "(matmul-inputs), or choose (auto, the default)")
     q.add_argument("--weight-range", choices=WEIGHT_RANGE_CHOICES,
-                   help="int8/dynamic: weights in [-64, 64], exact on every x86 CPU (safe, the default), or "
-                        "[-127, 127], exact only with VNNI, on ARM and on LiteRT (full)")
+                   help="int8/dynamic: weights whose pairs x86 kernels without VNNI add exactly (safe, the "
+                        "default), every weight in [-64, 64] (half), or [-127, 127], exact only with VNNI, "
+                        "on ARM and on LiteRT (full)")
     q.add_argument("--attribution", action="store_true",
                    help="int8: report the output error each block of layers adds, even when the target is met")
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")

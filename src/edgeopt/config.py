@@ -10,22 +10,27 @@ from dataclasses import dataclass
 
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
+from .quantization.saturation import WEIGHT_RANGE_CHOICES as SATURATION_CHOICES
 
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 #: Keys an older config dict may lack, with the behaviour it had: version 2 added int8's ``scope``
 #: and made ``auto`` the default calibration method; version 3 added ``weight_range`` ("safe" by
-#: default; before, weights used the full range) and raised int8's ``target_cosine`` to 0.98.
+#: default; before, weights used the full range) and raised int8's ``target_cosine`` to 0.98;
+#: version 4 made "safe" limit the pairs x86 kernels add instead of every weight (version 3's
+#: "safe", [-64, 64], is now called "half").
 _OLD_DEFAULTS = {
     1: {"Int8Config": {"scope": "all", "calibration_method": "percentile", "weight_range": "full",
                        "target_cosine": 0.97},
         "Int16x8Config": {"scope": "all", "weight_range": "full"}, "DynamicConfig": {"weight_range": "full"}},
     2: {"Int8Config": {"weight_range": "full", "target_cosine": 0.97}, "Int16x8Config": {"weight_range": "full"},
         "DynamicConfig": {"weight_range": "full"}},
+    3: {"Int8Config": {"weight_range": "half"}, "DynamicConfig": {"weight_range": "half"}},
 }
+#: Values an older config dict spelled differently: key -> {old value: value now}.
+_RENAMED = {3: {"weight_range": {"safe": "half"}}}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
-#: int8 weights in [-64, 64] ("safe": exact on every x86 CPU) or [-127, 127] ("full": exact only
-#: with VNNI, on ARM and in 32-bit-accumulating runtimes); see numerics.WEIGHT_RANGES.
-WEIGHT_RANGE_CHOICES = ("safe", "full")
+#: "safe" (exact on every x86 CPU), "half" ([-64, 64]) or "full" ([-127, 127]); see quantization.saturation.
+WEIGHT_RANGE_CHOICES = SATURATION_CHOICES
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
 AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")
@@ -64,6 +69,9 @@ class _Config:
         if version not in (*_OLD_DEFAULTS, CONFIG_VERSION):
             raise EdgeoptError(f"config version {version} is not supported; expected 1 to {CONFIG_VERSION}")
         data = {**_OLD_DEFAULTS.get(version, {}).get(kind, {}), **data}
+        for old, renamed in _RENAMED.items():
+            if version <= old:
+                data.update({key: values.get(data[key], data[key]) for key, values in renamed.items() if key in data})
         names = {f.name for f in dataclasses.fields(target)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -108,9 +116,9 @@ class DynamicConfig(_Config):
     #: ``"tensor"``: one range per input tensor (ONNX Runtime's ``DynamicQuantizeLinear``; fewer
     #: operators, coarser).
     activation_granularity: str = "row"
-    #: ``"safe"``: int8 weights in [-64, 64], so that x86 CPUs without VNNI (AVX2) cannot overflow
-    #: the 16-bit pair sums of their uint8 x int8 instruction; ``"full"``: [-127, 127], one bit more,
-    #: for CPUs with VNNI, ARM, or a runtime that accumulates in 32 bits.
+    #: ``"safe"``: int8 weights whose neighbouring pairs x86 CPUs without VNNI (AVX2) add in 16 bits
+    #: cannot overflow; ``"half"``: [-64, 64], exact whatever the kernel pairs; ``"full"``:
+    #: [-127, 127], for CPUs with VNNI, ARM, or a runtime that accumulates in 32 bits.
     weight_range: str = "safe"
     mode = "dynamic"
 
@@ -162,9 +170,11 @@ class Int8Config(_Config):
     #: Report where the error comes from even when the target is met (per-layer error attribution,
     #: one simulated run per block of tensors; the fallback computes it anyway when it runs).
     attribution: bool = False
-    #: ``"safe"`` (int8 weights in [-64, 64]: exact on every x86 CPU, including AVX2 ones without
-    #: VNNI, whose uint8 x int8 instruction adds pairs of products in 16 bits and saturates) or
-    #: ``"full"`` ([-127, 127]: one more bit, for CPUs with VNNI, ARM, or LiteRT/XNNPACK).
+    #: ``"safe"``: exact on every x86 CPU, including AVX2 ones without VNNI, whose uint8 x int8
+    #: instruction adds pairs of products in 16 bits and saturates: each weight in [-127, 127] and
+    #: each pair it adds within 128 in magnitude (:mod:`.quantization.saturation`); ``"half"``:
+    #: [-64, 64], exact whatever the kernel pairs; ``"full"``: [-127, 127], for CPUs with VNNI,
+    #: ARM, or LiteRT/XNNPACK.
     weight_range: str = "safe"
     mode = "int8"
 

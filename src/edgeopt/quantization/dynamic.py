@@ -25,14 +25,15 @@ import onnx
 from onnx import TensorProto
 
 from .graph import GraphView, attribute, opset_version, topological_sort
-from .numerics import WEIGHT_RANGES, quantize, weight_params
+from .numerics import quantize, weight_params
+from .saturation import WEIGHT_LIMITS, fit_pairs, paired_params
 
 
 def quantize_matmuls(model: onnx.ModelProto, per_channel: bool = True, min_elements: int = 256,
                      exclude: tuple[str, ...] = (), granularity: str = "row", weight_range: str = "safe"
                      ) -> list[str]:
     """Rewrite MatMul/Gemm nodes with a constant float weight; returns the rewritten node names.
-    ``weight_range``: see :data:`.numerics.WEIGHT_RANGES`."""
+    ``weight_range``: see :mod:`.saturation`."""
     view = GraphView(model)
     rewritten, replaced, new_nodes = [], set(), []
     quantized_rows: dict[str, tuple[str, str, str]] = {}
@@ -58,8 +59,7 @@ def quantize_matmuls(model: onnx.ModelProto, per_channel: bool = True, min_eleme
                 if not view.is_constant(node.input[2]):
                     continue
                 bias = node.input[2]
-        params = weight_params(weight, 1 if per_channel else None, qmax=WEIGHT_RANGES[weight_range])
-        weight_q = quantize(weight, params)
+        weight_q, params = _weight_integers(weight, per_channel, weight_range)
         weight_q_name = view.add_initializer(f"{weight_name}_int8", weight_q)
         weight_scale = np.asarray(params.scale, dtype=np.float32)
         if granularity == "row":
@@ -147,3 +147,15 @@ def _row_matmul(view: GraphView, node: onnx.NodeProto, rows: tuple[str, str, str
     if bias is not None:
         nodes.append(view.make_node("Add", [result, bias], [output], f"{base}_bias"))
     return nodes
+
+
+def _weight_integers(weight: np.ndarray, per_channel: bool, weight_range: str):
+    """int8 integers and parameters for a [K, N] weight; ``"safe"`` limits the pairs of rows
+    MatMulInteger's x86 kernels add in 16 bits (:mod:`.saturation`)."""
+    axis = 1 if per_channel else None
+    if weight_range != "safe":
+        params = weight_params(weight, axis, qmax=WEIGHT_LIMITS[weight_range])
+        return quantize(weight, params), params
+    rows = weight.T[:, None, :]  # outputs x one sum x K
+    params = paired_params(rows, axis)
+    return fit_pairs(quantize(weight, params).T[:, None, :])[:, 0, :].T, params

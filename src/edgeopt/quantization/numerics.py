@@ -8,7 +8,8 @@ import numpy as np
 
 # Integer types edgeopt can emit, with the range of values it uses for each.
 # Weights are symmetric (so -w quantizes exactly to -q, as TFLite's quantization spec asks), in
-# [-127, 127] at most and [-64, 64] by default (WEIGHT_RANGES); activations use the full range of
+# [-127, 127] at most, and limited further where x86 kernels would saturate (see saturation.py);
+# activations use the full range of
 # their type.
 INTEGER_RANGES = {
     "uint8": (0, 255),
@@ -18,13 +19,6 @@ INTEGER_RANGES = {
     "int32": (-(2**31), 2**31 - 1),
 }
 SYMMETRIC_RANGES = {"int8": (-127, 127), "int16": (-32767, 32767)}
-#: Largest int8 weight magnitude by weight range. ``"safe"``: x86 CPUs without VNNI (AVX2, and
-#: AVX-512 before Cascade Lake) multiply uint8 activations by int8 weights with an instruction that
-#: adds each pair of products in 16 bits and saturates; 255 x 64 x 2 = 32,640 always fits, 255 x 127
-#: x 2 does not (measured here: MatMulInteger off by up to 106,329 on random full-range data, and
-#: the default CNN's integer-only top-1 fell 4 points). ``"full"``: [-127, 127], one more bit, exact
-#: on CPUs with VNNI, on ARM, and in runtimes that accumulate in 32 bits (LiteRT's XNNPACK).
-WEIGHT_RANGES = {"safe": 64, "full": 127}
 # Smallest scale emitted: a constant tensor of zeros still gets a valid (positive) scale.
 MIN_SCALE = np.float32(1e-12)
 
@@ -110,7 +104,7 @@ def dequantize(q: np.ndarray, params: QuantParams) -> np.ndarray:
 def weight_params(weight: np.ndarray, axis: int | None, dtype: str = "int8", qmax: int | None = None
                   ) -> QuantParams:
     """Symmetric per-channel (``axis`` given) or per-tensor parameters for a constant weight, its
-    largest magnitude mapped to ``qmax`` (see :data:`WEIGHT_RANGES`)."""
+    largest magnitude mapped to ``qmax`` (see :mod:`.saturation`)."""
     weight = np.asarray(weight, dtype=np.float32)
     if axis is None or weight.ndim == 0:
         return symmetric_params(np.abs(weight).max(initial=0.0), dtype, qmax=qmax)

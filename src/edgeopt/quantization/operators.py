@@ -34,6 +34,10 @@ class OperatorRule:
     weight_layout: Callable[[onnx.NodeProto], str] = lambda node: "outputs-first"
     #: Bias correction applies (a bias input, and a mean input shift that is linear in the weight).
     bias_correction: bool = False
+    #: The order an integer kernel adds the weight (input 1) in, given its rank: the axis
+    #: permutation that puts output channels first and how many trailing axes each output sums
+    #: over, in the order ONNX Runtime adds them (see :mod:`.saturation`); None when not known.
+    accumulation: Callable[[onnx.NodeProto, int], tuple[tuple[int, ...], int] | None] = lambda node, rank: None
 
 
 RULES: dict[str, OperatorRule] = {}
@@ -105,16 +109,31 @@ def _relu_clip_bounds(node: onnx.NodeProto, view: GraphView) -> tuple[float, flo
 
 activation_bounds = _relu_clip_bounds
 
+def _conv_accumulation(node, rank):
+    return (0, *range(2, rank), 1), rank - 1  # kernel positions, then input channels fastest
+
+
+def _matmul_accumulation(node, rank):
+    if rank < 2:
+        return None
+    return (rank - 1, *range(rank - 2), rank - 2), 1  # over the rows of [..., K, N], per batch
+
+
+def _gemm_accumulation(node, rank):
+    return ((0, 1) if attribute(node, "transB", 0) else (1, 0)), 1
+
+
 register(OperatorRule("Conv", weights={1: lambda n, v: 0}, bias=2, absorbs_activation=True,
-                      applies=_weight_is_constant, bias_correction=True))
+                      applies=_weight_is_constant, bias_correction=True, accumulation=_conv_accumulation))
 register(OperatorRule("ConvTranspose", weights={1: _conv_transpose_axis}, bias=2, absorbs_activation=True,
                       applies=_weight_is_constant, weight_layout=lambda n: "inputs-first"))
 register(OperatorRule("Gemm", weights={1: _gemm_axis}, bias=2, absorbs_activation=True,
                       applies=lambda n, v: _gemm_applies(n, v) and _weight_is_constant(n, v),
                       weight_layout=lambda n: "outputs-first" if attribute(n, "transB", 0) else "inputs-first",
-                      bias_correction=True))
+                      bias_correction=True, accumulation=_gemm_accumulation))
 register(OperatorRule("MatMul", activations=(0, 1), weights={1: _matmul_axis}, absorbs_activation=True,
-                      applies=_matmul_applies, weight_layout=lambda n: "inputs-first"))
+                      applies=_matmul_applies, weight_layout=lambda n: "inputs-first",
+                      accumulation=_matmul_accumulation))
 for _op in ("Add", "Mul"):
     register(OperatorRule(_op, activations=(0, 1), absorbs_activation=_op == "Add"))
 register(OperatorRule("Concat", activations=tuple(range(64))))

@@ -13,10 +13,10 @@ import numpy as np
 from . import rounding
 from .calibration import HistogramObserver, compute_range
 from .graph import GraphView, attribute
-from .numerics import (INTEGER_RANGES, WEIGHT_RANGES, QuantParams, affine_params, dequantize, quantize,
-                       symmetric_params, weight_params)
+from .numerics import INTEGER_RANGES, QuantParams, affine_params, dequantize, quantize, symmetric_params, weight_params
 from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
 from .plan import QuantizationPlan, QuantizedConstant
+from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
 from .select import Selection
 
 logger = logging.getLogger(__name__)
@@ -33,16 +33,41 @@ class Ranges:
     correct_biases: bool = True
 
 
-def weight_qmax(node, view: GraphView, weight_range: str) -> int:
-    """The largest int8 weight for ``node``. Depthwise convolutions take the full range whatever
+def _is_depthwise(node, view: GraphView) -> bool:
+    weight = view.initializers.get(node.input[1]) if len(node.input) > 1 else None
+    return (node.op_type == "Conv" and weight is not None and len(weight.dims) == 4 and weight.dims[1] == 1
+            and attribute(node, "group", 1) == weight.dims[0] and weight.dims[0] > 1)
+
+
+def _range_for(node, view: GraphView, rank: int, weight_range: str) -> str:
+    """The weight range ``node`` gets. Depthwise convolutions take the full range whatever
     ``weight_range`` says: ONNX Runtime's depthwise kernel widens to 16 bits before it adds, so
     it cannot saturate (measured exact with weights of +-127 against activations of 200-255),
-    and their 9 weights per channel need the bit most."""
-    weight = view.initializers.get(node.input[1]) if len(node.input) > 1 else None
-    if node.op_type == "Conv" and weight is not None and len(weight.dims) == 4 and weight.dims[1] == 1 \
-            and attribute(node, "group", 1) == weight.dims[0] and weight.dims[0] > 1:
-        return WEIGHT_RANGES["full"]
-    return WEIGHT_RANGES[weight_range]
+    and their 9 weights per channel need the bit most. ``"safe"`` needs the kernel's order of
+    accumulation; an operator without one gets ``"half"``."""
+    if _is_depthwise(node, view):
+        return "full"
+    if weight_range == "safe" and rule_for(node).accumulation(node, rank) is None:
+        return "half"
+    return weight_range
+
+
+def weight_quant_params(node, view: GraphView, weight: np.ndarray, axis: int | None, weight_range: str
+                        ) -> QuantParams:
+    """Symmetric int8 parameters for ``node``'s weight under ``weight_range`` (:mod:`.saturation`)."""
+    chosen = _range_for(node, view, weight.ndim, weight_range)
+    if chosen != "safe":
+        return weight_params(weight, axis, qmax=WEIGHT_LIMITS[chosen])
+    layout = rule_for(node).accumulation(node, weight.ndim)
+    return paired_params(to_kernel_order(weight, layout), axis)
+
+
+def fit_weight_integers(node, view: GraphView, integers: np.ndarray, weight_range: str) -> np.ndarray:
+    """``integers`` with every pair the kernel adds in 16 bits within range (``"safe"`` only)."""
+    if _range_for(node, view, integers.ndim, weight_range) != "safe":
+        return integers
+    layout = rule_for(node).accumulation(node, integers.ndim)
+    return from_kernel_order(fit_pairs(to_kernel_order(integers, layout)), integers.shape, layout)
 
 
 def round_weights(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
@@ -57,33 +82,38 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     for name, _ in selection.weights.values():
         readers[name] = readers.get(name, 0) + 1
     for key, (name, axis) in selection.weights.items():
-        qmax = weight_qmax(nodes[key[0]], view, weight_range)
         if readers[name] > 1:
             continue  # one stored tensor for several layers: nearest rounding, stored once
-        if (key, name, qmax) in memo:
-            values[key] = memo[(key, name, qmax)]
-            continue
-        node = nodes[key[0]]
-        observer = observers.get(node.input[0])
-        moments = None if observer is None else observer.moments(key[0])
-        if moments is None:
-            continue
-        weight = view.constant(name).astype(np.float32)
-        params = weight_params(weight, axis, qmax=qmax)
-        transposed = rule_for(node).weight_layout(node) == "inputs-first"
-        rows = weight.T if transposed else weight  # output channels x inputs
-        rows = rows.reshape(rows.shape[0], -1)
-        groups = moments.shape[0]
-        scales = np.broadcast_to(np.asarray(params.scale, np.float64).reshape(-1), (rows.shape[0],))
-        if rows.shape[1] != moments.shape[1] or rows.shape[0] % groups:
-            continue
-        per_group = rows.shape[0] // groups
-        integers = rounding.compensated_round(rows.reshape(groups, per_group, -1),
-                                              scales.reshape(groups, per_group), moments, -qmax, qmax)
-        rounded = (integers.reshape(rows.shape) * scales[:, None]).astype(np.float32)
-        rounded = rounded.reshape((weight.T if transposed else weight).shape)
-        values[key] = memo[(key, name, qmax)] = rounded.T if transposed else rounded
+        if (key, name, weight_range) not in memo:
+            memo[(key, name, weight_range)] = _compensated(view, nodes[key[0]], name, axis, observers, weight_range)
+        if memo[(key, name, weight_range)] is not None:
+            values[key] = memo[(key, name, weight_range)]
     return values
+
+
+def _compensated(view: GraphView, node, name: str, axis: int | None, observers: dict[str, HistogramObserver],
+                 weight_range: str) -> np.ndarray | None:
+    """One weight's compensated values on its grid, or None without input moments."""
+    observer = observers.get(node.input[0])
+    moments = None if observer is None else observer.moments(node.name)
+    if moments is None:
+        return None
+    weight = view.constant(name).astype(np.float32)
+    params = weight_quant_params(node, view, weight, axis, weight_range)
+    qmax = WEIGHT_LIMITS[_range_for(node, view, weight.ndim, weight_range)]
+    transposed = rule_for(node).weight_layout(node) == "inputs-first"
+    rows = weight.T if transposed else weight  # output channels x inputs
+    rows = rows.reshape(rows.shape[0], -1)
+    groups = moments.shape[0]
+    scales = np.broadcast_to(np.asarray(params.scale, np.float64).reshape(-1), (rows.shape[0],))
+    if rows.shape[1] != moments.shape[1] or rows.shape[0] % groups:
+        return None
+    per_group = rows.shape[0] // groups
+    integers = rounding.compensated_round(rows.reshape(groups, per_group, -1),
+                                          scales.reshape(groups, per_group), moments, -qmax, qmax)
+    integers = integers.reshape((weight.T if transposed else weight).shape)
+    integers = fit_weight_integers(node, view, integers.T if transposed else integers, weight_range)
+    return dequantize(integers.astype(np.int8), params).astype(np.float32)
 
 
 def plan_activations(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],
@@ -107,8 +137,7 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     memo = {} if memo is None else memo
     result = plan_activations(view, selection, observers, ranges, memo, absorb)
     nodes = {node.name: node for node in selection.nodes}
-    weights = {key: weight_params(view.constant(name), axis,
-                                  qmax=weight_qmax(nodes[key[0]], view, ranges.weight_range))
+    weights = {key: weight_quant_params(nodes[key[0]], view, view.constant(name), axis, ranges.weight_range)
                for key, (name, axis) in selection.weights.items()}
     on_grid = {key: (weight_values or {}).get(key) for key in weights}
     biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
@@ -120,9 +149,10 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     for key, params in weights.items():
         name, axis = selection.weights[key]
         compensated = on_grid[key] is not None
-        memo_key = ("weight", key if compensated else name, axis, params.scale.tobytes())
+        memo_key = ("weight", key if compensated else name, axis, params.scale.tobytes(), ranges.weight_range)
         if memo_key not in memo:
-            memo[memo_key] = quantize(on_grid[key] if compensated else view.constant(name), params)
+            integers = quantize(on_grid[key] if compensated else view.constant(name), params)
+            memo[memo_key] = fit_weight_integers(nodes[key[0]], view, integers, ranges.weight_range)
         result.weights[key] = QuantizedConstant(params, memo[memo_key])
         if compensated:
             result.compensated_weights.add(key)
