@@ -137,8 +137,12 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     memo = {} if memo is None else memo
     result = plan_activations(view, selection, observers, ranges, memo, absorb)
     nodes = {node.name: node for node in selection.nodes}
-    weights = {key: weight_quant_params(nodes[key[0]], view, view.constant(name), axis, ranges.weight_range)
-               for key, (name, axis) in selection.weights.items()}
+    weights = {}
+    for key, (name, axis) in selection.weights.items():
+        params_key = ("weight params", key, name, axis, ranges.weight_range)
+        if params_key not in memo:
+            memo[params_key] = weight_quant_params(nodes[key[0]], view, view.constant(name), axis, ranges.weight_range)
+        weights[key] = memo[params_key]
     on_grid = {key: (weight_values or {}).get(key) for key in weights}
     biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
     if ranges.correct_biases:
