@@ -21,9 +21,9 @@ from .numerics import quantize, weight_params
 LARGEST_WEIGHT = 1e30
 
 
-def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
+def _weight_axis(name: str, rank: int, view: GraphView) -> int | None:
     """Quantize along the output channel: last axis for MatMul right operands, else axis 0."""
-    if array.ndim < 2:
+    if rank < 2:
         return None
     consumers = view.consumers.get(name, [])
     if consumers and all(node.op_type in ("LSTM", "GRU", "RNN") for node in consumers):
@@ -32,31 +32,30 @@ def _weight_axis(name: str, array: np.ndarray, view: GraphView) -> int | None:
             (node.op_type == "MatMul" and node.input[1] == name)
             or (node.op_type == "Gemm" and node.input[1] == name and not attribute(node, "transB", 0))
             for node in consumers):
-        return array.ndim - 1
+        return rank - 1
     return 0
 
 
 def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements: int, skip: set[str],
                           encode, graph_path: tuple) -> list[str]:
-    stored = []
-    kept = []
-    new_nodes = []
-    for init in graph.initializer:
+    """Replace each float initializer ``encode`` accepts (it gets the TensorProto and returns new
+    initializers and nodes, or None) in place: the initializers kept are not copied."""
+    stored, replaced, added, new_nodes = [], [], [], []
+    for index, init in enumerate(graph.initializer):
         if (init.data_type != TensorProto.FLOAT or init.name in skip or init.name in view.graph_outputs
                 or int(np.prod(init.dims, dtype=np.int64)) < min_elements):
-            kept.append(init)
             continue
-        array = numpy_helper.to_array(init)
-        encoded = encode(init.name, array, view, graph_path)
+        encoded = encode(init, view, graph_path)
         if encoded is None:
-            kept.append(init)
             continue
         initializers, nodes = encoded
-        kept.extend(initializers)
+        replaced.append(index)
+        added.extend(initializers)
         new_nodes.extend(nodes)
         stored.append(init.name)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    for index in reversed(replaced):
+        del graph.initializer[index]
+    graph.initializer.extend(added)
     if new_nodes:
         existing = list(graph.node)
         del graph.node[:]
@@ -91,18 +90,20 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
             scale = scale.reshape(shape)
         return quantize(array, params), scale
 
-    def encode(name, array, view, graph_path):
+    def encode(init, view, graph_path):
         # If branches may reuse a weight's name: the key holds the branch's path (node names do not
-        # change between builds, node order does), and the axis the weight's readers ask for.
-        axis = _weight_axis(name, array, view) if per_channel else None
+        # change between builds, node order does), and the axis the weight's readers ask for. The
+        # memo keeps the finished tensors (MiniLM's word embeddings are 47 MB a build otherwise).
+        name = init.name
+        axis = _weight_axis(name, len(init.dims), view) if per_channel else None
         key = (graph_path, name, axis)
         if key not in memo:
-            memo[key] = integers_and_scale(array, axis)
+            encoded = integers_and_scale(numpy_helper.to_array(init), axis)
+            memo[key] = None if encoded is None else tuple(numpy_helper.from_array(a) for a in encoded)
         if memo[key] is None:
             return None
-        integers, scale = memo[key]
-        quantized = numpy_helper.from_array(integers, view.unique(f"{name}_int8"))
-        scale_init = numpy_helper.from_array(scale, view.unique(f"{name}_scale"))
+        quantized, scale_init = (_renamed(tensor, view.unique(f"{name}{suffix}"))
+                                 for tensor, suffix in zip(memo[key], ("_int8", "_scale")))
         widened = view.unique(f"{name}_widened")
         nodes = [view.make_node("Cast", [quantized.name], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
                  view.make_node("Mul", [widened, scale_init.name], [name], f"{name}_Mul")]
@@ -114,7 +115,8 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
 def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str] = frozenset()) -> list[str]:
     """Store float initializers as float16 behind a Cast back to float32; returns their names."""
 
-    def encode(name, array, view, graph_path):
+    def encode(init, view, graph_path):
+        name, array = init.name, numpy_helper.to_array(init)
         # Values outside float16's range (attention masks holding float32's lowest value) would
         # become -inf, and NaN after a fully masked softmax: such tensors stay float32.
         if np.any(np.abs(array[np.isfinite(array)]) > np.finfo(np.float16).max):
@@ -123,6 +125,13 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
         return [half], [view.make_node("Cast", [half.name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
 
     return _apply_everywhere(model, min_elements, skip, encode)
+
+
+def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
 
 
 def _apply_everywhere(model, min_elements, skip, encode) -> list[str]:
