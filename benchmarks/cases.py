@@ -153,7 +153,7 @@ def mobilenet_v2_imagenet() -> Case:
     photos = natural_photos()
     half = len(photos) // 2
     calibration = _dataset(path, {"image": _photo_crops(16, photos[:half], 224, 0)}, where="calibration")
-    evaluation = _dataset(path, {"image": _photo_crops(16, photos[half:], 224, 1)}, where="evaluation")
+    evaluation = _dataset(path, {"image": _photo_crops(64, photos[half:], 224, 1)}, where="evaluation")
     return Case("mobilenet-v2-imagenet", "MobileNetV2, ImageNet weights unchanged, 224 px", "agreement", path,
                 calibration, evaluation,
                 f"no ImageNet validation set installs offline: scored by top-1 agreement with the float model "

@@ -118,13 +118,25 @@ def test_attribution_gives_each_block_the_error_it_adds_on_top_of_the_ones_befor
 
 
 def test_fallback_skips_a_tensor_that_does_not_help_on_top_of_those_kept():
-    # t1 and t2 fix the same problem: keeping either float alone helps, keeping both helps no more.
-    names = [f"t{i}" for i in range(10)]
+    # t2 and t3 (one attribution block of two) fix the same problem: keeping either float alone
+    # helps, keeping both helps no more; t5 fixes another.
+    names = [f"t{i}" for i in range(48)]
 
     def table(keep: frozenset) -> Score:
-        error = 0.10 - (0.06 if keep & {"t1", "t2"} else 0.0) - (0.03 if "t3" in keep else 0.0)
+        error = 0.10 - (0.06 if keep & {"t2", "t3"} else 0.0) - (0.03 if "t5" in keep else 0.0)
         return Score(error, 1.0 - error / 2)
 
     decision = fallback.choose(names, table, target=0.99, max_fraction=0.5)
-    assert "t3" in decision.keep_float and len(set(decision.keep_float) & {"t1", "t2"}) == 1
+    assert "t5" in decision.keep_float and len(set(decision.keep_float) & {"t2", "t3"}) == 1
     assert [step.get("kept") for step in decision.steps[1:]] == [True, False, True]
+
+
+def test_fallback_measures_a_block_tensor_by_tensor_only_when_it_may_hold_a_better_tensor():
+    # One tensor of the costliest block fixes the model: the other costly blocks are never
+    # measured tensor by tensor (with 48 tensors in 24 blocks: base, 23 more attribution runs,
+    # the block's 2 tensors; the trial of t3 alone is its measurement again).
+    names = [f"t{i}" for i in range(48)]
+    scorer = FakeScorer(_keep_scorer({"t3": 0.09, "t9": 0.004, "t20": 0.003, "t30": 0.002}))
+    decision = fallback.choose(names, scorer, target=0.99, max_fraction=0.5)
+    assert list(decision.keep_float) == ["t3"]
+    assert len(set(scorer.calls)) == 1 + 23 + 2
