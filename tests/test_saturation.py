@@ -8,6 +8,8 @@ cannot saturate.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -147,3 +149,97 @@ def test_dynamic_safe_weights_do_not_saturate_matmulinteger(granularity):
         return float(np.abs(output - reference).max() / np.abs(reference).max())
 
     assert error("safe") <= 3 * error("half")
+
+
+def _conv_with_signs(signs: np.ndarray) -> "onnx.ModelProto":
+    """One 3x3 convolution over 6 channels, weights ``signs`` (shape [8, 6, 3, 3]) times 0.8-1.0."""
+    rng = np.random.default_rng(7)
+    weight = (signs * rng.uniform(0.8, 1.0, signs.shape)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 5, 5])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def _conv_error_in_steps(model) -> float:
+    data = {"x": np.random.default_rng(8).uniform(0.0, 1.0, (16, 6, 5, 5)).astype(np.float32)}
+    config = edgeopt.Int8Config(calibration_method="minmax", fallback=False, weight_rounding="nearest",
+                                bias_correction=False)
+    result = edgeopt.quantize(model, config, calibration=data)
+    fused = make_session(result.model).run(None, data)[0]
+    unfused = make_session(result.model, optimize=False).run(None, data)[0]
+    return float(np.abs(fused - unfused).max()) / (float(np.abs(unfused).max()) / 127)
+
+
+# CHANNEL_SIGNS alternate along the input channels: neighbours in ONNX Runtime's order (kernel
+# position, then channels fastest) have opposite signs, neighbours in ONNX's own order (channel,
+# row, column) mostly the same sign. PAIRED_SIGNS are the reverse: the same sign for channels 2i
+# and 2i+1 at each kernel position, alternating along ONNX's order, with small weights at the two
+# positions where ONNX's order crosses from one channel to the next.
+CHANNEL_SIGNS = np.broadcast_to(np.where(np.arange(6) % 2, -1.0, 1.0)[None, :, None, None], (8, 6, 3, 3))
+_POSITION = np.arange(9).reshape(3, 3)
+PAIRED_SIGNS = (np.where(_POSITION % 2, -1.0, 1.0)[None, None] * np.where((np.arange(6) // 2) % 2, -1.0, 1.0)[
+    None, :, None, None] * np.where((_POSITION == 0) | (_POSITION == 8), 0.1, 1.0)[None, None]) * np.ones((8, 1, 1, 1))
+
+
+@pytest.mark.parametrize("signs", [CHANNEL_SIGNS, PAIRED_SIGNS], ids=["channel-signs", "paired-signs"])
+def test_the_claimed_accumulation_order_is_the_one_onnxruntime_pairs(signs):
+    # With channel signs, safe weights reach +-127 (no same-sign pair in the claimed order): exact
+    # only if ONNX Runtime does not pair in ONNX's order. With paired signs, the claimed order has
+    # same-sign pairs and safe limits them: exact only if it pairs those channels.
+    assert _conv_error_in_steps(_conv_with_signs(signs)) <= TOLERANCE_STEPS
+
+
+def test_a_wrong_accumulation_order_saturates(monkeypatch):
+    # The control for the test above: told ONNX's own order (channel, row, column), "safe" sees
+    # alternating signs where the kernel pairs same-sign neighbours, and ONNX Runtime saturates.
+    from edgeopt.quantization import operators
+
+    rule = operators.RULES["Conv"]
+    monkeypatch.setitem(operators.RULES, "Conv", dataclasses.replace(
+        rule, accumulation=lambda node, rank: (tuple(range(rank)), rank - 1)))
+    error = _conv_error_in_steps(_conv_with_signs(PAIRED_SIGNS))
+    if error <= TOLERANCE_STEPS and _fused_error_in_steps("full")[0] <= TOLERANCE_STEPS:
+        pytest.skip("this CPU adds uint8 x int8 products in 32 bits (VNNI or ARM): nothing saturates")
+    assert error > 10 * TOLERANCE_STEPS
+
+
+def _pair_model(first: int, second: int) -> "onnx.ModelProto":
+    """QDQ MatMul [1, 16] x [16, 1] with integer weights given directly: weights 0 and 1 are
+    ``first`` and ``second``, the rest 0; activations quantize with scale 1 (values 0..255)."""
+    weight = np.zeros((16, 1), np.int8)
+    weight[0, 0], weight[1, 0] = first, second
+    initializers = [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+                    numpy_helper.from_array(np.array(0, np.uint8), "zero"),
+                    numpy_helper.from_array(np.array(0, np.int8), "wzero"),
+                    numpy_helper.from_array(weight, "wq"),
+                    numpy_helper.from_array(np.array(129.0, np.float32), "out_scale")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "one", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "one", "zero"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "one", "wzero"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "out_scale", "zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "out_scale", "zero"], ["out"])]
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_pair_summing_to_128_is_exact_and_129_is_not():
+    # 255 x 128 = 32,640 fits in 16 bits, 255 x 129 = 32,895 does not; the output scale 129 makes
+    # the exact result 255 (for 129) and the saturated one 254.
+    x = {"x": np.full((1, 16), 255.0, np.float32)}
+
+    def off(first, second):
+        model = _pair_model(first, second)
+        return float(np.abs(make_session(model).run(None, x)[0] - make_session(model, optimize=False).run(None, x)[0]).max())
+
+    assert off(64, 64) == 0.0 and off(127, -127) == 0.0 and off(1, 127) == 0.0
+    if off(64, 65) == 0.0:
+        pytest.skip("this CPU adds uint8 x int8 products in 32 bits (VNNI or ARM): nothing saturates")
+    assert off(64, 65) == 129.0  # one output step: 32,767 instead of 32,895

@@ -140,3 +140,24 @@ def test_fallback_measures_a_block_tensor_by_tensor_only_when_it_may_hold_a_bett
     decision = fallback.choose(names, scorer, target=0.99, max_fraction=0.5)
     assert list(decision.keep_float) == ["t3"]
     assert len(set(scorer.calls)) == 1 + 23 + 2
+
+
+def test_fallback_measures_the_next_block_once_the_first_holds_nothing_better():
+    # Blocks [t2, t3] and [t8, t9] add 0.03 and 0.025: t2 is tried first; t8 only after the first
+    # block has nothing left that could beat the second block's 0.025.
+    names = [f"t{i}" for i in range(48)]
+    decision = fallback.choose(names, _keep_scorer({"t2": 0.03, "t8": 0.025}), target=0.975, max_fraction=0.5)
+    assert list(decision.keep_float) == ["t2", "t8"]
+    assert [step["tensor"] for step in decision.steps[1:]] == ["t2", "t8"]
+
+
+def test_fallback_recovers_an_unusable_model_and_ignores_unusable_variants():
+    # inf error unless t5 is float: attribution gives inf and NaN added errors; variants that
+    # stay unusable gain nothing, the one that makes the model usable is kept.
+    names = [f"t{i}" for i in range(48)]
+
+    def table(keep):
+        return Score(0.01, 0.995) if "t5" in keep else Score(float("inf"), float("nan"))
+
+    decision = fallback.choose(names, table, target=0.98, max_fraction=0.5)
+    assert list(decision.keep_float) == ["t5"] and decision.worst_cosine == pytest.approx(0.995)

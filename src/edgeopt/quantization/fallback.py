@@ -49,10 +49,19 @@ class FallbackDecision:
 
 
 def _gain(before: float, after: float) -> float:
-    """Error removed; when the all-int8 outputs are unusable (NaN, inf), any usable variant gains."""
+    """Error removed; when the all-int8 outputs are unusable (NaN, inf), any usable variant gains,
+    and an unusable variant never does."""
+    if not math.isfinite(after):
+        return -math.inf
     if not math.isfinite(before):
-        return 1.0 if math.isfinite(after) else 0.0
+        return 1.0
     return before - after
+
+
+def _added(block: dict) -> float:
+    """A block's added error for ranking; not finite (on top of an unusable model) ranks first."""
+    value = block["error_added"]
+    return value if math.isfinite(value) else math.inf
 
 
 def blocks_of(candidates: list[str], count: int = ATTRIBUTION_BLOCKS) -> list[list[str]]:
@@ -79,7 +88,7 @@ def _best_first(blocks: list[dict], gain_of: Callable[[str], float]):
     heap: list[tuple[float, str]] = []
     pending = list(blocks)
     while heap or pending:
-        while pending and (not heap or pending[0]["error_added"] > -heap[0][0]):
+        while pending and (not heap or _added(pending[0]) > -heap[0][0]):
             for name in pending.pop(0)["tensors"]:
                 heapq.heappush(heap, (-gain_of(name), name))
         gain, name = heapq.heappop(heap)
@@ -94,7 +103,7 @@ def choose(candidates: list[str], evaluate: Evaluate, target: float, max_fractio
     if not candidates or base.worst_cosine >= target or max_fraction <= 0:
         return decision
     decision.attribution = attribute(candidates, evaluate)
-    costly = sorted(decision.attribution, key=lambda block: -block["error_added"])[:BLOCKS_REFINED]
+    costly = sorted(decision.attribution, key=lambda block: -_added(block))[:BLOCKS_REFINED]
     gains = _best_first(costly, lambda name: _gain(base.error, evaluate(frozenset({name})).error))
     budget = max(1, math.ceil(max_fraction * len(candidates)))
     keep, current, reasons = frozenset(), base, {}

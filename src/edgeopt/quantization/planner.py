@@ -136,29 +136,16 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
     """
     memo = {} if memo is None else memo
     result = plan_activations(view, selection, observers, ranges, memo, absorb)
-    nodes = {node.name: node for node in selection.nodes}
-    weights = {}
-    for key, (name, axis) in selection.weights.items():
-        params_key = ("weight params", key, name, axis, ranges.weight_range)
-        if params_key not in memo:
-            memo[params_key] = weight_quant_params(nodes[key[0]], view, view.constant(name), axis, ranges.weight_range)
-        weights[key] = memo[params_key]
-    on_grid = {key: (weight_values or {}).get(key) for key in weights}
+    weights, integers = _plan_weights(view, selection, ranges, weight_values or {}, memo)
     biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
     if ranges.correct_biases:
-        corrected = _corrected_biases(view, selection, weights, on_grid, observers)
+        corrected = _corrected_biases(view, selection, weights, integers, observers)
         biases.update(corrected)
         result.corrected_biases = set(corrected)
     bias_params = _plan_biases(selection, result, weights, biases)
     for key, params in weights.items():
-        name, axis = selection.weights[key]
-        compensated = on_grid[key] is not None
-        memo_key = ("weight", key if compensated else name, axis, params.scale.tobytes(), ranges.weight_range)
-        if memo_key not in memo:
-            integers = quantize(on_grid[key] if compensated else view.constant(name), params)
-            memo[memo_key] = fit_weight_integers(nodes[key[0]], view, integers, ranges.weight_range)
-        result.weights[key] = QuantizedConstant(params, memo[memo_key])
-        if compensated:
+        result.weights[key] = QuantizedConstant(params, integers[key])
+        if (weight_values or {}).get(key) is not None:
             result.compensated_weights.add(key)
     for key, params in bias_params.items():
         result.biases[key] = QuantizedConstant(params, quantize(biases[key], params).astype(np.int32))
@@ -195,7 +182,32 @@ def _plan_activations(selection: Selection, observers, ranges: Ranges, result: Q
                                         if symmetric else affine_params(low, high, ranges.activation_type))
 
 
-def _corrected_biases(view: GraphView, selection: Selection, weights: dict, on_grid: dict,
+def _plan_weights(view: GraphView, selection: Selection, ranges: Ranges, on_grid: dict, memo: dict
+                  ) -> tuple[dict, dict]:
+    """Each selected weight's parameters and int8 integers (from ``on_grid`` where compensated
+    rounding gave values, else nearest), fitted to the kernel's pairs; memoised across plans."""
+    nodes = {node.name: node for node in selection.nodes}
+    params_by_key, integers_by_key = {}, {}
+    for key, (name, axis) in selection.weights.items():
+        node = nodes[key[0]]
+        rank = len(view.initializers[name].dims)
+        params_key = ("weight params", key, name, axis, ranges.weight_range)
+        if params_key not in memo:
+            memo[params_key] = weight_quant_params(node, view, view.constant(name), axis, ranges.weight_range)
+        params = params_by_key[key] = memo[params_key]
+        compensated = on_grid.get(key) is not None
+        # Readers of one stored tensor share its integers when they agree on parameters, range
+        # and the order their kernel adds the weights in (what the pair fitting depends on).
+        fitting = (_range_for(node, view, rank, ranges.weight_range), rule_for(node).accumulation(node, rank))
+        memo_key = ("weight", key if compensated else name, axis, params.scale.tobytes(), fitting)
+        if memo_key not in memo:
+            integers = quantize(on_grid[key] if compensated else view.constant(name), params)
+            memo[memo_key] = fit_weight_integers(node, view, integers, ranges.weight_range)
+        integers_by_key[key] = memo[memo_key]
+    return params_by_key, integers_by_key
+
+
+def _corrected_biases(view: GraphView, selection: Selection, weights: dict, integers: dict,
                       observers: dict[str, HistogramObserver]) -> dict:
     """Bias correction (Nagel et al., 2019): int8 weights shift each output by (W_q - W) E[x];
     subtract that shift, measured with the calibrated mean of every input channel.
@@ -211,9 +223,7 @@ def _corrected_biases(view: GraphView, selection: Selection, weights: dict, on_g
                 or observer.channel_means is None or not rule_for(node).bias_correction:
             continue
         weight = view.constant(node.input[1]).astype(np.float32)
-        params = weights[weight_key]
-        grid = on_grid.get(weight_key)
-        delta = dequantize(quantize(weight if grid is None else grid, params), params).astype(np.float64) - weight
+        delta = dequantize(integers[weight_key], weights[weight_key]).astype(np.float64) - weight
         shift = _output_shift(node, delta, observer)
         bias = view.constant(selection.biases[key]).astype(np.float64)
         if shift is None or bias.shape != shift.shape:

@@ -61,11 +61,14 @@ def paired_params(rows: np.ndarray, per_channel_axis: int | None) -> QuantParams
     to at most PAIR_LIMIT, so nearest rounding never saturates a pair (``round(a) + round(b)``
     exceeds ``a + b`` by less than 1)."""
     magnitude = np.abs(np.asarray(rows, np.float64)).reshape(rows.shape[0], -1).max(axis=1, initial=0.0)
-    needed = np.maximum(magnitude / WEIGHT_LIMITS["safe"], pair_peaks(rows) / PAIR_LIMIT)
+    needed = np.maximum(np.maximum(magnitude / WEIGHT_LIMITS["safe"], pair_peaks(rows) / PAIR_LIMIT), MIN_SCALE)
     if per_channel_axis is None:
-        scale = np.float32(max(needed.max(initial=0.0), MIN_SCALE))
-        return QuantParams(scale, np.array(0, np.int8), "int8")
-    scale = np.maximum(needed, MIN_SCALE).astype(np.float32)
+        needed = needed.max(initial=float(MIN_SCALE)).reshape(1)
+    scale = needed.astype(np.float32)
+    # float32 may round a scale down, and a pair that fitted exactly would then exceed the limit
+    scale = np.where(scale.astype(np.float64) < needed, np.nextafter(scale, np.float32(np.inf)), scale)
+    if per_channel_axis is None:
+        return QuantParams(np.float32(scale[0]), np.array(0, np.int8), "int8")
     return QuantParams(scale, np.zeros(scale.shape, np.int8), "int8", per_channel_axis)
 
 

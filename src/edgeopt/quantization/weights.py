@@ -39,7 +39,8 @@ def _weight_axis(name: str, rank: int, view: GraphView) -> int | None:
 def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements: int, skip: set[str],
                           encode, graph_path: tuple) -> list[str]:
     """Replace each float initializer ``encode`` accepts (it gets the TensorProto and returns new
-    initializers and nodes, or None) in place: the initializers kept are not copied."""
+    initializers, each a TensorProto or a (TensorProto, name) to store under that name, and
+    nodes; or None) in place: the initializers kept are not copied."""
     stored, replaced, added, new_nodes = [], [], [], []
     for index, init in enumerate(graph.initializer):
         if (init.data_type != TensorProto.FLOAT or init.name in skip or init.name in view.graph_outputs
@@ -55,7 +56,12 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
         stored.append(init.name)
     for index in reversed(replaced):
         del graph.initializer[index]
-    graph.initializer.extend(added)
+    for tensor in added:  # (tensor, name): one copy each, renamed in place
+        tensor, name = tensor if isinstance(tensor, tuple) else (tensor, None)
+        stored_copy = graph.initializer.add()
+        stored_copy.CopyFrom(tensor)
+        if name is not None:
+            stored_copy.name = name
     if new_nodes:
         existing = list(graph.node)
         del graph.node[:]
@@ -93,7 +99,8 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
     def encode(init, view, graph_path):
         # If branches may reuse a weight's name: the key holds the branch's path (node names do not
         # change between builds, node order does), and the axis the weight's readers ask for. The
-        # memo keeps the finished tensors (MiniLM's word embeddings are 47 MB a build otherwise).
+        # memo keeps the finished tensors, copied once into each build under its own names (the
+        # numpy round trip of MiniLM's 47 MB word embeddings was most of this pass's time).
         name = init.name
         axis = _weight_axis(name, len(init.dims), view) if per_channel else None
         key = (graph_path, name, axis)
@@ -102,11 +109,11 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
             memo[key] = None if encoded is None else tuple(numpy_helper.from_array(a) for a in encoded)
         if memo[key] is None:
             return None
-        quantized, scale_init = (_renamed(tensor, view.unique(f"{name}{suffix}"))
+        quantized, scale_init = ((tensor, view.unique(f"{name}{suffix}"))
                                  for tensor, suffix in zip(memo[key], ("_int8", "_scale")))
         widened = view.unique(f"{name}_widened")
-        nodes = [view.make_node("Cast", [quantized.name], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
-                 view.make_node("Mul", [widened, scale_init.name], [name], f"{name}_Mul")]
+        nodes = [view.make_node("Cast", [quantized[1]], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
+                 view.make_node("Mul", [widened, scale_init[1]], [name], f"{name}_Mul")]
         return [quantized, scale_init], nodes
 
     return _apply_everywhere(model, min_elements, skip, encode)
@@ -125,13 +132,6 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
         return [half], [view.make_node("Cast", [half.name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
 
     return _apply_everywhere(model, min_elements, skip, encode)
-
-
-def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
-    copy = onnx.TensorProto()
-    copy.CopyFrom(tensor)
-    copy.name = name
-    return copy
 
 
 def _apply_everywhere(model, min_elements, skip, encode) -> list[str]:
