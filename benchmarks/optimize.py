@@ -47,6 +47,8 @@ REASON_KINDS = (("a normalization statistic", "normalization statistics"),
                 ("holds sentinel values", "sentinel values"),
                 ("keeping it float alone", "kept by the fallback"),
                 ("excluded by the config", "excluded"))
+#: The key of the report's kept_float entry that says the whole model stayed float (weights only).
+WHOLE_MODEL = "*"
 
 
 def reason_kinds(kept_float: dict[str, str]) -> dict[str, int]:
@@ -93,7 +95,8 @@ def produce(variant: str, model: str, calibration: str, output: str) -> dict:
         report = result.report
         return {key: report[key] for key in ("scope", "calibration_method", "weight_rounding", "bias_correction")
                 if key in report} | \
-            ({"kept_float": len(report["kept_float"]), "kept_float_why": reason_kinds(report["kept_float"])}
+            ({"kept_float": len(set(report["kept_float"]) - {WHOLE_MODEL}),
+              "kept_float_why": reason_kinds({k: v for k, v in report["kept_float"].items() if k != WHOLE_MODEL})}
              if "kept_float" in report else {})
     elif variant.startswith("onnxruntime static"):
         method = variant.rsplit(" ", 1)[1]

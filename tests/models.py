@@ -31,7 +31,8 @@ def _small(rng: np.random.Generator, name: str, size: int) -> onnx.TensorProto:
     return numpy_helper.from_array((rng.standard_normal(size) * 0.1).astype(np.float32), name)
 
 
-def _finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
+def finish(graph: onnx.GraphProto, opset: int = OPSET) -> onnx.ModelProto:
+    """The model of ``graph`` at ``opset`` (IR version 8, which every onnxruntime here reads), checked."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -78,7 +79,7 @@ def conv_net(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         inits)
-    return _finish(graph)
+    return finish(graph)
 
 
 def attention(seed: int = 0) -> onnx.ModelProto:
@@ -107,7 +108,7 @@ def attention(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 64])],
         inits)
-    return _finish(graph)
+    return finish(graph)
 
 
 def constant_weights(seed: int = 0) -> onnx.ModelProto:
@@ -129,7 +130,7 @@ def constant_weights(seed: int = 0) -> onnx.ModelProto:
         nodes, "constant_weights",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])])
-    return _finish(graph)
+    return finish(graph)
 
 
 def opset11_mlp(seed: int = 0) -> onnx.ModelProto:
@@ -147,7 +148,7 @@ def opset11_mlp(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         inits)
-    return _finish(graph, opset=11)
+    return finish(graph, opset=11)
 
 
 def two_inputs_two_outputs(seed: int = 0) -> onnx.ModelProto:
@@ -170,7 +171,7 @@ def two_inputs_two_outputs(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("out_sum", TensorProto.FLOAT, ["N", 64]),
          helper.make_tensor_value_info("out_b", TensorProto.FLOAT, ["N", 32])],
         inits)
-    return _finish(graph)
+    return finish(graph)
 
 
 VOCABULARY = 512
@@ -192,7 +193,7 @@ def embedding(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
         inits)
-    return _finish(graph)
+    return finish(graph)
 
 
 def lstm(seed: int = 0, time_major: bool = False) -> onnx.ModelProto:
@@ -223,7 +224,7 @@ def lstm(seed: int = 0, time_major: bool = False) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
         inits)
-    return _finish(graph)
+    return finish(graph)
 
 
 def no_float_weights() -> onnx.ModelProto:
@@ -232,7 +233,7 @@ def no_float_weights() -> onnx.ModelProto:
         [helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu_only",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
-    return _finish(graph)
+    return finish(graph)
 
 
 # --- seeded inputs -----------------------------------------------------------------------------

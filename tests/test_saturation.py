@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgeopt
+import models
 from edgeopt.quantization.numerics import quantize
 from edgeopt.quantization.saturation import (PAIR_LIMIT, fit_pairs, from_kernel_order, pair_peaks,
                                              paired_params, to_kernel_order)
@@ -86,9 +87,7 @@ def _adversarial_model(rng) -> "onnx.ModelProto":
              helper.make_node("MatMul", ["r3", "w4"], ["y"], name="matmul")]
     graph = helper.make_graph(nodes, "adversarial", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 24])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return models.finish(graph, opset=13)
 
 
 def _fused_error_in_steps(weight_range: str) -> tuple[float, dict]:
@@ -138,8 +137,7 @@ def test_dynamic_safe_weights_do_not_saturate_matmulinteger(granularity):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 256])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
                               [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    model = models.finish(graph, opset=13)
     x = rng.uniform(0, 1, (16, 256)).astype(np.float32)
     reference = make_session(model).run(None, {"x": x})[0]
 
@@ -159,9 +157,7 @@ def _conv_with_signs(signs: np.ndarray) -> "onnx.ModelProto":
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6, 5, 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8, 5, 5])],
                               [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return models.finish(graph, opset=13)
 
 
 def _conv_error_in_steps(model) -> float:
@@ -225,9 +221,7 @@ def _pair_model(first: int, second: int) -> "onnx.ModelProto":
              helper.make_node("DequantizeLinear", ["yq", "out_scale", "zero"], ["out"])]
     graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    return models.finish(graph, opset=13)
 
 
 def test_a_pair_summing_to_128_is_exact_and_129_is_not():

@@ -175,10 +175,10 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
         raise EdgeoptError(f"integer-only: tensor {name!r} {sentinels[name]}")
     # Integer-only models must quantize everything; elsewhere normalization statistics and the
     # inside of decomposed activations stay float.
-    statistics = {} if config.integer_only else {
+    float_by_design = {} if config.integer_only else {
         name: reason for name, reason in {**pointwise_interiors(view), **normalization_statistics(view)}.items()
         if name in everything.activations}
-    builder = CandidateBuilder(model, config, measured, {**statistics, **sentinels})
+    builder = CandidateBuilder(model, config, measured, {**float_by_design, **sentinels})
     chosen, scores, decision = _search(builder, config)
     builder.progress.close()
     built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))

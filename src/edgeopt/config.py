@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
-from .quantization.saturation import WEIGHT_RANGE_CHOICES as SATURATION_CHOICES
+from .quantization.saturation import WEIGHT_RANGE_CHOICES
 
 CONFIG_VERSION = 4
 #: Keys an older config dict may lack, with the behaviour it had: version 2 added int8's ``scope``
@@ -29,8 +29,8 @@ _OLD_DEFAULTS = {
 #: Values an older config dict spelled differently: key -> {old value: value now}.
 _RENAMED = {3: {"weight_range": {"safe": "half"}}}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
-#: "safe" (exact on every x86 CPU), "half" ([-64, 64]) or "full" ([-127, 127]); see quantization.saturation.
-WEIGHT_RANGE_CHOICES = SATURATION_CHOICES
+# WEIGHT_RANGE_CHOICES: "safe" (exact on every x86 CPU), "half" ([-64, 64]) or "full"
+# ([-127, 127]); defined with the arithmetic in quantization.saturation.
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
 AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")

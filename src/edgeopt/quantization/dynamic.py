@@ -26,7 +26,8 @@ from onnx import TensorProto
 
 from .graph import GraphView, attribute, opset_version, topological_sort
 from .numerics import quantize, weight_params
-from .saturation import WEIGHT_LIMITS, fit_pairs, paired_params
+from .operators import RULES
+from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
 
 
 def quantize_matmuls(model: onnx.ModelProto, per_channel: bool = True, min_elements: int = 256,
@@ -156,6 +157,7 @@ def _weight_integers(weight: np.ndarray, per_channel: bool, weight_range: str):
     if weight_range != "safe":
         params = weight_params(weight, axis, qmax=WEIGHT_LIMITS[weight_range])
         return quantize(weight, params), params
-    rows = weight.T[:, None, :]  # outputs x one sum x K
-    params = paired_params(rows, axis)
-    return fit_pairs(quantize(weight, params).T[:, None, :])[:, 0, :].T, params
+    layout = RULES["MatMul"].accumulation(None, weight.ndim)  # MatMulInteger adds along K, as MatMul
+    params = paired_params(to_kernel_order(weight, layout), axis)
+    integers = fit_pairs(to_kernel_order(quantize(weight, params), layout))
+    return from_kernel_order(integers, weight.shape, layout), params

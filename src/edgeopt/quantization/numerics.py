@@ -9,8 +9,7 @@ import numpy as np
 # Integer types edgeopt can emit, with the range of values it uses for each.
 # Weights are symmetric (so -w quantizes exactly to -q, as TFLite's quantization spec asks), in
 # [-127, 127] at most, and limited further where x86 kernels would saturate (see saturation.py);
-# activations use the full range of
-# their type.
+# activations use the full range of their type.
 INTEGER_RANGES = {
     "uint8": (0, 255),
     "int8": (-128, 127),

@@ -38,9 +38,9 @@ def _weight_axis(name: str, rank: int, view: GraphView) -> int | None:
 
 def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements: int, skip: set[str],
                           encode, graph_path: tuple) -> list[str]:
-    """Replace each float initializer ``encode`` accepts (it gets the TensorProto and returns new
-    initializers, each a TensorProto or a (TensorProto, name) to store under that name, and
-    nodes; or None) in place: the initializers kept are not copied."""
+    """Replace each float initializer ``encode`` accepts (it gets the TensorProto and returns the
+    new initializers as (TensorProto, name) pairs, and nodes; or None) in place: the initializers
+    kept are not copied, the new ones are copied once under their name."""
     stored, replaced, added, new_nodes = [], [], [], []
     for index, init in enumerate(graph.initializer):
         if (init.data_type != TensorProto.FLOAT or init.name in skip or init.name in view.graph_outputs
@@ -56,12 +56,10 @@ def _replace_initializers(graph: onnx.GraphProto, view: GraphView, min_elements:
         stored.append(init.name)
     for index in reversed(replaced):
         del graph.initializer[index]
-    for tensor in added:  # (tensor, name): one copy each, renamed in place
-        tensor, name = tensor if isinstance(tensor, tuple) else (tensor, None)
+    for tensor, name in added:
         stored_copy = graph.initializer.add()
         stored_copy.CopyFrom(tensor)
-        if name is not None:
-            stored_copy.name = name
+        stored_copy.name = name
     if new_nodes:
         existing = list(graph.node)
         del graph.node[:]
@@ -109,12 +107,12 @@ def store_int8(model: onnx.ModelProto, min_elements: int = 256, skip: set[str] =
             memo[key] = None if encoded is None else tuple(numpy_helper.from_array(a) for a in encoded)
         if memo[key] is None:
             return None
-        quantized, scale_init = ((tensor, view.unique(f"{name}{suffix}"))
-                                 for tensor, suffix in zip(memo[key], ("_int8", "_scale")))
+        integers, scale = memo[key]
+        integers_name, scale_name = view.unique(f"{name}_int8"), view.unique(f"{name}_scale")
         widened = view.unique(f"{name}_widened")
-        nodes = [view.make_node("Cast", [quantized[1]], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
-                 view.make_node("Mul", [widened, scale_init[1]], [name], f"{name}_Mul")]
-        return [quantized, scale_init], nodes
+        nodes = [view.make_node("Cast", [integers_name], [widened], f"{name}_Cast", to=TensorProto.FLOAT),
+                 view.make_node("Mul", [widened, scale_name], [name], f"{name}_Mul")]
+        return [(integers, integers_name), (scale, scale_name)], nodes
 
     return _apply_everywhere(model, min_elements, skip, encode)
 
@@ -128,8 +126,9 @@ def store_float16(model: onnx.ModelProto, min_elements: int = 16, skip: set[str]
         # become -inf, and NaN after a fully masked softmax: such tensors stay float32.
         if np.any(np.abs(array[np.isfinite(array)]) > np.finfo(np.float16).max):
             return None
-        half = numpy_helper.from_array(array.astype(np.float16), view.unique(f"{name}_float16"))
-        return [half], [view.make_node("Cast", [half.name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
+        half_name = view.unique(f"{name}_float16")
+        return [(numpy_helper.from_array(array.astype(np.float16)), half_name)], \
+            [view.make_node("Cast", [half_name], [name], f"{name}_Cast", to=TensorProto.FLOAT)]
 
     return _apply_everywhere(model, min_elements, skip, encode)
 
