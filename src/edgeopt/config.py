@@ -34,6 +34,8 @@ ACTIVATION_GRANULARITIES = ("row", "tensor")
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
 #: ``auto`` tries these methods and keeps the one with the lowest output error on the check samples.
 AUTO_CALIBRATION_METHODS = ("percentile", "mse", "entropy", "minmax")
+#: the method that clips nothing (what the fallback is tried on again, see ``api._search_scopes``)
+FULL_RANGE_METHOD = "minmax"
 CALIBRATION_CHOICES = ("auto",) + CALIBRATION_METHODS
 #: ``all``: every operator with an integer kernel; ``matmul-inputs``: only the inputs of MatMul/Gemm
 #: with constant weights; ``auto``: ``all``, or ``matmul-inputs`` where that misses the target on a

@@ -28,7 +28,7 @@ from . import weights as weight_storage
 logger = logging.getLogger(__name__)
 
 #: Check samples the simulated variants are scored on (see :meth:`CandidateBuilder.simulated_score`).
-SIMULATION_SAMPLES = 16
+SIMULATION_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class CandidateBuilder:
         self.view = GraphView(model)
         self.dtypes = tensor_dtypes(model)
         self.original_weights = {init.name for init in model.graph.initializer}
+        self._nodes = {node.name: node for node in model.graph.node}
         excluded = excluded_nodes(model, config.exclude)
         self.excluded_weights = {name for node in excluded for name in node.input}
         self.excluded_nodes = {node.name: "excluded by the config" for node in excluded}
@@ -96,7 +97,14 @@ class CandidateBuilder:
         result.kept_float.update(self.always_float)
         result.kept_float.update(self.excluded_nodes)
         result.integer_only = self.config.integer_only
+        if candidate.keep_float:
+            dropped = {node.name for node in self.selection(candidate.but(keep_float=frozenset())).nodes} - \
+                {node.name for node in selection.nodes}
+            result.float_weight_nodes = sorted(name for name in dropped if self._weights_of(name))
         return result
+
+    def _weights_of(self, node_name: str) -> set[str]:
+        return {name for name in self._nodes[node_name].input[1:] if name in self.original_weights}
 
     def can_compensate(self, scope: str) -> bool:
         return bool(self._compensated(scope))
@@ -118,7 +126,8 @@ class CandidateBuilder:
         quantized.CopyFrom(self.model)
         apply_plan(quantized, quantization_plan, float_readers_read_float=not self.config.integer_only)
         io_params = make_integer_io(quantized, quantization_plan) if self.config.integer_only else {}
-        weight_storage.store_int8(quantized, skip=self.excluded_weights, per_channel=self.config.per_channel,
+        skip = self.excluded_weights.union(*(self._weights_of(name) for name in quantization_plan.float_weight_nodes))
+        weight_storage.store_int8(quantized, skip=skip, per_channel=self.config.per_channel,
                                   only=self.original_weights, memo=self._storage_memo)
         return Built(quantization_plan, quantized, io_params)
 
@@ -127,7 +136,7 @@ class CandidateBuilder:
         per (scope, method, refinements): no build, no new session (the fallback's many variants)."""
         base = candidate.but(keep_float=frozenset())
         if base not in self._simulations:
-            self._simulations[base] = SwitchedModel(self.model, self.plan(base, absorb=False))
+            self._simulations[base] = SwitchedModel(self.model, self.plan(base, absorb=False), self.dtypes)
         if candidate not in self._simulated:
             selection = self.selection(candidate)
             quantized = plan_activations(self.view, selection, self.calibration.observers, self._ranges(candidate),

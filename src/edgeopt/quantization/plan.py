@@ -70,6 +70,10 @@ class QuantizationPlan:
     kept_float: dict[str, str] = field(default_factory=dict)
     #: inputs and outputs become integers, no float operator is left (Edge TPU-class targets)
     integer_only: bool = False
+    #: nodes the fallback keeps float: their weights stay float32 too (weight storage stores the
+    #: weights of other float nodes as int8 + scale), since their rounding error is part of the
+    #: error keeping them float removes
+    float_weight_nodes: list[str] = field(default_factory=list)
     #: how the integers were chosen (provenance, not needed to apply the plan)
     corrected_biases: set[Key] = field(default_factory=set)
     compensated_weights: set[Key] = field(default_factory=set)
@@ -83,7 +87,8 @@ class QuantizationPlan:
                 and all(same_params(p, other.activations[n]) for n, p in self.activations.items())
                 and self.weights == other.weights and self.biases == other.biases
                 and self.constants == other.constants and set(self.nodes) == set(other.nodes)
-                and self.absorbed == other.absorbed and self.integer_only == other.integer_only)
+                and self.absorbed == other.absorbed and self.integer_only == other.integer_only
+                and set(self.float_weight_nodes) == set(other.float_weight_nodes))
 
     def differences(self, other: "QuantizationPlan") -> list[str]:
         """What differs from ``other``, one line per item (for test failures and debugging)."""
@@ -102,13 +107,15 @@ class QuantizationPlan:
             lines.append(f"nodes differ: {sorted(set(self.nodes) ^ set(other.nodes))}")
         if self.absorbed != other.absorbed:
             lines.append(f"absorbed {self.absorbed} != {other.absorbed}")
+        if set(self.float_weight_nodes) != set(other.float_weight_nodes):
+            lines.append(f"float weights differ: {sorted(set(self.float_weight_nodes) ^ set(other.float_weight_nodes))}")
         return lines
 
     def metadata(self) -> str:
         """What a QDQ graph cannot show exactly: the quantized nodes (a node between quantized
         tensors may still run float), absorbed activations, why tensors stay float, provenance."""
         return json.dumps({"nodes": list(self.nodes), "absorbed": self.absorbed, "kept_float": self.kept_float,
-                           "integer_only": self.integer_only,
+                           "integer_only": self.integer_only, "float_weight_nodes": sorted(self.float_weight_nodes),
                            "corrected_biases": sorted(_key_text(k) for k in self.corrected_biases),
                            "compensated_weights": sorted(_key_text(k) for k in self.compensated_weights)},
                           sort_keys=True)
@@ -129,6 +136,7 @@ class QuantizationPlan:
             "nodes": list(self.nodes),
             "absorbed": dict(self.absorbed),
             "kept_float": dict(self.kept_float),
+            "float_weight_nodes": sorted(self.float_weight_nodes),
         }
 
 

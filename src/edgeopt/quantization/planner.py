@@ -174,12 +174,12 @@ def _plan_activations(selection: Selection, observers, ranges: Ranges, result: Q
                 continue
             # Ranges depend only on the tensor and the method: computed once per search (the
             # entropy search over a histogram takes milliseconds, and a search plans ~100 models).
-            key = ("range", name, ranges.method, ranges.activation_type, ranges.percentile)
+            key = ("activation", name, ranges.method, ranges.activation_type, ranges.percentile)
             if key not in memo:
-                memo[key] = compute_range(observers[name], ranges.method, ranges.activation_type, ranges.percentile)
-            low, high = memo[key]
-            result.activations[name] = (symmetric_params(max(abs(low), abs(high)), ranges.activation_type)
-                                        if symmetric else affine_params(low, high, ranges.activation_type))
+                low, high = compute_range(observers[name], ranges.method, ranges.activation_type, ranges.percentile)
+                memo[key] = (symmetric_params(max(abs(low), abs(high)), ranges.activation_type)
+                             if symmetric else affine_params(low, high, ranges.activation_type))
+            result.activations[name] = memo[key]
 
 
 def _plan_weights(view: GraphView, selection: Selection, ranges: Ranges, on_grid: dict, memo: dict

@@ -41,6 +41,7 @@ def read_plan(model: onnx.ModelProto) -> QuantizationPlan:
     plan.absorbed = recorded.get("absorbed", {})
     plan.integer_only = bool(recorded.get("integer_only", _integer_inputs(view)))
     plan.kept_float = recorded.get("kept_float", {})
+    plan.float_weight_nodes = list(recorded.get("float_weight_nodes", []))
     plan.corrected_biases = {parse_key(k) for k in recorded.get("corrected_biases", [])}
     plan.compensated_weights = {parse_key(k) for k in recorded.get("compensated_weights", [])}
     plan.nodes = list(recorded["nodes"]) if "nodes" in recorded else _quantized_nodes(view, plan)
