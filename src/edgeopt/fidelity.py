@@ -5,6 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
+def _cosines(dot: np.ndarray, ref_energy: np.ndarray, out_energy: np.ndarray) -> np.ndarray:
+    """Cosines from sums of products; two all-zero vectors count as identical (1.0), one zero and
+    one not as 0.0."""
+    norms = np.sqrt(ref_energy) * np.sqrt(out_energy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where((ref_energy == 0) & (out_energy == 0), 1.0, cosine)
+
+
+def _row_sums(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row of two [rows, values] float64 arrays: sum of ref*out, ref^2, out^2, (ref-out)^2,
+    each in one pass without temporaries (scoring a candidate runs this over every check output)."""
+    diff = ref - out
+    return (np.einsum("ij,ij->i", ref, out), np.einsum("ij,ij->i", ref, ref),
+            np.einsum("ij,ij->i", out, out), np.einsum("ij,ij->i", diff, diff))
+
+
 def cosine_per_sample(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample's flattened output (axis 0 = samples).
 
@@ -12,12 +29,8 @@ def cosine_per_sample(reference: np.ndarray, output: np.ndarray) -> np.ndarray:
     """
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     out = np.asarray(output, dtype=np.float64).reshape(len(output), -1)
-    dot = np.sum(ref * out, axis=1)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(out, axis=1) == 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
-    return np.where(both_zero, 1.0, cosine)
+    dot, ref_energy, out_energy, _ = _row_sums(ref, out)
+    return _cosines(dot, ref_energy, out_energy)
 
 
 def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
@@ -51,25 +64,24 @@ def output_fidelity(reference_outputs: list[list[np.ndarray]], outputs: list[lis
     sample's cosine, NaN where silent)."""
     scores = []
     for index in range(len(reference_outputs[0]) if reference_outputs else 0):
-        ref_rows, out_rows = [], []
+        sums = []
         for ref_batch, out_batch in zip(reference_outputs, outputs):
             ref, out = np.asarray(ref_batch[index]), np.asarray(out_batch[index])
             if not np.issubdtype(ref.dtype, np.floating):
                 break
             rows = len(ref) if ref.ndim > 1 else 1
-            ref_rows.append(ref.astype(np.float64).reshape(rows, -1))
-            out_rows.append(np.asarray(out, dtype=np.float64).reshape(rows, -1))
+            sums.append(_row_sums(ref.astype(np.float64).reshape(rows, -1),
+                                  np.asarray(out, dtype=np.float64).reshape(rows, -1)))
         else:
-            if not ref_rows:
+            if not sums:
                 continue
-            ref, out = np.concatenate(ref_rows), np.concatenate(out_rows)
-            energy = np.sum(ref ** 2, axis=1)
+            dot, energy, out_energy, error = (np.concatenate(column) for column in zip(*sums))
             audible = energy > SILENT_ENERGY * max(float(energy.mean()), 1e-300)
-            cosine = cosine_per_sample(ref[audible], out[audible]) if audible.any() else np.ones(1)
-            per_sample = np.full(len(ref), np.nan)
+            cosine = _cosines(dot[audible], energy[audible], out_energy[audible]) if audible.any() else np.ones(1)
+            per_sample = np.full(len(energy), np.nan)
             per_sample[audible] = cosine[:int(audible.sum())]
-            scores.append({"pooled_error": float(np.sum((ref - out) ** 2) / max(float(energy.sum()), 1e-30)),
-                           "pooled_cosine": float(cosine_per_sample(ref.reshape(1, -1), out.reshape(1, -1))[0]),
-                           "worst_cosine": float(cosine.min()), "silent": int(np.sum(~audible)),
-                           "sample_cosines": per_sample})
+            pooled = _cosines(np.array([dot.sum()]), np.array([energy.sum()]), np.array([out_energy.sum()]))[0]
+            scores.append({"pooled_error": float(error.sum() / max(float(energy.sum()), 1e-30)),
+                           "pooled_cosine": float(pooled), "worst_cosine": float(cosine.min()),
+                           "silent": int(np.sum(~audible)), "sample_cosines": per_sample})
     return scores
