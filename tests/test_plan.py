@@ -145,3 +145,36 @@ def test_limited_weight_ranges_keep_depthwise_convolutions_at_full_range(weight_
         pairs = pointwise[:, 0::2] + pointwise[:, 1::2]
         same_sign = pointwise[:, 0::2] * pointwise[:, 1::2] > 0
         assert int(np.abs(np.where(same_sign, pairs, 0)).max()) <= 128 and int(np.abs(pointwise).max()) > 64
+
+
+def test_nodes_the_fallback_keeps_float_keep_float_weights_and_the_plan_says_so():
+    from onnx import numpy_helper
+
+    from edgeopt.quantization.calibrate import calibrate
+    from edgeopt.quantization.candidates import Candidate, CandidateBuilder
+    from edgeopt.quantization.prepare import prepare
+    from edgeopt.quantization.qdq import record_plan
+
+    case = models.CASES["conv_net"]
+    model = prepare(case.build())
+    config = edgeopt.Int8Config()
+    builder = CandidateBuilder(model, config, None, {})
+    builder.calibration = calibrate(model, builder.selection(Candidate()), iter([case.feeds(1, 96)]),
+                                    max_samples=None, bias_correction=True, compensated_rounding=False)
+    candidate = Candidate(compensated_rounding=False, keep_float=frozenset({"input"}))  # conv1 reads it
+    built = builder.build(candidate)
+    assert built.plan.float_weight_nodes == ["conv1"]
+    assert builder.plan(candidate.but(keep_float=frozenset())).float_weight_nodes == []
+    stored = {init.name: init for init in built.model.graph.initializer}
+    conv1 = next(node for node in built.model.graph.node if node.name == "conv1")
+    np.testing.assert_array_equal(numpy_helper.to_array(stored[conv1.input[1]]),
+                                  numpy_helper.to_array(next(i for i in model.graph.initializer
+                                                             if i.name == conv1.input[1])))
+    # every other weight is int8 (weight storage of float nodes, or the quantized nodes' own)
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in built.model.graph.initializer)
+    record_plan(built.model, built.plan)
+    read = edgeopt.read_plan(built.model)
+    assert read == built.plan and read.float_weight_nodes == ["conv1"], read.differences(built.plan)
+    again = edgeopt.quantize(case.build(), config, plan=read)
+    assert next(i for i in again.model.graph.initializer if i.name == conv1.input[1]).data_type == \
+        onnx.TensorProto.FLOAT

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from edgeopt.quantization import fallback, search
@@ -161,3 +163,15 @@ def test_fallback_recovers_an_unusable_model_and_ignores_unusable_variants():
 
     decision = fallback.choose(names, table, target=0.98, max_fraction=0.5)
     assert list(decision.keep_float) == ["t5"] and decision.worst_cosine == pytest.approx(0.995)
+
+
+def test_the_simulated_target_scales_the_gap_to_float():
+    simulated_target = fallback.simulated_target
+
+    # simulated gap 0.6969, real 0.7066: a model far off moves the target by its ratio, not by the
+    # difference of its cosines (which would ask 0.9897 of the simulation for 0.98)
+    assert simulated_target(0.98, Score(0.87, 0.3031), Score(0.9, 0.2934)) == pytest.approx(1 - 0.02 * 0.6969 / 0.7066)
+    assert simulated_target(0.98, Score(0.05, 0.975), Score(0.06, 0.97)) == pytest.approx(1 - 0.02 * 0.025 / 0.03)
+    # unusable or perfect all-int8 models: the target as it is
+    assert simulated_target(0.98, Score(math.inf, 0.0), Score(math.inf, math.nan)) == 0.98
+    assert simulated_target(0.98, Score(0.0, 1.0), Score(0.0, 1.0)) == 0.98

@@ -43,3 +43,16 @@ def test_everything_switched_off_is_the_float_model():
     everything = frozenset(builder.plan(base).activations)
     score = builder.simulated_score(base.but(keep_float=everything))
     assert score.error < 1e-12 and score.worst_cosine == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("values,feeds_used", [(10, 4), (4096, 2)])
+def test_dense_outputs_are_simulated_on_fewer_samples(values, feeds_used):
+    import numpy as np
+
+    from edgeopt.quantization.calibrate import Calibration
+
+    builder = _builder("conv_net")
+    feeds = [{"input": np.zeros((4, 3, 16, 16), np.float32)}] * 5
+    builder.calibration = Calibration({}, 20, feeds, [[np.zeros((4, values), np.float32)]] * 5)
+    used, reference = builder._simulation_samples()  # 16 samples, or 8 of a dense output
+    assert len(used) == len(reference) == feeds_used

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +19,6 @@ from .quantization.candidates import Candidate, CandidateBuilder
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
-from .quantization.scoring import Score
 from .quantization.read_plan import check_plan_fits
 from .quantization.select import (check_exclusions, excluded_nodes, normalization_statistics,
                                   pointwise_interiors, select)
@@ -264,7 +262,7 @@ def _fallback(builder: CandidateBuilder, chosen: Candidate, config: Int8Config) 
         return fallback.FallbackDecision(worst_cosine=real.worst_cosine,
                                          steps=[{"kept_float": 0, "worst_cosine": round(real.worst_cosine, 6)}])
     decision = fallback.choose(candidates, simulated(builder, chosen),
-                               simulated_target(config.target_cosine, builder.simulated_score(chosen), real),
+                               fallback.simulated_target(config.target_cosine, builder.simulated_score(chosen), real),
                                config.fallback_max_fraction)
     if decision.keep_float:
         if builder.score(chosen.but(keep_float=frozenset(decision.keep_float))).error >= real.error:
@@ -273,18 +271,6 @@ def _fallback(builder: CandidateBuilder, chosen: Candidate, config: Int8Config) 
             decision.keep_float = {}
     decision.worst_cosine = builder.score(chosen.but(keep_float=frozenset(decision.keep_float))).worst_cosine
     return decision
-
-
-def simulated_target(target: float, simulated: Score, real: Score) -> float:
-    """The target on the simulation, which scores on fewer samples and without the integer
-    kernels' rounding: the real model's gap to float (1 - cosine) is taken as a fixed multiple of
-    the simulated one, measured on the all-int8 model. A difference of cosines would not carry
-    over from a model far off (PP-OCRv5's detector on minmax ranges: 0.303 simulated, 0.293 real)
-    to one near the target."""
-    real_gap, simulated_gap = 1.0 - real.worst_cosine, 1.0 - simulated.worst_cosine
-    if not (math.isfinite(real_gap) and math.isfinite(simulated_gap)) or real_gap <= 0 or simulated_gap <= 0:
-        return target
-    return 1.0 - (1.0 - target) * simulated_gap / real_gap
 
 
 def _matmul_inputs_apply(builder: CandidateBuilder, config: Int8Config) -> bool:
