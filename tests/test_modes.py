@@ -32,7 +32,8 @@ COSINE_BOUND = {"float16": 0.999, "dynamic": 0.98, "int8": 0.97, "int8_integer_o
 # int8 weights are a quarter (0.25 + per-channel scales, zero points, graph).
 SIZE_BOUND = {"float16": 0.55, "dynamic": 0.4, "int8": 0.4, "int8_integer_only": 0.4, "int16x8": 0.4}
 # Integer-only needs every operator to run on integers: LSTM and a Gather on a float table cannot.
-INTEGER_ONLY_IMPOSSIBLE = {"lstm": "LSTM", "embedding": "Gather"}
+# refused before calibration: the first operator no integer kernel runs
+INTEGER_ONLY_IMPOSSIBLE = {"lstm": "operator LSTM", "embedding": "operator ReduceMean"}
 
 CALIBRATION_SEED, HELD_OUT_SEED = 1, 2
 
@@ -333,3 +334,12 @@ def test_matmul_inputs_scope_needs_a_matmul():
     calibration = {"x": np.random.default_rng(1).standard_normal((16, 4, 8, 8)).astype(np.float32)}
     with pytest.raises(edgeopt.EdgeoptError, match="no MatMul or Gemm"):
         edgeopt.quantize(model, edgeopt.Int8Config(scope="matmul-inputs"), calibration=calibration)
+
+
+def test_integer_only_refuses_before_it_reads_the_calibration_data():
+    import numpy as np
+
+    case = models.CASES["lstm"]
+    wrong = {name: np.zeros((2, 3), np.float32) for name in case.feeds(CALIBRATION_SEED, 2)}  # would be refused
+    with pytest.raises(edgeopt.EdgeoptError, match="integer-only: operator LSTM"):
+        edgeopt.quantize(case.build(), edgeopt.Int8Config(integer_only=True), calibration=wrong)

@@ -17,6 +17,7 @@ from .quantization import dynamic, fallback, qdq, search, weights
 from .quantization.calibrate import Calibration, calibrate
 from .quantization.candidates import Candidate, CandidateBuilder
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
+from .quantization.operators import NON_COMPUTE, rule_for
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
 from .quantization.read_plan import check_plan_fits
@@ -161,10 +162,13 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
         raise EdgeoptError(f"mode {config.mode} needs calibration data (--calibration DATA.npz or an image folder)")
     view = GraphView(model)
     check_exclusions(view, config.exclude)
-    everything = select(view, tensor_dtypes(model), integer_only=config.integer_only,
+    dtypes = tensor_dtypes(model)
+    everything = select(view, dtypes, integer_only=config.integer_only,
                         per_channel=config.per_channel, exclude=config.exclude)
     if not everything.nodes:
         return _weights_only(model, config)
+    if config.integer_only:
+        _check_integer_kernels(view, dtypes, everything)
     feeds = iterate_feeds(calibration, input_specs(model), "calibration data")
     measured = calibrate(model, everything, feeds, max_samples=config.max_calibration_samples,
                          bias_correction=config.bias_correction,
@@ -190,6 +194,18 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
         logger.warning("worst output cosine %.4f is below the target %.4f", decision.worst_cosine,
                        config.target_cosine)
     return QuantizationResult(built.model, report, built.plan)
+
+
+def _check_integer_kernels(view: GraphView, dtypes: dict[str, int], selection) -> None:
+    """Integer-only: refuse before calibrating (seconds on a large model) a model with an operator
+    no integer kernel runs (LSTM, LayerNormalization, ...); the built model is checked again."""
+    selected = {node.name for node in selection.nodes}
+    for node in view.graph.node:
+        if node.name in selected or node.op_type in NON_COMPUTE or rule_for(node) is not None:
+            continue
+        if any(name and dtypes.get(name) in FLOAT_TYPES and not view.is_constant(name) for name in node.input):
+            raise EdgeoptError(f"integer-only: operator {node.op_type} (node {node.name!r}) cannot run in integer "
+                               "arithmetic; quantize without --integer-only or remove it from the model")
 
 
 def _search(builder: CandidateBuilder, config: Int8Config):
