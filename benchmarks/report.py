@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 from .optimize import EDGEOPT_INT8
@@ -244,6 +245,23 @@ def reference_only(results: dict) -> dict:
     return {**results, "cases": [c for c in results.get("cases", []) if c.get("group", "reference") == "reference"]}
 
 
+def large_model_section(path: pathlib.Path) -> list[str]:
+    """The table ``python -m benchmarks.large_model`` wrote (a model over protobuf's 2 GiB limit)."""
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    lines = ["## A model over 2 GB", "", f"`{run['command']}`, {run['date']}: {run['model']}. Each mode is the "
+             "`edgeopt quantize` command in a fresh process; peak is its resident memory.", "",
+             "| mode | optimizer s | peak MB | output GB | files | mean sample cosine |", "|---|---|---|---|---|---|"]
+    for row in run["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['mode']} | failed: {row['error']} | | | | |")
+        else:
+            lines.append(f"| {row['mode']} | {row['seconds']} | {row['peak_mb']} | {row['bytes'] / 1e9:.2f} | "
+                         f"{', '.join(row['files'])} | {row['cosine']} |")
+    return lines + [""]
+
+
 def render(results: dict, here: pathlib.Path) -> None:
     from .thirdparty_report import section
 
@@ -264,6 +282,7 @@ def render(results: dict, here: pathlib.Path) -> None:
     reading = here / "READING.md"
     if reading.exists():
         lines += ["## Reading the table", "", reading.read_text().strip(), ""]
+    lines += large_model_section(here / "large_model.json")
     lines += section(everything)
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")

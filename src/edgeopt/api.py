@@ -11,6 +11,7 @@ import onnx
 
 from .config import AUTO_CALIBRATION_METHODS, FULL_RANGE_METHOD, DynamicConfig, Float16Config, Int8Config, Int16x8Config, _Config
 from .data import input_specs, iterate_feeds
+from . import external_data
 from .errors import EdgeoptError
 from .model_io import load_model, passes_full_check, save_model
 from .quantization import dynamic, fallback, qdq, search, weights
@@ -78,7 +79,7 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     result = handler(prepared, config, calibration, plan) if plan is not None else \
         handler(prepared, config, calibration)
     try:
-        onnx.checker.check_model(result.model, full_check=full_check)
+        external_data.check(result.model, full_check=full_check)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise EdgeoptError(f"the {config.mode} model edgeopt built fails onnx's checker ({first}); "
@@ -86,7 +87,7 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     result.report.update({
         "mode": config.mode, "config": config.to_dict(),
         "seconds": round(time.perf_counter() - started, 3),
-        "size_bytes": {"float": source.ByteSize(), "quantized": result.model.ByteSize()},
+        "size_bytes": {"float": external_data.byte_size(source), "quantized": external_data.byte_size(result.model)},
     })
     return result
 

@@ -9,6 +9,7 @@ import tempfile
 
 import onnx
 
+from . import external_data
 from .errors import EdgeoptError
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _check(model: onnx.ModelProto, where: str) -> None:
         raise EdgeoptError(f"{where}: not an ONNX model with a graph (no nodes found); "
                            "expected a complete .onnx file")
     try:
-        onnx.checker.check_model(model)
+        external_data.check(model)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgeoptError(f"{where}: invalid ONNX model ({first_line[:200]})") from None
@@ -48,7 +49,7 @@ def passes_full_check(model: onnx.ModelProto) -> bool:
     """Whether onnx's checker with shape inference accepts the model (some models that run fine
     declare output shapes inference disagrees with; their outputs get the plain check)."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        external_data.check(model, full_check=True)
         return True
     except Exception:
         return False
@@ -94,15 +95,16 @@ def write_bytes_atomic(path: "str | os.PathLike", data: bytes) -> None:
 
 #: protobuf cannot serialise a message of 2 GiB or more: larger models keep their tensors in a
 #: file beside the model (ONNX external data).
-EXTERNAL_DATA_ABOVE = (2 << 30) - (64 << 20)
 
 
-def save_model(model: onnx.ModelProto, path: "str | os.PathLike", external_above: int = EXTERNAL_DATA_ABOVE
+def save_model(model: onnx.ModelProto, path: "str | os.PathLike", external_above: int | None = None
                ) -> pathlib.Path:
     """Serialise ``model`` and write it atomically; returns the path written. A model larger than
     ``external_above`` bytes keeps its tensors in ``<name>.data`` beside it (both files written
     through temporary names and renamed, the data file first)."""
-    if model.ByteSize() <= external_above:
+    if external_above is None:
+        external_above = external_data.PROTOBUF_LIMIT - (64 << 20)
+    if external_data.byte_size(model) <= external_above:
         data = model.SerializeToString()
         write_bytes_atomic(path, data)
         logger.info("wrote %s (%d bytes)", path, len(data))
@@ -111,17 +113,12 @@ def save_model(model: onnx.ModelProto, path: "str | os.PathLike", external_above
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
-    from onnx.external_data_helper import convert_model_to_external_data
-
     check_writable(path)
     data_name = f"{path.name}.data"
     check_writable(path.parent / data_name)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
     folder = tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        convert_model_to_external_data(copy, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        onnx.save_model(copy, os.path.join(folder, path.name))
+        external_data.write(model, os.path.join(folder, path.name), data_name)
         os.replace(os.path.join(folder, data_name), path.parent / data_name)
         os.replace(os.path.join(folder, path.name), path)
     finally:

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import external_data
+
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -95,7 +97,7 @@ def subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
 def tensor_dtypes(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the shape inference can type (inputs, outputs, intermediates)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = external_data.infer_shapes(model)
     except Exception:
         inferred = model
     types: dict[str, int] = {}

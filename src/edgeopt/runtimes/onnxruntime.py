@@ -7,6 +7,7 @@ import os
 import numpy as np
 import onnx
 
+from .. import external_data
 from ..errors import EdgeoptError
 
 
@@ -24,7 +25,19 @@ def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | No
         options.inter_op_num_threads = 1
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    if isinstance(model, onnx.ModelProto) and external_data.too_large(model):
+        source, names, arrays = external_data.session_parts(model)
+        values = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays]
+        options.add_external_initializers(names, values)
+        session = _session(source, options)
+        session.edgeopt_initializers = values  # ONNX Runtime reads them in place: they live as long as it
+        return session
+    return _session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model), options)
+
+
+def _session(source, options):
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
