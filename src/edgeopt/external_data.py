@@ -30,17 +30,37 @@ EXTERNAL_MIN_BYTES = 1024
 
 
 def too_large(model: onnx.ModelProto) -> bool:
+    # Counting a message's bytes is slow past a few hundred MB (and refused past the limit): the
+    # tensors' own sizes decide first.
+    if sum(_tensor_bytes(tensor) for tensor in _tensors(model.graph)) > PROTOBUF_LIMIT:
+        return True
     return byte_size(model) > PROTOBUF_LIMIT
+
+
+def _tensor_bytes(tensor: TensorProto) -> int:
+    """Bytes of a tensor's values, from its shape and type (0 for external ones)."""
+    if tensor.data_location == TensorProto.EXTERNAL:
+        return 0
+    if tensor.data_type == TensorProto.STRING:
+        return sum(len(value) for value in tensor.string_data)
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return tensor.ByteSize()
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
 def byte_size(model: onnx.ModelProto) -> int:
     """The model's serialised size; protobuf refuses even to count past its limit, so a larger
     model is counted as its skeleton plus its large tensors' bytes (within a few bytes a tensor)."""
-    try:
-        return model.ByteSize()
-    except EncodeError:
-        sizes: list[int] = []
-        return _skeleton(model, "size", lambda _, raw: sizes.append(len(raw))).ByteSize() + sum(sizes)
+    if sum(_tensor_bytes(tensor) for tensor in _tensors(model.graph)) <= PROTOBUF_LIMIT:
+        try:
+            return model.ByteSize()
+        except EncodeError:
+            pass
+    sizes: list[int] = []
+    skeleton = _skeleton(model, "size", lambda tensor, _: sizes.append(_tensor_bytes(tensor)), read=False)
+    return skeleton.ByteSize() + sum(sizes)
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -54,7 +74,7 @@ def _tensors(graph: onnx.GraphProto):
 
 
 def _large(tensor: TensorProto) -> bool:
-    return tensor.data_location != TensorProto.EXTERNAL and tensor.ByteSize() >= EXTERNAL_MIN_BYTES
+    return tensor.data_type != TensorProto.STRING and _tensor_bytes(tensor) >= EXTERNAL_MIN_BYTES
 
 
 def _stub(tensor: TensorProto, data_name: str, offset: int, length: int) -> TensorProto:
@@ -79,18 +99,24 @@ def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
             setattr(target, field.name, value)
 
 
-def _skeleton(model: onnx.ModelProto, data_name: str, sink, constants: bool = True) -> onnx.ModelProto:
+def _skeleton(model: onnx.ModelProto, data_name: str, sink, constants: bool = True, read: bool = True
+              ) -> onnx.ModelProto:
     """A new model equal to ``model`` but for its large initializers (and, with ``constants``, its
     large Constant values), which are references into ``data_name``; ``sink(tensor, bytes)``
-    receives their bytes in order (offsets follow from lengths)."""
+    receives their bytes in order (offsets follow from lengths; ``read=False``: ``None`` for the
+    bytes, and the offsets from the tensors' shapes)."""
     offset = 0
 
     def external(tensor: TensorProto) -> TensorProto:
         nonlocal offset
-        raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        if read:
+            raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+            length = len(raw)
+        else:
+            raw, length = None, _tensor_bytes(tensor)
         sink(tensor, raw)
-        offset += len(raw)
-        return _stub(tensor, data_name, offset - len(raw), len(raw))
+        offset += length
+        return _stub(tensor, data_name, offset - length, length)
 
     def graph_of(graph: onnx.GraphProto) -> onnx.GraphProto:
         copy = onnx.GraphProto()
