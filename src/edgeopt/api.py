@@ -231,8 +231,8 @@ def _search_scopes(builder: CandidateBuilder, config: Int8Config, scopes: tuple[
     """Ranges, refinements and the fallback within ``scopes``. With method ``auto``, a model that
     still misses the target after the fallback on clipped ranges is tried once more on minmax
     ranges, and the closer result wins: keeping a tensor float undoes a range an outlier
-    stretched, not clipping spread over every tensor (PP-OCRv5's detector: 0.955 -> 0.975 on the
-    check samples)."""
+    stretched, not clipping spread over every tensor (PP-OCRv5's detector, held out: 0.9706 on
+    percentile ranges with the fallback, 0.9764 on minmax)."""
     methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
     base = Candidate(scope=scopes[0], method=methods[0], bias_correction=config.bias_correction,
                      compensated_rounding=config.weight_rounding == "compensated")
