@@ -1,9 +1,11 @@
 """Models over protobuf's 2 GiB limit: no ModelProto that large can be serialised, so onnx's checker,
 its shape inference and ONNX Runtime get such a model from disk, its tensors in a file beside it.
 
-:func:`write` moves each tensor's bytes out of the message while the message is written and puts
-them back after, so the model in memory is left as it was and never held twice (a copy converted
-with onnx's ``convert_model_to_external_data`` would double a 2.3 GB model's memory).
+:func:`write` writes each large tensor's bytes to the data file and a skeleton of the model (a new,
+small message with those tensors as external-data references) to the .onnx file: the model in
+memory is neither changed nor copied. (onnx's ``convert_model_to_external_data`` converts the
+model itself, so a caller copies it first; and emptying a tensor in place gives no memory back,
+since protobuf keeps a message's memory until the message goes.)
 """
 
 from __future__ import annotations
@@ -30,10 +32,6 @@ EXTERNAL_MIN_BYTES = 1024
 
 
 def too_large(model: onnx.ModelProto) -> bool:
-    # Counting a message's bytes is slow past a few hundred MB (and refused past the limit): the
-    # tensors' own sizes decide first.
-    if sum(_tensor_bytes(tensor) for tensor in _tensors(model.graph)) > PROTOBUF_LIMIT:
-        return True
     return byte_size(model) > PROTOBUF_LIMIT
 
 
@@ -51,8 +49,9 @@ def _tensor_bytes(tensor: TensorProto) -> int:
 
 
 def byte_size(model: onnx.ModelProto) -> int:
-    """The model's serialised size; protobuf refuses even to count past its limit, so a larger
-    model is counted as its skeleton plus its large tensors' bytes (within a few bytes a tensor)."""
+    """The model's serialised size. Counting a message's bytes is slow past a few hundred MB and
+    refused past the limit, so the tensors' sizes (from shape and type) decide first, and a model
+    over the limit is counted as its skeleton plus those sizes (within a few bytes a tensor)."""
     if sum(_tensor_bytes(tensor) for tensor in _tensors(model.graph)) <= PROTOBUF_LIMIT:
         try:
             return model.ByteSize()

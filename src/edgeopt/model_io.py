@@ -93,15 +93,12 @@ def write_bytes_atomic(path: "str | os.PathLike", data: bytes) -> None:
         raise
 
 
-#: protobuf cannot serialise a message of 2 GiB or more: larger models keep their tensors in a
-#: file beside the model (ONNX external data).
-
-
 def save_model(model: onnx.ModelProto, path: "str | os.PathLike", external_above: int | None = None
                ) -> pathlib.Path:
     """Serialise ``model`` and write it atomically; returns the path written. A model larger than
-    ``external_above`` bytes keeps its tensors in ``<name>.data`` beside it (both files written
-    through temporary names and renamed, the data file first)."""
+    ``external_above`` bytes (default: 64 MB under protobuf's 2 GiB limit, past which nothing
+    serialises) keeps its tensors in ``<name>.data`` beside it (both files written through
+    temporary names and renamed, the data file first)."""
     if external_above is None:
         external_above = external_data.PROTOBUF_LIMIT - (64 << 20)
     if external_data.byte_size(model) <= external_above:
