@@ -80,6 +80,19 @@ class GraphView:
                                 **attributes)
 
 
+def remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Drop nodes none of whose outputs is read (by a node, a control-flow body or the graph's
+    outputs), until none is left."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | subgraph_inputs(graph)
+        read |= {value.name for value in graph.output}
+        dead = [index for index, node in enumerate(graph.node) if not any(name in read for name in node.output)]
+        if not dead:
+            return
+        for index in reversed(dead):
+            del graph.node[index]
+
+
 def subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
     """Names read from an outer scope by If/Loop/Scan bodies (they must not be removed)."""
     names: set[str] = set()
