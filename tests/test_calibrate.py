@@ -23,10 +23,10 @@ def test_large_batches_run_in_pieces_and_other_feeds_whole(monkeypatch):
     monkeypatch.setattr(ort_runtime, "run_checked", counting)
     monkeypatch.setattr(calibration_module, "CALIBRATION_BYTES", 1)  # one sample per run
     x = models.CASES["conv_net"].feeds(1, 8)["input"]
-    observers, samples = calibration_module.collect_statistics(model, {"input"}, iter([Batch(input=x)]))
+    samples = calibration_module.collect_statistics(model, {"input"}, iter([Batch(input=x)])).samples
     assert samples == 8 and runs == [1] + [1] * 8  # the measuring run, then eight pieces
     runs.clear()
-    observers, samples = calibration_module.collect_statistics(model, {"input"}, iter([{"input": x}]))
+    samples = calibration_module.collect_statistics(model, {"input"}, iter([{"input": x}])).samples
     assert samples == 8 and runs == [8]  # a plain dict is one model call, never cut
 
 
@@ -47,3 +47,52 @@ def test_check_samples_stop_at_64_inside_a_batch():
     # run in pieces of CHECK_PIECE samples, so that no session holds the memory of 64 at once
     assert [len(feed["input"]) for feed in measured.check_feeds] == [calibration_module.CHECK_PIECE] * 8
     assert sum(np.asarray(outputs[0]).shape[0] for outputs in measured.reference) == calibration_module.CHECK_SAMPLES
+
+
+def _calibrated(model, feeds):
+    from edgeopt.quantization.graph import GraphView, tensor_dtypes
+    from edgeopt.quantization.select import select
+
+    selection = select(GraphView(model), tensor_dtypes(model), integer_only=False, per_channel=True)
+    return calibration_module.calibrate(model, selection, feeds, max_samples=None, bias_correction=False,
+                                        compensated_rounding=False)
+
+
+def _separately(model, feeds):
+    from edgeopt.quantization.scoring import run_outputs
+
+    return run_outputs(model, feeds)
+
+
+def test_reference_outputs_come_from_the_calibration_runs(monkeypatch):
+    """The check samples' float outputs are fetched in the calibration runs (no second pass), and
+    equal a plain session's; the unoptimised calibration session may differ in rounding: 1e-5
+    relative is a thousand times below any int8 error the search compares."""
+    case = models.CASES["conv_net"]
+    model = case.build()
+    sessions = []
+    from edgeopt.runtimes import onnxruntime as ort_runtime
+    original = ort_runtime.make_session
+    monkeypatch.setattr(ort_runtime, "make_session", lambda *a, **k: sessions.append(1) or original(*a, **k))
+    measured = _calibrated(model, Dataset(case.feeds(1, 40), input_specs(model)).batches(20))
+    assert len(sessions) == 1
+    monkeypatch.setattr(ort_runtime, "make_session", original)
+    expected = _separately(model, measured.check_feeds)
+    assert len(measured.reference) == len(expected) == 6  # two batches of 20, each in pieces of 8, 8 and 4
+    for ours, theirs in zip(measured.reference, expected):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+
+
+def test_reference_outputs_of_check_samples_run_in_pieces(monkeypatch):
+    """A check piece too large for one calibration run is run in pieces; its reference then comes
+    from a plain session over the check pieces."""
+    monkeypatch.setattr(calibration_module, "CALIBRATION_BYTES", 1)  # one sample per run
+    case = models.CASES["conv_net"]
+    model = case.build()
+    measured = _calibrated(model, Dataset(case.feeds(1, 12), input_specs(model)).batches(12))
+    assert [len(feed["input"]) for feed in measured.check_feeds] == [8, 4]
+    expected = _separately(model, measured.check_feeds)
+    for ours, theirs in zip(measured.reference, expected):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(a, b)

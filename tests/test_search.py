@@ -26,8 +26,8 @@ class FakeScorer:
 def test_lowest_error_method_wins():
     errors = {"percentile": 0.03, "mse": 0.01, "entropy": 0.02, "minmax": 0.05}
     scorer = FakeScorer(lambda c: Score(errors[c.method], 0.99))
-    best, scores = search.choose_ranges(Candidate(), ("all",), tuple(errors), scorer, target=0.97)
-    assert best.method == "mse" and best.scope == "all"
+    best, scores, screened = search.choose_ranges(Candidate(), ("all",), tuple(errors), scorer, target=0.97)
+    assert best.method == "mse" and best.scope == "all" and screened == {}
     assert set(scores) == {f"all/{m}" for m in errors}
 
 
@@ -38,11 +38,41 @@ def test_a_later_scope_only_when_the_best_so_far_misses_the_target():
         return Score(0.01, 0.99)
 
     scorer = FakeScorer(table)
-    best, scores = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile", "mse"), scorer, 0.97)
+    best, scores, _ = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile", "mse"), scorer, 0.97)
     assert best.scope == "matmul-inputs" and len(scores) == 4
     met = FakeScorer(lambda c: Score(0.01 if c.scope == "all" else 0.001, 0.99))
-    best, scores = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile",), met, 0.97)
+    best, scores, _ = search.choose_ranges(Candidate(), ("all", "matmul-inputs"), ("percentile",), met, 0.97)
     assert best.scope == "all" and list(scores) == ["all/percentile"]
+
+
+SCREENED = {"percentile": 0.010, "mse": 0.012, "entropy": 0.030, "minmax": 0.100}
+
+
+def test_only_pairs_screened_close_to_the_best_are_scored_on_every_sample():
+    full = {"percentile": 0.011, "mse": 0.009, "entropy": 0.001, "minmax": 0.001}
+    screen = FakeScorer(lambda c: Score(SCREENED[c.method], 0.99))
+    scorer = FakeScorer(lambda c: Score(full[c.method], 0.99))
+    best, scores, screened = search.choose_ranges(Candidate(), ("all",), tuple(SCREENED), scorer, 0.97, screen)
+    # mse is within SCREEN_MARGIN (1.5) of percentile's screened error; entropy and minmax are not
+    # (their lower full errors are never seen: that is the screen's bet).
+    assert [c.method for c in scorer.calls] == ["percentile", "mse"] and best.method == "mse"
+    assert set(scores) == {"all/percentile", "all/mse"} and set(screened) == {f"all/{m}" for m in SCREENED}
+
+
+def test_a_screen_the_full_check_contradicts_scores_everything():
+    # percentile looked best on the first samples, but all samples hold outliers it clips.
+    full = {"percentile": 0.50, "mse": 0.013, "entropy": 0.02, "minmax": 0.004}
+    screen = FakeScorer(lambda c: Score(SCREENED[c.method], 0.99))
+    scorer = FakeScorer(lambda c: Score(full[c.method], 0.99))
+    best, scores, _ = search.choose_ranges(Candidate(), ("all",), tuple(SCREENED), scorer, 0.97, screen)
+    assert best.method == "minmax" and set(scores) == {f"all/{m}" for m in SCREENED}
+
+
+def test_unusable_screens_score_everything():
+    screen = FakeScorer(lambda c: Score(math.inf, 0.0))
+    scorer = FakeScorer(lambda c: Score({"percentile": 0.2, "mse": 0.1}[c.method], 0.9))
+    best, scores, _ = search.choose_ranges(Candidate(), ("all",), ("percentile", "mse"), scorer, 0.97, screen)
+    assert best.method == "mse" and len(scores) == 2
 
 
 def test_refinements_are_kept_only_where_they_lower_the_error():

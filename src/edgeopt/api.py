@@ -236,7 +236,10 @@ def _search_scopes(builder: CandidateBuilder, config: Int8Config, scopes: tuple[
     methods = AUTO_CALIBRATION_METHODS if config.calibration_method == "auto" else (config.calibration_method,)
     base = Candidate(scope=scopes[0], method=methods[0], bias_correction=config.bias_correction,
                      compensated_rounding=config.weight_rounding == "compensated")
-    chosen, scores = search.choose_ranges(base, scopes, methods, builder.score, config.target_cosine)
+    chosen, scores, screened = search.choose_ranges(base, scopes, methods, builder.score, config.target_cosine,
+                                                    screen=builder.screen)
+    builder.close_screening()
+    scores.update({f"{label}/screened": score for label, score in screened.items()})
     chosen, decision = _refine_and_fall_back(builder, config, chosen, scores)
     if decision.worst_cosine < config.target_cosine and FULL_RANGE_METHOD in methods \
             and chosen.method != FULL_RANGE_METHOD and config.fallback and not config.integer_only:
@@ -321,6 +324,10 @@ def _static_report(model, built, chosen: Candidate, scores: dict, decision, samp
         "calibration_method": chosen.method,
         # "scope/method" -> relative output error on the check samples, for every build compared
         "calibration_errors": {label: round(error, 8) for label, error in errors.items()},
+        # "scope/method" -> the same on the first few check samples, for every pair screened (only
+        # those close to the best screened one are scored on all check samples)
+        "screening_errors": {label[:-len("/screened")]: round(score.error, 8) for label, score in scores.items()
+                             if label.endswith("/screened")},
         "candidate_scores": {label: score.to_dict() for label, score in scores.items()},
         "fidelity_measure": ("pooled over the check samples, per output: error = squared error over signal "
                              "energy, cosine = cosine of all samples as one vector; the worst output counts. "

@@ -64,32 +64,41 @@ def _sentinel_reason(observer: HistogramObserver) -> str:
 def calibrate(model: onnx.ModelProto, selection: Selection, feeds, *, max_samples: int | None,
               bias_correction: bool, compensated_rounding: bool) -> Calibration:
     """Observe every selected tensor over ``feeds``; keep the first CHECK_SAMPLES samples and the
-    float outputs on them. Moments for compensated rounding come from the ROUNDING_SAMPLES samples
-    after the check samples, so keeping it is decided on held-out data."""
+    float outputs on them (fetched in the same runs). Moments for compensated rounding come from
+    the ROUNDING_SAMPLES samples after the check samples, so keeping it is decided on held-out data."""
     from .scoring import run_outputs
 
     view = GraphView(model)
     check_feeds: list[dict] = []
 
     def remember(stream):
+        """The stream with its first CHECK_SAMPLES samples in check pieces."""
         kept = 0
         for feed in stream:
-            if kept < CHECK_SAMPLES:
-                check = feed
-                if isinstance(feed, Batch) and kept + batch_size(feed) > CHECK_SAMPLES:
-                    check = Batch({name: value[:CHECK_SAMPLES - kept] for name, value in feed.items()})
-                check_feeds.extend(_pieces(check, CHECK_PIECE))
-                kept += batch_size(check)
-            yield feed
+            if kept >= CHECK_SAMPLES:
+                yield feed
+                continue
+            check, rest = feed, None
+            if isinstance(feed, Batch) and kept + batch_size(feed) > CHECK_SAMPLES:
+                split = CHECK_SAMPLES - kept
+                check = Batch({name: value[:split] for name, value in feed.items()})
+                rest = Batch({name: value[split:] for name, value in feed.items()})
+            for piece in _pieces(check, CHECK_PIECE):
+                check_feeds.append(piece)
+                yield piece
+            kept += batch_size(check)
+            if rest is not None:
+                yield rest
 
-    observers, samples = collect_statistics(
+    statistics = collect_statistics(
         model, selection.activations, remember(feeds), max_samples,
         channel_means_for=bias_correction_inputs(selection) if bias_correction else set(),
         conv_windows=conv_window_geometry(selection, view) if bias_correction else {},
         moment_inputs=rounding_inputs(selection, view) if compensated_rounding else {},
-        moment_samples=(CHECK_SAMPLES, CHECK_SAMPLES + ROUNDING_SAMPLES))
-    logger.info("calibrated %d tensors on %d samples", len(observers), samples)
-    return Calibration(observers, samples, check_feeds, run_outputs(model, check_feeds))
+        moment_samples=(CHECK_SAMPLES, CHECK_SAMPLES + ROUNDING_SAMPLES), outputs_for=CHECK_SAMPLES)
+    logger.info("calibrated %d tensors on %d samples", len(statistics.observers), statistics.samples)
+    reference = statistics.outputs if statistics.outputs is not None else run_outputs(model, check_feeds)
+    return Calibration(statistics.observers, statistics.samples, check_feeds, reference)
 
 
 def batch_size(feed: dict) -> int:
@@ -112,21 +121,34 @@ class _Wanted:
     moment_samples: tuple[int, int]
 
 
+@dataclass
+class Statistics:
+    """What :func:`collect_statistics` returns."""
+
+    observers: dict[str, HistogramObserver]
+    samples: int
+    #: the model's outputs on each feed holding the first ``outputs_for`` samples, or None where
+    #: such a feed was run in pieces
+    outputs: list[list[np.ndarray]] | None = None
+
+
 def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_samples: int | None = None,
                        channel_means_for: set[str] = frozenset(), conv_windows: dict | None = None,
                        moment_inputs: dict | None = None, moment_samples: tuple[int, int] = (0, 128),
-                       ) -> tuple[dict[str, HistogramObserver], int]:
+                       outputs_for: int = 0) -> Statistics:
     """Run the float model over ``feeds`` and collect a histogram per tensor (bounded memory);
     also the channel means, convolution window means, and the input second moments asked for
-    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``).
-    Large batches run in pieces of at most CALIBRATION_BYTES of observed tensors."""
-    from ..runtimes.onnxruntime import make_session, run_checked
+    (from the samples numbered ``moment_samples[0]`` up to, not including, ``moment_samples[1]``),
+    and the model's outputs on the feeds holding the first ``outputs_for`` samples (the check
+    samples' reference, without a second pass). Large batches run in pieces of at most
+    CALIBRATION_BYTES of observed tensors."""
+    from ..runtimes.onnxruntime import make_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    existing = {value.name for value in probe.graph.output}
+    existing = [value.name for value in probe.graph.output]
     inputs = {value.name for value in probe.graph.input}
-    for name in sorted(tensors - existing - inputs):
+    for name in sorted(tensors - set(existing) - inputs):
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = make_session(probe, optimize=False)
     wanted = [value.name for value in probe.graph.output if value.name in tensors]
@@ -135,21 +157,35 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     for name, convolutions in extra.conv_windows.items():
         if name in observers:
             observers[name].window_geometry.update(convolutions)
-    samples, piece = 0, None
+    statistics, piece = Statistics(observers, 0, [] if outputs_for else None), None
     for feed in progress(feeds, "calibrating", unit="batch"):
         if piece is None:
             piece = _piece_size(session, wanted, feed)
+        keep = statistics.samples < outputs_for
+        if keep and isinstance(feed, Batch) and batch_size(feed) > piece:
+            statistics.outputs = None  # run in pieces: the caller runs the float model on it itself
         for part in _pieces(feed, piece):
-            results = run_checked(session, wanted, part, "calibration data")
-            seen = list(zip(wanted, results)) + [(n, part[n]) for n in tensors & set(part)]
-            for name, value in seen:
-                _observe(observers[name], name, value, samples, extra)
-            samples += batch_size(part)
-        if max_samples is not None and samples >= max_samples:
+            _observe_run(session, wanted, existing if keep and statistics.outputs is not None else [], part,
+                         statistics, extra)
+        if max_samples is not None and statistics.samples >= max_samples:
             break
-    if samples == 0:
+    if statistics.samples == 0:
         raise EdgeoptError("calibration data is empty; expected at least one sample")
-    return observers, samples
+    return statistics
+
+
+def _observe_run(session, wanted: list[str], outputs: list[str], part: dict, statistics: Statistics,
+                 extra: _Wanted) -> None:
+    """One run: every wanted tensor observed, the model's ``outputs`` kept."""
+    from ..runtimes.onnxruntime import run_checked
+
+    results = run_checked(session, wanted + outputs, part, "calibration data")
+    if outputs:
+        statistics.outputs.append(results[len(wanted):])
+    seen = list(zip(wanted, results)) + [(n, part[n]) for n in statistics.observers.keys() & set(part)]
+    for name, value in seen:
+        _observe(statistics.observers[name], name, value, statistics.samples, extra)
+    statistics.samples += batch_size(part)
 
 
 def _piece_size(session, wanted: list[str], feed: dict) -> int:

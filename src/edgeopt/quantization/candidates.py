@@ -20,7 +20,7 @@ from .integer_io import make_integer_io
 from .plan import QuantizationPlan, same_params
 from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
-from .scoring import Score, run_outputs, score_outputs
+from .scoring import Score, run_outputs, run_session, score_outputs
 from .select import Selection, excluded_nodes, select
 from .simulation import SwitchedModel
 from . import weights as weight_storage
@@ -80,6 +80,9 @@ class CandidateBuilder:
         self._storage_memo: dict = {}
         self._simulations: dict[Candidate, SwitchedModel] = {}
         self._simulated: dict[Candidate, Score] = {}
+        self._screened: dict[Candidate, Score] = {}
+        #: (candidate, session, io_params, outputs on the screening samples) of the lowest screened error
+        self._open: tuple | None = None
         self.progress = StepBar("int8 search", unit="model")
 
     def selection(self, candidate: Candidate) -> Selection:
@@ -169,12 +172,38 @@ class CandidateBuilder:
                 return feeds[:index + 1], reference[:index + 1]
         return feeds, reference
 
+    def screen(self, candidate: Candidate) -> Score:
+        """The candidate's fidelity on the first check samples (those the simulation uses). The
+        session of the lowest screened error so far stays open: scoring that candidate on every
+        check sample then runs only the others."""
+        from ..runtimes.onnxruntime import make_session
+
+        if candidate not in self._screened:
+            built = self.build(candidate)
+            session = make_session(built.model)
+            feeds, reference = self._simulation_samples()
+            outputs = run_session(session, feeds, built.io_params)
+            self._screened[candidate] = score_outputs(reference, outputs)
+            self.progress.step(f"{candidate.label()} screened, cosine {self._screened[candidate].worst_cosine:.4f}")
+            if self._open is None or self._screened[candidate].error < self._screened[self._open[0]].error:
+                self._open = (candidate, session, built.io_params, outputs)
+        return self._screened[candidate]
+
     def score(self, candidate: Candidate) -> Score:
         """The candidate's fidelity on the check samples; each candidate built and run once."""
         if candidate not in self._scores:
-            built = self.build(candidate)
-            outputs = run_outputs(built.model, self.calibration.check_feeds, built.io_params)
+            if self._open is not None and self._open[0] == candidate:
+                _, session, io_params, outputs = self._open
+                self._open = None
+                outputs = outputs + run_session(session, self.calibration.check_feeds[len(outputs):], io_params)
+            else:
+                built = self.build(candidate)
+                outputs = run_outputs(built.model, self.calibration.check_feeds, built.io_params)
             self._scores[candidate] = score_outputs(self.calibration.reference, outputs)
             self.progress.step(f"{candidate.label()} cosine {self._scores[candidate].worst_cosine:.4f}")
             logger.debug("%s: %s", candidate, self._scores[candidate])
         return self._scores[candidate]
+
+    def close_screening(self) -> None:
+        """Drop the session :meth:`screen` kept open (its memory)."""
+        self._open = None

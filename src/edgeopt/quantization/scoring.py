@@ -64,10 +64,15 @@ def _mean_worst_sample_cosine(columns: list[np.ndarray]) -> float:
 def run_outputs(model: onnx.ModelProto, feeds: list[dict], io_params: dict | None = None) -> list[list]:
     """Float outputs of ``model`` on each feed (integer-only models encode and decode through
     ``io_params``)."""
-    from ..runtimes.onnxruntime import decode_outputs, encode_feed
-    from ..runtimes.onnxruntime import make_session, run_checked
+    from ..runtimes.onnxruntime import make_session
 
-    session = make_session(model)
+    return run_session(make_session(model), feeds, io_params)
+
+
+def run_session(session, feeds: list[dict], io_params: dict | None = None) -> list[list]:
+    """:func:`run_outputs` on an open session."""
+    from ..runtimes.onnxruntime import decode_outputs, encode_feed, run_checked
+
     names = [o.name for o in session.get_outputs()]
     outputs = []
     for feed in feeds:
