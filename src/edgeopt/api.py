@@ -183,7 +183,7 @@ def _static(model: onnx.ModelProto, config: Int8Config, calibration, given_plan=
     float_by_design = {} if config.integer_only else {
         name: reason for name, reason in {**pointwise_interiors(view), **normalization_statistics(view)}.items()
         if name in everything.activations}
-    builder = CandidateBuilder(model, config, measured, {**float_by_design, **sentinels})
+    builder = CandidateBuilder(model, config, measured, {**float_by_design, **sentinels}, dtypes)
     chosen, scores, decision = _search(builder, config)
     builder.progress.close()
     built = builder.build(chosen.but(keep_float=frozenset(decision.keep_float)))

@@ -219,11 +219,11 @@ def _observe(observer: HistogramObserver, name: str, value: np.ndarray, samples:
     first, stop = extra.moment_samples
     if name in extra.moment_inputs and np.ndim(value) and samples < stop and samples + len(value) > first:
         part = np.asarray(value)[max(first - samples, 0):stop - samples]
-        computed: dict[tuple, tuple[np.ndarray, int]] = {}  # q, k and v read one input
+        readers: dict[tuple, list[str]] = {}  # q, k and v read one input: computed and summed once
         for node_name, spec in extra.moment_inputs[name]:
-            if spec not in computed:
-                computed[spec] = _moments(part, spec)
-            observer.update_moments(node_name, *computed[spec])
+            readers.setdefault(spec, []).append(node_name)
+        for spec, nodes in readers.items():
+            observer.update_moments(spec, *_moments(part, spec), nodes=nodes)
 
 
 def _moments(value: np.ndarray, spec: tuple) -> tuple[np.ndarray, int]:

@@ -41,7 +41,9 @@ class HistogramObserver:
         self.window_geometry: dict[str, tuple] = {}
         self._window_means: dict[str, np.ndarray] = {}  # formed once per node after the last update
         #: node name -> [sum of x x^T over the inputs that node sees, count] (weight rounding)
-        self.moment_totals: dict[str, list] = {}
+        self.moment_totals: dict = {}
+        #: node name -> the key of the totals its input moments are in (q, k and v share one)
+        self.moment_keys: dict[str, object] = {}
 
     def update_channel_means(self, values: np.ndarray) -> None:
         """Accumulate the mean of axis 1 (channels of NCHW, features of N x K) for bias correction."""
@@ -80,12 +82,19 @@ class HistogramObserver:
             self._window_means[key] = sums / max(positions, 1)
         return self._window_means[key]
 
-    def update_moments(self, key: str, sums: np.ndarray, count: int) -> None:
+    def update_moments(self, key, sums: np.ndarray, count: int, nodes=()) -> None:
+        """Add input moments under ``key``, for each of ``nodes`` (which read the same vectors)."""
         _accumulate(self.moment_totals, key, sums, count)
+        for node in nodes:
+            self.moment_keys[node] = key
 
-    def moments(self, key: str) -> np.ndarray | None:
-        """Second moment E[x x^T] of the inputs node ``key`` sees (per group), or None."""
-        return _mean(self.moment_totals, key)
+    def moment_key(self, node: str):
+        """The key node ``node``'s moments are under (equal for nodes whose moments are equal)."""
+        return self.moment_keys.get(node, node)
+
+    def moments(self, node: str) -> np.ndarray | None:
+        """Second moment E[x x^T] of the inputs node ``node`` sees (per group), or None."""
+        return _mean(self.moment_totals, self.moment_key(node))
 
     @property
     def channel_means(self) -> np.ndarray | None:
@@ -152,7 +161,7 @@ class HistogramObserver:
 
 def _accumulate(table: dict, key, sums: np.ndarray, count: int) -> None:
     """Add ``sums`` over ``count`` items to the running total stored under ``key``."""
-    total = table.setdefault(key, [np.zeros_like(sums), 0])
+    total = table.setdefault(key, [np.zeros(sums.shape, np.float64), 0])
     if total[0].shape == sums.shape:
         total[0] += sums
         total[1] += count

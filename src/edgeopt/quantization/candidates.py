@@ -60,14 +60,15 @@ class Built:
 class CandidateBuilder:
     """Builds and scores candidates for one prepared float model and one calibration."""
 
-    def __init__(self, model: onnx.ModelProto, config, calibration: Calibration, always_float: dict[str, str]):
+    def __init__(self, model: onnx.ModelProto, config, calibration: Calibration, always_float: dict[str, str],
+                 dtypes: dict[str, int] | None = None):
         self.model = model
         self.config = config
         self.calibration = calibration
         #: tensors no candidate quantizes (sentinels), with the reason
         self.always_float = dict(always_float)
         self.view = GraphView(model)
-        self.dtypes = tensor_dtypes(model)
+        self.dtypes = tensor_dtypes(model) if dtypes is None else dtypes  # shape inference: 0.8 s on MiniLM
         self.original_weights = {init.name for init in model.graph.initializer}
         self._nodes = {node.name: node for node in model.graph.node}
         excluded = excluded_nodes(model, config.exclude)

@@ -81,23 +81,40 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     readers: dict[str, int] = {}
     for name, _ in selection.weights.values():
         readers[name] = readers.get(name, 0) + 1
+    # one stored tensor for several layers: nearest rounding, stored once
+    wanted = [(key, name, axis) for key, (name, axis) in selection.weights.items()
+              if readers[name] == 1 and (key, name, weight_range) not in memo]
+    uses: dict = {}
+    for key, _, _ in wanted:
+        uses[_factor_key(nodes[key[0]], observers)] = uses.get(_factor_key(nodes[key[0]], observers), 0) + 1
+    factors: dict = {}  # inverse factors while a layer reading the same input is still to come
+    for key, name, axis in wanted:
+        memo[(key, name, weight_range)] = _compensated(view, nodes[key[0]], name, axis, observers, weight_range,
+                                                       factors)
+        factor_key = _factor_key(nodes[key[0]], observers)
+        uses[factor_key] -= 1
+        if not uses[factor_key]:
+            factors.pop(factor_key, None)
     for key, (name, axis) in selection.weights.items():
-        if readers[name] > 1:
-            continue  # one stored tensor for several layers: nearest rounding, stored once
-        if (key, name, weight_range) not in memo:
-            memo[(key, name, weight_range)] = _compensated(view, nodes[key[0]], name, axis, observers, weight_range)
-        if memo[(key, name, weight_range)] is not None:
+        if memo.get((key, name, weight_range)) is not None:
             values[key] = memo[(key, name, weight_range)]
     return values
 
 
+def _factor_key(node, observers: dict[str, HistogramObserver]):
+    observer = observers.get(node.input[0])
+    return (node.input[0], None if observer is None else observer.moment_key(node.name))
+
+
 def _compensated(view: GraphView, node, name: str, axis: int | None, observers: dict[str, HistogramObserver],
-                 weight_range: str) -> np.ndarray | None:
-    """One weight's compensated values on its grid, or None without input moments."""
+                 weight_range: str, factors: dict) -> np.ndarray | None:
+    """One weight's compensated values on its grid, or None without input moments; ``factors``
+    keeps the inverse factors of the moments by key (q, k and v share theirs)."""
     observer = observers.get(node.input[0])
     moments = None if observer is None else observer.moments(node.name)
     if moments is None:
         return None
+    factor_key = _factor_key(node, observers)
     weight = view.constant(name).astype(np.float32)
     params = weight_quant_params(node, view, weight, axis, weight_range)
     qmax = WEIGHT_LIMITS[_range_for(node, view, weight.ndim, weight_range)]
@@ -109,8 +126,10 @@ def _compensated(view: GraphView, node, name: str, axis: int | None, observers: 
     if rows.shape[1] != moments.shape[1] or rows.shape[0] % groups:
         return None
     per_group = rows.shape[0] // groups
-    integers = rounding.compensated_round(rows.reshape(groups, per_group, -1),
-                                          scales.reshape(groups, per_group), moments, -qmax, qmax)
+    if factor_key not in factors:
+        factors[factor_key] = rounding.inverse_factor(moments)
+    integers = rounding.compensated_round(rows.reshape(groups, per_group, -1), scales.reshape(groups, per_group),
+                                          None, -qmax, qmax, factor=factors[factor_key])
     integers = integers.reshape((weight.T if transposed else weight).shape)
     integers = fit_weight_integers(node, view, integers.T if transposed else integers, weight_range)
     return dequantize(integers.astype(np.int8), params).astype(np.float32)
