@@ -56,3 +56,28 @@ def test_dense_outputs_are_simulated_on_fewer_samples(values, feeds_used):
     builder.calibration = Calibration({}, 20, feeds, [[np.zeros((4, values), np.float32)]] * 5)
     used, reference = builder._simulation_samples()  # 16 samples, or 8 of a dense output
     assert len(used) == len(reference) == feeds_used
+
+
+def test_switched_nodes_hold_their_constants_in_their_branches():
+    """Every quantized node with constants becomes an If whose two branches hold a copy of it with
+    branch-local constants (ONNX Runtime prepacks only constants it sees as its own), and no
+    Where or weight DequantizeLinear is left for them to read at run time."""
+    builder = _builder("conv_net")
+    base = Candidate()
+    builder.simulated_score(base)
+    simulated = builder._simulations[base].model
+    plan = builder._simulations[base].plan
+    switched = {name for table in (plan.weights, plan.biases, plan.constants) for name, _ in table}
+    branches = [node for node in simulated.graph.node if node.op_type == "If" and
+                any(n.op_type in ("Conv", "Gemm", "MatMul") for a in node.attribute for n in a.g.node)]
+    assert len(branches) == len(switched) > 0
+    for node in branches:
+        for attribute in node.attribute:
+            inner = attribute.g.node[0]
+            local = {init.name for init in attribute.g.initializer}
+            assert inner.input[1] in local
+    assert not any(node.op_type == "Where" for node in simulated.graph.node)
+    outer_constants = {init.name for init in simulated.graph.initializer}
+    dequantized = [node for node in simulated.graph.node if node.op_type == "DequantizeLinear"
+                   and node.input[0] in outer_constants]
+    assert not dequantized
