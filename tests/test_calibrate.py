@@ -96,3 +96,13 @@ def test_reference_outputs_of_check_samples_run_in_pieces(monkeypatch):
     for ours, theirs in zip(measured.reference, expected):
         for a, b in zip(ours, theirs):
             np.testing.assert_array_equal(a, b)
+
+
+def test_calibration_leaves_the_model_as_it_was():
+    """The observed tensors are outputs of the model only while ONNX Runtime reads it."""
+    model = models.CASES["conv_net"].build()
+    before = model.SerializeToString()
+    x = models.CASES["conv_net"].feeds(1, 4)["input"]
+    statistics = calibration_module.collect_statistics(model, {"input", "r1", "c2"}, iter([{"input": x}]))
+    assert set(statistics.observers) == {"input", "r1", "c2"} and statistics.observers["r1"].total > 0
+    assert model.SerializeToString() == before

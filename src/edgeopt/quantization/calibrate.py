@@ -144,14 +144,17 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     CALIBRATION_BYTES of observed tensors."""
     from ..runtimes.onnxruntime import make_session
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = [value.name for value in probe.graph.output]
-    inputs = {value.name for value in probe.graph.input}
-    for name in sorted(tensors - set(existing) - inputs):
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    session = make_session(probe, optimize=False)
-    wanted = [value.name for value in probe.graph.output if value.name in tensors]
+    existing = [value.name for value in model.graph.output]
+    inputs = {value.name for value in model.graph.input}
+    # The observed tensors become outputs of the model itself while ONNX Runtime reads it (a
+    # copy would hold the weights once more: 90 MB on MiniLM, at calibration's peak).
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                              for name in sorted(tensors - set(existing) - inputs))
+    try:
+        session = make_session(model, optimize=False, arena=False)
+        wanted = [value.name for value in model.graph.output if value.name in tensors]
+    finally:
+        del model.graph.output[len(existing):]
     extra = _Wanted(set(channel_means_for), conv_windows or {}, moment_inputs or {}, moment_samples)
     observers = {name: HistogramObserver() for name in tensors}
     for name, convolutions in extra.conv_windows.items():

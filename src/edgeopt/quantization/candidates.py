@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from .. import external_data
 from ..progress import StepBar
 from .calibrate import Calibration, batch_size
 from .graph import GraphView, tensor_dtypes
@@ -20,7 +21,7 @@ from .integer_io import make_integer_io
 from .plan import QuantizationPlan, same_params
 from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
-from .scoring import Score, run_outputs, run_session, score_outputs
+from .scoring import Score, run_session, score_outputs
 from .select import Selection, excluded_nodes, select
 from .simulation import SwitchedModel
 from . import weights as weight_storage
@@ -177,18 +178,27 @@ class CandidateBuilder:
         """The candidate's fidelity on the first check samples (those the simulation uses). The
         session of the lowest screened error so far stays open: scoring that candidate on every
         check sample then runs only the others."""
-        from ..runtimes.onnxruntime import make_session
-
         if candidate not in self._screened:
-            built = self.build(candidate)
-            session = make_session(built.model)
+            session, io_params = self._session(candidate)
             feeds, reference = self._simulation_samples()
-            outputs = run_session(session, feeds, built.io_params)
+            outputs = run_session(session, feeds, io_params)
             self._screened[candidate] = score_outputs(reference, outputs)
             self.progress.step(f"{candidate.label()} screened, cosine {self._screened[candidate].worst_cosine:.4f}")
             if self._open is None or self._screened[candidate].error < self._screened[self._open[0]].error:
-                self._open = (candidate, session, built.io_params, outputs)
+                self._open = (candidate, session, io_params, outputs)
         return self._screened[candidate]
+
+    def _session(self, candidate: Candidate):
+        """A session of the candidate's model, and its integer-I/O parameters. The model is
+        serialised and dropped before ONNX Runtime parses it: the copy still holds the memory of
+        the float weights it replaced (protobuf frees a message's memory only with the message)."""
+        from ..runtimes.onnxruntime import make_session
+
+        built = self.build(candidate)
+        io_params = built.io_params
+        source = built.model if external_data.too_large(built.model) else built.model.SerializeToString()
+        del built
+        return make_session(source), io_params
 
     def score(self, candidate: Candidate) -> Score:
         """The candidate's fidelity on the check samples; each candidate built and run once."""
@@ -198,8 +208,9 @@ class CandidateBuilder:
                 self._open = None
                 outputs = outputs + run_session(session, self.calibration.check_feeds[len(outputs):], io_params)
             else:
-                built = self.build(candidate)
-                outputs = run_outputs(built.model, self.calibration.check_feeds, built.io_params)
+                session, io_params = self._session(candidate)
+                outputs = run_session(session, self.calibration.check_feeds, io_params)
+                del session
             self._scores[candidate] = score_outputs(self.calibration.reference, outputs)
             self.progress.step(f"{candidate.label()} cosine {self._scores[candidate].worst_cosine:.4f}")
             logger.debug("%s: %s", candidate, self._scores[candidate])

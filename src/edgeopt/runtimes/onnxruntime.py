@@ -11,10 +11,11 @@ from .. import external_data
 from ..errors import EdgeoptError
 
 
-def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | None = None,
+def make_session(model: "onnx.ModelProto | bytes | str | os.PathLike", threads: int | None = None,
                  optimize: bool = True, arena: bool = True):
-    """A CPU session; ``arena=False`` returns each run's memory instead of keeping the largest
-    run's (calibration, whose runs return every intermediate tensor)."""
+    """A CPU session of a model, its serialised bytes or its path; ``arena=False`` returns each
+    run's memory instead of keeping the largest run's (calibration, whose runs return every
+    intermediate tensor)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -32,6 +33,8 @@ def make_session(model: "onnx.ModelProto | str | os.PathLike", threads: int | No
         session = _session(source, options)
         session.edgeopt_initializers = values  # ONNX Runtime reads them in place: they live as long as it
         return session
+    if isinstance(model, bytes):
+        return _session(model, options)
     return _session(model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model), options)
 
 
