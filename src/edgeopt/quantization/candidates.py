@@ -82,6 +82,7 @@ class CandidateBuilder:
         self._storage_memo: dict = {}
         self._simulations: dict[Candidate, SwitchedModel] = {}
         self._simulated: dict[Candidate, Score] = {}
+        self._by_switches: dict[tuple, Score] = {}
         self._screened: dict[Candidate, Score] = {}
         #: (candidate, session, io_params, outputs on the screening samples) of the lowest screened error
         self._open: tuple | None = None
@@ -153,10 +154,14 @@ class CandidateBuilder:
                    for name, params in quantized.activations.items()):
                 # A tensor whose scale was shared with one now float gets its own: build it for real.
                 return self.score(candidate)
-            feeds, reference = self._simulation_samples()
-            outputs = self._simulations[base].run(feeds, selection, set(quantized.activations))
-            self._simulated[candidate] = score_outputs(reference, outputs)
-            self.progress.step(f"simulated cosine {self._simulated[candidate].worst_cosine:.4f}")
+            # Variants that set the same switches score the same (a tensor only a float node reads).
+            switches = (base, frozenset(node.name for node in selection.nodes), frozenset(quantized.activations))
+            if switches not in self._by_switches:
+                feeds, reference = self._simulation_samples()
+                outputs = self._simulations[base].run(feeds, selection, set(quantized.activations))
+                self._by_switches[switches] = score_outputs(reference, outputs)
+                self.progress.step(f"simulated cosine {self._by_switches[switches].worst_cosine:.4f}")
+            self._simulated[candidate] = self._by_switches[switches]
         return self._simulated[candidate]
 
     def _simulation_samples(self) -> tuple[list, list]:
