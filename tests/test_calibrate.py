@@ -90,9 +90,16 @@ def test_reference_outputs_of_check_samples_run_in_pieces(monkeypatch):
     monkeypatch.setattr(calibration_module, "CALIBRATION_BYTES", 1)  # one sample per run
     case = models.CASES["conv_net"]
     model = case.build()
+    from edgeopt.quantization import scoring
+
+    separate = []
+    original = scoring.run_outputs
+    monkeypatch.setattr(scoring, "run_outputs", lambda *a, **k: separate.append(1) or original(*a, **k))
     measured = _calibrated(model, Dataset(case.feeds(1, 12), input_specs(model)).batches(12))
+    assert separate == [1]  # the reference came from a plain session, not the calibration runs
     assert [len(feed["input"]) for feed in measured.check_feeds] == [8, 4]
-    expected = _separately(model, measured.check_feeds)
+    expected = original(model, measured.check_feeds)
+    assert len(measured.reference) == len(expected) == 2
     for ours, theirs in zip(measured.reference, expected):
         for a, b in zip(ours, theirs):
             np.testing.assert_array_equal(a, b)
@@ -105,4 +112,24 @@ def test_calibration_leaves_the_model_as_it_was():
     x = models.CASES["conv_net"].feeds(1, 4)["input"]
     statistics = calibration_module.collect_statistics(model, {"input", "r1", "c2"}, iter([{"input": x}]))
     assert set(statistics.observers) == {"input", "r1", "c2"} and statistics.observers["r1"].total > 0
+    assert model.SerializeToString() == before
+
+
+def test_calibration_restores_the_outputs_when_the_runtime_refuses(monkeypatch):
+    from edgeopt.errors import EdgeoptError
+    from edgeopt.runtimes import onnxruntime as ort_runtime
+
+    def refuse(*args, **kwargs):
+        raise EdgeoptError("ONNX Runtime cannot load the model: test")
+
+    monkeypatch.setattr(ort_runtime, "make_session", refuse)
+    model = models.CASES["conv_net"].build()
+    before = model.SerializeToString()
+    x = models.CASES["conv_net"].feeds(1, 4)["input"]
+    try:
+        calibration_module.collect_statistics(model, {"r1", "c2"}, iter([{"input": x}]))
+    except EdgeoptError:
+        pass
+    else:
+        raise AssertionError("expected the runtime's refusal")
     assert model.SerializeToString() == before

@@ -60,24 +60,77 @@ def test_dense_outputs_are_simulated_on_fewer_samples(values, feeds_used):
 
 def test_switched_nodes_hold_their_constants_in_their_branches():
     """Every quantized node with constants becomes an If whose two branches hold a copy of it with
-    branch-local constants (ONNX Runtime prepacks only constants it sees as its own), and no
-    Where or weight DequantizeLinear is left for them to read at run time."""
+    branch-local constants (ONNX Runtime prepacks only constants it sees as its own); the float
+    copy of a Conv reads the float tensor, the quantized copy the dequantized one; no Where or
+    weight DequantizeLinear is left to run."""
+    from edgeopt.quantization.simulation import SwitchedModel
+
+    builder = _builder("conv_net")
+    plan = builder.plan(Candidate(), absorb=False)
+    switched = SwitchedModel(builder.model, plan, builder.dtypes)
+    simulated = switched.model
+    nodes = {name for table in (plan.weights, plan.biases, plan.constants) for name, _ in table}
+    float_nodes = {node.name: node for node in builder.model.graph.node}
+    branches = [node for node in simulated.graph.node if node.op_type == "If" and node.output[0] in
+                {output for name in nodes for output in float_nodes[name].output}]
+    assert len(branches) == len(nodes) > 0
+    for node in branches:
+        then_branch, else_branch = (next(a.g for a in node.attribute if a.name == key)
+                                    for key in ("then_branch", "else_branch"))
+        for body in (then_branch, else_branch):
+            assert body.node[0].input[1] in {init.name for init in body.initializer}
+        original = next(n for n in builder.model.graph.node if node.output[0] in n.output)
+        if original.op_type == "Conv" and original.input[0] in plan.activations:
+            assert else_branch.node[0].input[0] == original.input[0]  # the float tensor
+            assert then_branch.node[0].input[0] != original.input[0]  # the switched one
+    assert not any(node.op_type == "Where" for node in simulated.graph.node)
+    outer_constants = {init.name for init in simulated.graph.initializer}
+    assert not [node for node in simulated.graph.node
+                if node.op_type == "DequantizeLinear" and node.input[0] in outer_constants]
+
+
+def test_variants_that_set_the_same_switches_run_once(monkeypatch):
+    from edgeopt.quantization.simulation import SwitchedModel
+
     builder = _builder("conv_net")
     base = Candidate()
     builder.simulated_score(base)
-    simulated = builder._simulations[base].model
-    plan = builder._simulations[base].plan
-    switched = {name for table in (plan.weights, plan.biases, plan.constants) for name, _ in table}
-    branches = [node for node in simulated.graph.node if node.op_type == "If" and
-                any(n.op_type in ("Conv", "Gemm", "MatMul") for a in node.attribute for n in a.g.node)]
-    assert len(branches) == len(switched) > 0
-    for node in branches:
-        for attribute in node.attribute:
-            inner = attribute.g.node[0]
-            local = {init.name for init in attribute.g.initializer}
-            assert inner.input[1] in local
-    assert not any(node.op_type == "Where" for node in simulated.graph.node)
-    outer_constants = {init.name for init in simulated.graph.initializer}
-    dequantized = [node for node in simulated.graph.node if node.op_type == "DequantizeLinear"
-                   and node.input[0] in outer_constants]
-    assert not dequantized
+    runs = []
+    original = SwitchedModel.run
+    monkeypatch.setattr(SwitchedModel, "run", lambda self, *a: runs.append(1) or original(self, *a))
+    tensor = next(iter(builder.plan(base).activations))
+    first = builder.simulated_score(base.but(keep_float=frozenset({tensor})))
+    assert runs == [1]
+    # a name no tensor has changes no switch
+    same = builder.simulated_score(base.but(keep_float=frozenset({tensor, "no such tensor"})))
+    assert runs == [1] and same == first
+
+
+def test_a_screened_session_scores_like_a_fresh_build():
+    """The session screening kept open serves the full score: the same score a fresh builder gets."""
+    builder = _builder("conv_net")
+    candidate = Candidate(method="mse")
+    builder.screen(candidate)
+    assert builder._open is not None and builder._open[0] == candidate
+    reused = builder.score(candidate)
+    assert builder._open is None
+    assert reused == _builder("conv_net").score(candidate)
+
+
+def test_layers_reading_one_input_share_its_factor_and_round_the_same():
+    import numpy as np
+
+    from edgeopt.quantization import planner
+
+    builder = _builder("attention")
+    selection = builder.selection(Candidate(scope="matmul-inputs"))
+    observers = builder.calibration.observers
+    nodes = {node.name: node for node in selection.nodes}
+    keys = [observers[nodes[key[0]].input[0]].moment_key(key[0]) for key in selection.weights]
+    assert len(set(keys)) < len(keys)  # q, k and v read x
+    shared = planner.round_weights(builder.view, selection, observers)
+    for key, (name, axis) in selection.weights.items():
+        alone = planner._compensated(builder.view, nodes[key[0]], name, axis, observers, "safe", {})
+        assert (alone is None) == (key not in shared)
+        if alone is not None:
+            np.testing.assert_array_equal(alone, shared[key])

@@ -40,7 +40,8 @@ class HistogramObserver:
         #: node name -> (kernel, strides, pads, dilations) of a 2-D convolution reading this tensor
         self.window_geometry: dict[str, tuple] = {}
         self._window_means: dict[str, np.ndarray] = {}  # formed once per node after the last update
-        #: node name -> [sum of x x^T over the inputs that node sees, count] (weight rounding)
+        #: how the input vectors are formed (see calibrate.rounding_inputs) -> [sum of x x^T over
+        #: them, count] (weight rounding)
         self.moment_totals: dict = {}
         #: node name -> the key of the totals its input moments are in (q, k and v share one)
         self.moment_keys: dict[str, object] = {}

@@ -2,13 +2,15 @@
 
 The search (:mod:`.search`) and the fallback (:mod:`.fallback`) only see :class:`Candidate` and
 :class:`~.scoring.Score`; everything that touches graphs and sessions is here, memoised so that
-each candidate is scored once (the chosen one is built once more to be returned).
+each candidate is screened and scored at most once (a build each; the chosen one is built once
+more to be returned).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import onnx
@@ -144,7 +146,13 @@ class CandidateBuilder:
         per (scope, method, refinements): no build, no new session (the fallback's many variants)."""
         base = candidate.but(keep_float=frozenset())
         if base not in self._simulations:
-            self._simulations[base] = SwitchedModel(self.model, self.plan(base, absorb=False), self.dtypes)
+            switched = SwitchedModel(self.model, self.plan(base, absorb=False), self.dtypes,
+                                     float_readers_read_float=not self.config.integer_only)
+            # Over protobuf's limit its branch constants would have to reach ONNX Runtime as
+            # external initializers, which is untested: such variants are built for real.
+            self._simulations[base] = None if external_data.too_large(switched.model) else switched
+        if self._simulations[base] is None:
+            return self.score(candidate)
         if candidate not in self._simulated:
             selection = self.selection(candidate)
             quantized = plan_activations(self.view, selection, self.calibration.observers, self._ranges(candidate),
@@ -155,7 +163,8 @@ class CandidateBuilder:
                 # A tensor whose scale was shared with one now float gets its own: build it for real.
                 return self.score(candidate)
             # Variants that set the same switches score the same (a tensor only a float node reads).
-            switches = (base, frozenset(node.name for node in selection.nodes), frozenset(quantized.activations))
+            flags = self._simulations[base].switches(selection, set(quantized.activations))
+            switches = (base, frozenset(name for name, flag in flags.items() if flag))
             if switches not in self._by_switches:
                 feeds, reference = self._simulation_samples()
                 outputs = self._simulations[base].run(feeds, selection, set(quantized.activations))
@@ -189,7 +198,8 @@ class CandidateBuilder:
             outputs = run_session(session, feeds, io_params)
             self._screened[candidate] = score_outputs(reference, outputs)
             self.progress.step(f"{candidate.label()} screened, cosine {self._screened[candidate].worst_cosine:.4f}")
-            if self._open is None or self._screened[candidate].error < self._screened[self._open[0]].error:
+            if self._open is None or _finite(self._screened[candidate].error) < _finite(
+                    self._screened[self._open[0]].error):
                 self._open = (candidate, session, io_params, outputs)
         return self._screened[candidate]
 
@@ -206,7 +216,8 @@ class CandidateBuilder:
         return make_session(source), io_params
 
     def score(self, candidate: Candidate) -> Score:
-        """The candidate's fidelity on the check samples; each candidate built and run once."""
+        """The candidate's fidelity on the check samples, memoised (a screened finalist other than
+        the lowest screened one is built a second time for it)."""
         if candidate not in self._scores:
             if self._open is not None and self._open[0] == candidate:
                 _, session, io_params, outputs = self._open
@@ -224,3 +235,8 @@ class CandidateBuilder:
     def close_screening(self) -> None:
         """Drop the session :meth:`screen` kept open (its memory)."""
         self._open = None
+
+
+def _finite(error: float) -> float:
+    """An error to compare: NaN and infinities (unusable outputs) rank last."""
+    return error if math.isfinite(error) else math.inf

@@ -12,11 +12,13 @@ tensor and every quantized node sits behind a switch, a boolean graph input:
   each stored inside its branch. A constant there is one to ONNX Runtime, which prepacks the
   weights; behind a ``Where`` (as this module had it) every Conv ran unpacked and the switched
   model took five times the float model's time (PP-OCRv5's detector: 0.23 s against 0.045 s for
-  eight samples). The float copy of a Conv/Gemm reads the float input, as in the real build.
+  eight samples). The float copy of a Conv/Gemm reads the float input, as in the real build
+  (except for integer-only models, whose float readers stay on the DequantizeLinear output).
 
 For a set of tensors kept float, :meth:`SwitchedModel.switches` sets the switches as the real
-build would quantize (same selection, same parameters). It differs from the build only by the
-integer kernels' requantization rounding. Absorbed Relu/Clip nodes are kept (numerically the
+build would quantize (same selection, same parameters). It differs from the build by the integer
+kernels' requantization rounding, and by the weights of nodes no variant quantizes (a Conv under
+the ``matmul-inputs`` scope): float here, stored as int8 in the build. Absorbed Relu/Clip nodes are kept (numerically the
 same: the quantized range clamps as they do). A variant whose parameters differ from the base
 plan's (a tensor that shared the scale of one now float) is not simulated: the builder builds it
 for real.
@@ -28,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import EdgeoptError
 from .graph import GraphView, remove_dead_nodes, tensor_dtypes, topological_sort
 from .operators import FLOAT_WEIGHT_READERS
 from .plan import QuantizationPlan
@@ -38,8 +41,10 @@ from .select import Selection
 class SwitchedModel:
     """The float ``model`` with ``plan``'s quantization behind switches."""
 
-    def __init__(self, model: onnx.ModelProto, plan: QuantizationPlan, dtypes: dict[str, int] | None = None):
+    def __init__(self, model: onnx.ModelProto, plan: QuantizationPlan, dtypes: dict[str, int] | None = None,
+                 float_readers_read_float: bool = True):
         self.plan = plan
+        self.float_readers_read_float = float_readers_read_float
         self.dtypes = tensor_dtypes(model) if dtypes is None else dtypes  # planned without absorption: every tensor a variant may quantize has parameters
         float_nodes = {node.name: node for node in model.graph.node}
         self.float_constants = {init.name: init for init in model.graph.initializer}
@@ -55,6 +60,9 @@ class SwitchedModel:
         for name in self.plan.activations:
             self._switch_activation(view, name, new_nodes, constants)
         current = {node.name: node for node in simulated.graph.node}
+        missing = [name for name in constants if name not in current or name not in float_nodes]
+        if missing:
+            raise EdgeoptError(f"the plan quantizes constants of nodes the model does not have ({missing[:3]})")
         for node_name, entries in constants.items():
             new_nodes.append(self._switch_node(view, current[node_name], float_nodes[node_name], entries))
         kept = [node for node in simulated.graph.node if node.name not in constants]
@@ -87,7 +95,7 @@ class SwitchedModel:
         new_nodes.append(_choose(view, tensor_switch, dequantize_node.output[0], float_source, switched, dtype))
         # A float Conv/Gemm reads the float tensor in the real build: its own switch decides
         # (inside the node's own If where it has quantized constants).
-        for reader in view.consumers.get(switched, []):
+        for reader in view.consumers.get(switched, []) if self.float_readers_read_float else []:
             if reader.op_type in FLOAT_WEIGHT_READERS and reader.input[0] == switched and len(reader.input) > 1 \
                     and view.is_constant(reader.input[1]) and reader.name not in switched_nodes:
                 node_input = view.unique(f"{switched}_for_{reader.name}")
@@ -107,9 +115,12 @@ class SwitchedModel:
             quantized_constants[quantized_inputs[index]] = dequantized.astype(values.dtype)
             float_inputs[index] = view.unique(f"{float_node.input[index]}_sim_f")
             float_constants[float_inputs[index]] = values
-        if node.op_type in FLOAT_WEIGHT_READERS and node.input[0] in self._float_source:
+        if node.op_type in FLOAT_WEIGHT_READERS and node.input[0] in self._float_source and \
+                self.float_readers_read_float:
             float_inputs[0] = self._float_source[node.input[0]]
         outputs = [name for name in node.output if name]
+        dtypes = {name: self.dtypes.get(original, TensorProto.FLOAT)
+                  for name, original in zip(node.output, float_node.output) if name}
 
         def branch(inputs: list[str], initializers: dict, label: str) -> onnx.GraphProto:
             inner = onnx.NodeProto()
@@ -122,8 +133,7 @@ class SwitchedModel:
             inner.output.extend(renamed.get(name, "") for name in node.output)
             return helper.make_graph(
                 [inner], view.unique(f"sim_{label}"), [],
-                [helper.make_tensor_value_info(renamed[name], self.dtypes.get(name, TensorProto.FLOAT), None)
-                 for name in outputs],
+                [helper.make_tensor_value_info(renamed[name], dtypes[name], None) for name in outputs],
                 [numpy_helper.from_array(values, name) for name, values in initializers.items()])
 
         return view.make_node("If", [self._switch(self.node_switch, node.name, view)], outputs, "sim_if",
@@ -143,6 +153,7 @@ class SwitchedModel:
 
         if self._session is None:
             self._session = make_session(self.model)
+            self.model = None  # ONNX Runtime holds its own copy (the constants twice over, as float32)
         flags = self.switches(selection, activations)
         return [run_checked(self._session, None, {**feed, **flags}, "calibration data") for feed in feeds]
 
