@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import edgeopt
@@ -69,20 +71,30 @@ def test_switched_nodes_hold_their_constants_in_their_branches():
     plan = builder.plan(Candidate(), absorb=False)
     switched = SwitchedModel(builder.model, plan, builder.dtypes)
     simulated = switched.model
-    nodes = {name for table in (plan.weights, plan.biases, plan.constants) for name, _ in table}
+    indices: dict[str, set] = {}
+    for table in (plan.weights, plan.biases, plan.constants):
+        for name, index in table:
+            indices.setdefault(name, set()).add(index)
     float_nodes = {node.name: node for node in builder.model.graph.node}
-    branches = [node for node in simulated.graph.node if node.op_type == "If" and node.output[0] in
-                {output for name in nodes for output in float_nodes[name].output}]
-    assert len(branches) == len(nodes) > 0
-    for node in branches:
-        then_branch, else_branch = (next(a.g for a in node.attribute if a.name == key)
-                                    for key in ("then_branch", "else_branch"))
-        for body in (then_branch, else_branch):
-            assert body.node[0].input[1] in {init.name for init in body.initializer}
-        original = next(n for n in builder.model.graph.node if node.output[0] in n.output)
-        if original.op_type == "Conv" and original.input[0] in plan.activations:
-            assert else_branch.node[0].input[0] == original.input[0]  # the float tensor
-            assert then_branch.node[0].input[0] != original.input[0]  # the switched one
+    switched_nodes, switched_tensors = {}, set()
+    for node in simulated.graph.node:
+        if node.op_type == "If":
+            bodies = {a.name: a.g for a in node.attribute}
+            inner = bodies["then_branch"].node[0]
+            if inner.op_type == "Identity":  # an activation's switch passes a tensor on
+                switched_tensors.add(node.output[0])
+            else:
+                switched_nodes[re.sub(r"_q(_\d+)?$", "", inner.name)] = bodies
+    assert set(switched_nodes) == set(indices) and indices
+    for name, bodies in switched_nodes.items():
+        original = float_nodes[name]
+        for body in bodies.values():
+            local = {init.name for init in body.initializer}
+            assert all(body.node[0].input[index] in local for index in indices[name])
+        quantized_input, float_input = (bodies[key].node[0].input[0] for key in ("then_branch", "else_branch"))
+        if original.op_type in ("Conv", "Gemm") and original.input[0] in plan.activations:
+            assert quantized_input in switched_tensors
+            assert float_input != quantized_input and float_input in switched._float_source.values()
     assert not any(node.op_type == "Where" for node in simulated.graph.node)
     outer_constants = {init.name for init in simulated.graph.initializer}
     assert not [node for node in simulated.graph.node
