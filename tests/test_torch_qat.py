@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from edgeopt.quantization.graph import GraphView, tensor_dtypes  # noqa: E402
-from edgeopt.quantization.numerics import affine_params, dequantize, quantize  # noqa: E402
-from edgeopt.quantization.prepare import prepare  # noqa: E402
-from edgeopt.quantization.select import select  # noqa: E402
+from edgeopt.quantization.graph import GraphView, tensor_dtypes
+from edgeopt.quantization.numerics import affine_params, dequantize, quantize
+from edgeopt.quantization.prepare import prepare
+from edgeopt.quantization.select import select
 
 
 class InvertedResidual(torch.nn.Module):

@@ -17,6 +17,7 @@ import onnx
 
 from .. import external_data
 from ..progress import StepBar
+from . import weights as weight_storage
 from .calibrate import Calibration, batch_size
 from .graph import GraphView, tensor_dtypes
 from .integer_io import make_integer_io
@@ -26,7 +27,6 @@ from .qdq import apply_plan
 from .scoring import Score, run_session, score_outputs
 from .select import Selection, excluded_nodes, select
 from .simulation import SwitchedModel
-from . import weights as weight_storage
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Candidate:
     compensated_rounding: bool = True
     keep_float: frozenset = frozenset()
 
-    def but(self, **changes) -> "Candidate":
+    def but(self, **changes) -> Candidate:
         return dataclasses.replace(self, **changes)
 
     def label(self) -> str:

@@ -13,7 +13,15 @@ import numpy as np
 from . import rounding
 from .calibration import HistogramObserver, compute_range
 from .graph import GraphView, attribute
-from .numerics import INTEGER_RANGES, QuantParams, affine_params, dequantize, quantize, symmetric_params, weight_params
+from .numerics import (
+    INTEGER_RANGES,
+    QuantParams,
+    affine_params,
+    dequantize,
+    quantize,
+    symmetric_params,
+    weight_params,
+)
 from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
 from .plan import QuantizationPlan, QuantizedConstant
 from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
