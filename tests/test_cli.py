@@ -269,3 +269,16 @@ def test_attribution_is_reported_on_request(conv_files, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     attribution = json.loads(report.read_text())["attribution"]
     assert attribution and all({"tensors", "error_added"} <= set(block) for block in attribution)
+
+
+def test_int8_without_calibration_rebuilds_an_edgeopt_qdq_model_and_refuses_a_float_one(
+        conv_files, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, ["quantize", "conv.onnx", "-o", "out.onnx", "--mode", "int8"])
+    assert code != 0 and not pathlib.Path("out.onnx").exists()
+    assert len(err.strip().splitlines()) == 1 and "needs calibration data" in err
+    code, _, err = run_cli(capsys, ["quantize", "conv.onnx", "-o", "int8.onnx", *MODE_ARGS["int8"]])
+    assert code == 0, err
+    code, out, err = run_cli(capsys, ["quantize", "int8.onnx", "-o", "again.onnx", "--mode", "int8"])
+    assert code == 0, err
+    assert out.startswith("again.onnx: ")

@@ -19,9 +19,11 @@ from .quantization.calibrate import Calibration, calibrate
 from .quantization.candidates import Candidate, CandidateBuilder
 from .quantization.graph import FLOAT_TYPES, GraphView, tensor_dtypes
 from .quantization.operators import NON_COMPUTE, rule_for
+from .quantization.plan import METADATA_KEY as PLAN_METADATA_KEY
 from .quantization.plan import QuantizationPlan
 from .quantization.prepare import prepare
-from .quantization.read_plan import check_plan_fits
+from .quantization.read_plan import check_plan_fits, read_plan
+from .quantization.strip import strip_qdq
 from .quantization.select import (check_exclusions, excluded_nodes, normalization_statistics,
                                   pointwise_interiors, select)
 
@@ -69,6 +71,8 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     if plan is not None and not isinstance(plan, QuantizationPlan):
         raise EdgeoptError(f"plan must be a QuantizationPlan (from a result or read_plan); got {type(plan).__name__}")
     source = load_model(model)
+    if plan is None and isinstance(config, Int8Config) and _is_qdq(source):
+        source, plan = _float_and_plan(source)
     _check_not_quantized(source)
     _check_has_float_weights(source)
     full_check = passes_full_check(source)
@@ -98,6 +102,29 @@ QUANTIZED_OPERATORS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLin
                        "DynamicQuantizeLSTM", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
                        "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool",
                        "QLinearSoftmax", "QAttention", "MatMulNBits"}
+
+
+def _is_qdq(model: onnx.ModelProto) -> bool:
+    """A QDQ model edgeopt's own pass wrote (its plan in the metadata): quantized only by
+    QuantizeLinear/DequantizeLinear pairs, no integer kernels. Other tools' QDQ models are
+    refused: their pairs sit where their own graph passes left tensors (ONNX Runtime's quantizer
+    quantizes a Conv output before a BatchNormalization that edgeopt's preparation folds)."""
+    found = {node.op_type for node in model.graph.node} & QUANTIZED_OPERATORS
+    return found == {"QuantizeLinear", "DequantizeLinear"} and any(
+        entry.key == PLAN_METADATA_KEY for entry in model.metadata_props)
+
+
+def _float_and_plan(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantizationPlan]:
+    """A QDQ model (a quantization-aware training export, or edgeopt's own) as the float graph and
+    the plan its pairs describe; absorbed Relu/Clip nodes are not in it, so none is absorbed."""
+    plan = read_plan(model)
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    strip_qdq(stripped)
+    plan.nodes = [name for name in plan.nodes if name not in plan.absorbed]
+    plan.absorbed = {}
+    logger.info("the model is QDQ: rebuilding it from its own plan (%d quantized tensors)", len(plan.activations))
+    return stripped, plan
 
 
 def _check_not_quantized(model: onnx.ModelProto) -> None:
