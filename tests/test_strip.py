@@ -3,11 +3,11 @@ without calibration data (what a quantization-aware training export will go thro
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import pytest
 
 import edgeopt
-import models
 from edgeopt.errors import EdgeoptError
 
 CALIBRATION_SEED, HELD_OUT_SEED = 1, 7

@@ -72,7 +72,7 @@ def _insert_activation_quantizers(traced: torch.fx.GraphModule, nodes: dict[str,
         traced.add_submodule(target, ActivationQuantizer(plan.activations[tensor]))
         with traced.graph.inserting_after(source):
             quantized = traced.graph.call_module(target, (source,))
-        source.replace_all_uses_with(quantized, delete_user_cb=lambda user: user is not quantized)
+        source.replace_all_uses_with(quantized, delete_user_cb=lambda user, new=quantized: user is not new)
     traced.graph.lint()
     traced.recompile()
 
