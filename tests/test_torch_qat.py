@@ -174,16 +174,19 @@ class PlainNet(torch.nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
-def test_fake_quantized_model_computes_what_onnx_runtime_int8_computes():
+@pytest.mark.parametrize("build", [PlainNet, _small_net], ids=["plain", "batch-norm"])
+def test_fake_quantized_model_computes_what_onnx_runtime_int8_computes(build):
     """The traced model with the plan's quantizers against edgeopt's int8 model on ONNX Runtime's
     integer kernels, on held-out inputs: within one step of the output grid for 99% of the logits
-    (the issue's bound; integer kernels requantize once more per layer, torch rounds at 1/scale)."""
+    (the issue's bound; integer kernels requantize once more per layer, torch rounds at 1/scale).
+    With BatchNorm, each Conv2d + BatchNorm2d pair is one module quantizing the folded weight."""
     import edgeopt
     from edgeopt.runtimes.onnxruntime import make_session
     from edgeopt.torch.fake_quant import fake_quantized
+    from edgeopt.torch.quantizers import ConvBatchNorm
 
     torch.manual_seed(0)
-    model = PlainNet().eval()
+    model = build().eval()
     generator = torch.Generator().manual_seed(3)
     calibration = torch.randn(64, 1, 28, 28, generator=generator)
     exported = _exported(model, calibration[:4])
@@ -199,3 +202,35 @@ def test_fake_quantized_model_computes_what_onnx_runtime_int8_computes():
     steps = np.abs(ours - theirs) / output_scale
     assert np.mean(steps <= 1.0 + 1e-3) >= 0.99, np.sort(steps.ravel())[-10:]
     assert np.argmax(ours, 1).tolist() == np.argmax(theirs, 1).tolist()
+    folded = [m for m in fake.modules() if isinstance(m, ConvBatchNorm)]
+    assert len(folded) == (7 if build is _small_net else 0)
+
+
+def test_conv_batch_norm_trains_with_batch_statistics_and_deploys_as_the_folded_convolution():
+    from edgeopt.torch.quantizers import ConvBatchNorm, WeightQuantizer
+
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.BatchNorm2d(6)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2.0)
+    fused = ConvBatchNorm(conv, norm, WeightQuantizer(axis=0, limit=127))
+    x = torch.randn(8, 4, 10, 10)
+    def folded_convolution():
+        """What the int8 model stores: the weight and bias folded with the running statistics."""
+        factor = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        bias = (conv.bias - norm.running_mean) * factor + norm.bias
+        return torch.nn.functional.conv2d(x, fused.quantizer(fused.folded_weight()), bias, padding=1)
+
+    with torch.no_grad():
+        # eval: the folded convolution (float32 rounding of the scale-back only)
+        torch.testing.assert_close(fused.eval()(x), folded_convolution(), rtol=1e-5, atol=1e-5)
+        before = norm.running_mean.clone()
+        fused.train()
+        fused(x)
+        assert not torch.equal(norm.running_mean, before)  # batch statistics while training
+        fused.freeze()
+        frozen = norm.running_mean.clone()
+        torch.testing.assert_close(fused(x), folded_convolution(), rtol=1e-5, atol=1e-5)
+        assert torch.equal(norm.running_mean, frozen)
+    fused(x).sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -1,9 +1,9 @@
 """A PyTorch model with the fake quantizers of an int8 plan, placed by value (:mod:`.placement`):
 an :class:`~.quantizers.ActivationQuantizer` after the traced node holding each planned
 activation, and a :class:`~.quantizers.WeightQuantizer` on the weight of each planned Conv/Gemm
-(as a parametrization, so the module keeps training its float weight). Models with BatchNorm
-after a convolution need the fold that quantization-aware training adds next (issue 9); this
-piece refuses them."""
+(as a parametrization, so the module keeps training its float weight); a Conv2d with the
+BatchNorm2d after it becomes one :class:`~.quantizers.ConvBatchNorm`, which quantizes the folded
+weight the int8 model stores."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..errors import EdgeoptError
 from ..quantization.graph import GraphView
 from ..quantization.plan import QuantizationPlan
 from . import placement
-from .quantizers import ActivationQuantizer, weight_quantizer_for
+from .quantizers import ActivationQuantizer, ConvBatchNorm, weight_quantizer_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +43,38 @@ def fake_quantized(model: torch.nn.Module, example_inputs: tuple, plan: Quantiza
     fx_nodes = {node.name: node for node in traced.graph.nodes}
     for node_name in sorted(weighted):
         fx_node = fx_nodes[found[onnx_nodes[node_name].output[0]]]
+        quantizer = weight_quantizer_for(onnx_nodes[node_name], view, weight_range)
         module = modules.get(fx_node.target) if fx_node.op == "call_module" else None
-        if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-            raise EdgeoptError(f"ONNX node {node_name!r} maps to {fx_node.name!r}, not a Conv2d or Linear "
-                               "(a convolution followed by BatchNorm needs the fold QAT adds)")
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module = _fold(traced, fx_node, modules, quantizer)
+        elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            parametrize.register_parametrization(module, "weight", quantizer)
+        else:
+            raise EdgeoptError(f"ONNX node {node_name!r} maps to {fx_node.name!r}, not a Conv2d, Linear or the "
+                               "BatchNorm2d after a Conv2d")
         onnx_weight = view.constant(onnx_nodes[node_name].input[1])
-        if tuple(onnx_weight.shape) != tuple(module.weight.shape):
+        if tuple(onnx_weight.shape) != tuple(module.conv.weight.shape if isinstance(module, ConvBatchNorm)
+                                             else module.weight.shape):
             raise EdgeoptError(f"the weight of {node_name!r} is laid out {tuple(onnx_weight.shape)} in ONNX and "
-                               f"{tuple(module.weight.shape)} in PyTorch; expected the same layout")
-        parametrize.register_parametrization(module, "weight",
-                                             weight_quantizer_for(onnx_nodes[node_name], view, weight_range))
+                               "otherwise in PyTorch; expected the same layout")
+    traced.graph.lint()
+    traced.recompile()
     return traced
+
+
+def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer) -> ConvBatchNorm:
+    """The traced BatchNorm2d node and the Conv2d node it reads become one :class:`ConvBatchNorm`."""
+    conv_node = norm_node.args[0]
+    conv = modules.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
+    if not isinstance(conv, torch.nn.Conv2d) or len(conv_node.users) != 1:
+        raise EdgeoptError(f"{norm_node.name!r} does not follow a Conv2d read by it alone; expected conv -> batch norm")
+    fused = ConvBatchNorm(conv, modules[norm_node.target], quantizer)
+    target = f"{norm_node.target}_folded".replace(".", "_")
+    traced.add_submodule(target, fused)
+    norm_node.target = target
+    norm_node.args = (conv_node.args[0],)
+    traced.graph.erase_node(conv_node)
+    return fused
 
 
 def _real_inputs(model: onnx.ModelProto) -> list:

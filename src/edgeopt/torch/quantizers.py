@@ -150,3 +150,39 @@ def weight_quantizer_for(node, view, weight_range: str = "safe") -> WeightQuanti
     chosen = _range_for(node, view, rank, weight_range)
     axis = rule.weights[1](node, view)
     return WeightQuantizer(axis, WEIGHT_LIMITS[chosen], rule.accumulation(node, rank) if chosen == "safe" else None)
+
+
+class ConvBatchNorm(torch.nn.Module):
+    """A Conv2d and the BatchNorm2d after it, trained as the one convolution they deploy as: the
+    weight is folded with the BatchNorm's running statistics (``gamma / sqrt(var + eps)`` per
+    channel) and fake-quantized, the convolution's output is scaled back and the BatchNorm
+    applied: with batch statistics while training (and updating its running ones), with the
+    running ones otherwise (or after :meth:`freeze`), where the result is exactly the folded
+    convolution (Jacob et al. 2018, section 3.2). Holds the user's own two modules."""
+
+    def __init__(self, conv: torch.nn.Conv2d, norm: torch.nn.BatchNorm2d, quantizer: WeightQuantizer):
+        super().__init__()
+        self.conv, self.norm, self.quantizer = conv, norm, quantizer
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """Stop updating the BatchNorm statistics; from now on the module computes the folded
+        convolution in training too."""
+        self.frozen = True
+
+    def _factor(self) -> torch.Tensor:
+        weight = self.norm.weight if self.norm.affine else torch.ones_like(self.norm.running_var)
+        return weight / torch.sqrt(self.norm.running_var + self.norm.eps)
+
+    def folded_weight(self) -> torch.Tensor:
+        return self.conv.weight * self._factor().reshape(-1, 1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        factor = self._factor().reshape(1, -1, 1, 1)
+        y = self.conv._conv_forward(x, self.quantizer(self.folded_weight()), None) / factor
+        if self.conv.bias is not None:
+            y = y + self.conv.bias.reshape(1, -1, 1, 1)
+        if self.training and not self.frozen:
+            return self.norm(y)
+        return torch.nn.functional.batch_norm(y, self.norm.running_mean, self.norm.running_var, self.norm.weight,
+                                              self.norm.bias, False, 0.0, self.norm.eps)
