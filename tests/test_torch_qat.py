@@ -234,3 +234,20 @@ def test_conv_batch_norm_trains_with_batch_statistics_and_deploys_as_the_folded_
         assert torch.equal(norm.running_mean, frozen)
     fused(x).sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_fake_quantized_leaves_the_users_model_as_it_was():
+    import edgeopt
+    from edgeopt.torch.fake_quant import fake_quantized
+
+    model = _small_net()
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    example = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    exported = _exported(model, example)
+    result = edgeopt.quantize(exported, edgeopt.Int8Config(calibration_method="minmax", fallback=False),
+                              calibration={"image": torch.randn(16, 1, 28, 28).numpy()})
+    fake = fake_quantized(model, (example,), result.plan, exported)
+    fake.train()(example).sum().backward()
+    assert set(model.state_dict()) == set(state)  # no parametrization, no fused module added to it
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in state.items())
+    assert not any(isinstance(m, torch.nn.utils.parametrize.ParametrizationList) for m in model.modules())

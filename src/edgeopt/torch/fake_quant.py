@@ -7,6 +7,7 @@ weight the int8 model stores."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import onnx
@@ -26,8 +27,9 @@ logger = logging.getLogger(__name__)
 def fake_quantized(model: torch.nn.Module, example_inputs: tuple, plan: QuantizationPlan,
                    prepared: onnx.ModelProto, weight_range: str = "safe") -> torch.fx.GraphModule:
     """``model`` traced, with ``plan``'s quantizers; ``prepared`` is the prepared ONNX export the
-    plan was made for, ``example_inputs`` one input both are run on to place the quantizers."""
-    traced = torch.fx.symbolic_trace(model)
+    plan was made for, ``example_inputs`` one input both are run on to place the quantizers.
+    ``model`` itself is left as it was: the result holds copies of its modules."""
+    traced = torch.fx.symbolic_trace(copy.deepcopy(model))
     view = GraphView(prepared)
     onnx_nodes = {node.name: node for node in prepared.graph.node}
     weighted = {node_name for node_name, _ in plan.weights}
@@ -46,28 +48,31 @@ def fake_quantized(model: torch.nn.Module, example_inputs: tuple, plan: Quantiza
         quantizer = weight_quantizer_for(onnx_nodes[node_name], view, weight_range)
         module = modules.get(fx_node.target) if fx_node.op == "call_module" else None
         if isinstance(module, torch.nn.BatchNorm2d):
-            module = _fold(traced, fx_node, modules, quantizer)
+            module = _fold(traced, fx_node, modules, quantizer, view.constant(onnx_nodes[node_name].input[1]).shape)
         elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            _check_layout(node_name, view.constant(onnx_nodes[node_name].input[1]).shape, module.weight.shape)
             parametrize.register_parametrization(module, "weight", quantizer)
         else:
             raise EdgeoptError(f"ONNX node {node_name!r} maps to {fx_node.name!r}, not a Conv2d, Linear or the "
                                "BatchNorm2d after a Conv2d")
-        onnx_weight = view.constant(onnx_nodes[node_name].input[1])
-        if tuple(onnx_weight.shape) != tuple(module.conv.weight.shape if isinstance(module, ConvBatchNorm)
-                                             else module.weight.shape):
-            raise EdgeoptError(f"the weight of {node_name!r} is laid out {tuple(onnx_weight.shape)} in ONNX and "
-                               "otherwise in PyTorch; expected the same layout")
     traced.graph.lint()
     traced.recompile()
     return traced
 
 
-def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer) -> ConvBatchNorm:
+def _check_layout(node_name: str, onnx_shape, torch_shape) -> None:
+    if tuple(onnx_shape) != tuple(torch_shape):
+        raise EdgeoptError(f"the weight of {node_name!r} is laid out {tuple(onnx_shape)} in ONNX and "
+                           f"{tuple(torch_shape)} in PyTorch; expected the same layout")
+
+
+def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer, onnx_shape) -> ConvBatchNorm:
     """The traced BatchNorm2d node and the Conv2d node it reads become one :class:`ConvBatchNorm`."""
     conv_node = norm_node.args[0]
     conv = modules.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
     if not isinstance(conv, torch.nn.Conv2d) or len(conv_node.users) != 1:
         raise EdgeoptError(f"{norm_node.name!r} does not follow a Conv2d read by it alone; expected conv -> batch norm")
+    _check_layout(norm_node.name, onnx_shape, conv.weight.shape)
     fused = ConvBatchNorm(conv, modules[norm_node.target], quantizer)
     target = f"{norm_node.target}_folded".replace(".", "_")
     traced.add_submodule(target, fused)
