@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import models
 import numpy as np
 
-import models
 from edgeopt.data import Batch, Dataset, input_specs
 from edgeopt.quantization import calibrate as calibration_module
 
@@ -58,51 +58,51 @@ def _calibrated(model, feeds):
                                         compensated_rounding=False)
 
 
-def _separately(model, feeds):
-    from edgeopt.quantization.scoring import run_outputs
+def _counted(monkeypatch, module, name: str) -> tuple[list, object]:
+    """``module.name`` replaced by a wrapper that records each call; returns the calls and the original."""
+    original = getattr(module, name)
+    calls: list = []
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls, original
 
-    return run_outputs(model, feeds)
+
+def _assert_same_outputs(ours, theirs, count: int, rtol: float = 0.0) -> None:
+    assert len(ours) == len(theirs) == count
+    for mine, expected in zip(ours, theirs):
+        for a, b in zip(mine, expected):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6 * np.abs(b).max() if rtol else 0.0)
 
 
 def test_reference_outputs_come_from_the_calibration_runs(monkeypatch):
     """The check samples' float outputs are fetched in the calibration runs (no second pass), and
     equal a plain session's; the unoptimised calibration session may differ in rounding: 1e-5
     relative is a thousand times below any int8 error the search compares."""
+    from edgeopt.quantization.scoring import run_outputs
+    from edgeopt.runtimes import onnxruntime as ort_runtime
+
     case = models.CASES["conv_net"]
     model = case.build()
-    sessions = []
-    from edgeopt.runtimes import onnxruntime as ort_runtime
-    original = ort_runtime.make_session
-    monkeypatch.setattr(ort_runtime, "make_session", lambda *a, **k: sessions.append(1) or original(*a, **k))
+    sessions, original = _counted(monkeypatch, ort_runtime, "make_session")
     measured = _calibrated(model, Dataset(case.feeds(1, 40), input_specs(model)).batches(20))
     assert len(sessions) == 1
     monkeypatch.setattr(ort_runtime, "make_session", original)
-    expected = _separately(model, measured.check_feeds)
-    assert len(measured.reference) == len(expected) == 6  # two batches of 20, each in pieces of 8, 8 and 4
-    for ours, theirs in zip(measured.reference, expected):
-        for a, b in zip(ours, theirs):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+    # two batches of 20, each in pieces of 8, 8 and 4
+    _assert_same_outputs(measured.reference, run_outputs(model, measured.check_feeds), 6, rtol=1e-5)
 
 
 def test_reference_outputs_of_check_samples_run_in_pieces(monkeypatch):
     """A check piece too large for one calibration run is run in pieces; its reference then comes
     from a plain session over the check pieces."""
+    from edgeopt.quantization import scoring
+
     monkeypatch.setattr(calibration_module, "CALIBRATION_BYTES", 1)  # one sample per run
     case = models.CASES["conv_net"]
     model = case.build()
-    from edgeopt.quantization import scoring
-
-    separate = []
-    original = scoring.run_outputs
-    monkeypatch.setattr(scoring, "run_outputs", lambda *a, **k: separate.append(1) or original(*a, **k))
+    separate, original = _counted(monkeypatch, scoring, "run_outputs")
     measured = _calibrated(model, Dataset(case.feeds(1, 12), input_specs(model)).batches(12))
     assert separate == [1]  # the reference came from a plain session, not the calibration runs
     assert [len(feed["input"]) for feed in measured.check_feeds] == [8, 4]
-    expected = original(model, measured.check_feeds)
-    assert len(measured.reference) == len(expected) == 2
-    for ours, theirs in zip(measured.reference, expected):
-        for a, b in zip(ours, theirs):
-            np.testing.assert_array_equal(a, b)
+    _assert_same_outputs(measured.reference, original(model, measured.check_feeds), 2)
 
 
 def test_calibration_leaves_the_model_as_it_was():

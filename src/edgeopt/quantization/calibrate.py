@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from ..data import Batch
 from ..errors import EdgeoptError
 from ..progress import progress
 from . import rounding
 from .calibration import HistogramObserver, holds_sentinels
-from .graph import GraphView, attribute
+from .graph import GraphView, attribute, extra_outputs
 from .operators import rule_for
 from .select import Selection
 
@@ -145,16 +144,9 @@ def collect_statistics(model: onnx.ModelProto, tensors: set[str], feeds, max_sam
     from ..runtimes.onnxruntime import make_session
 
     existing = [value.name for value in model.graph.output]
-    inputs = {value.name for value in model.graph.input}
-    # The observed tensors become outputs of the model itself while ONNX Runtime reads it (a
-    # copy would hold the weights once more: 90 MB on MiniLM, at calibration's peak).
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                              for name in sorted(tensors - set(existing) - inputs))
-    try:
+    with extra_outputs(model, sorted(tensors)):
         session = make_session(model, optimize=False, arena=False)
         wanted = [value.name for value in model.graph.output if value.name in tensors]
-    finally:
-        del model.graph.output[len(existing):]
     extra = _Wanted(set(channel_means_for), conv_windows or {}, moment_inputs or {}, moment_samples)
     observers = {name: HistogramObserver() for name in tensors}
     for name, convolutions in extra.conv_windows.items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 
 import onnx
@@ -24,7 +23,7 @@ from .integer_io import make_integer_io
 from .plan import QuantizationPlan, same_params
 from .planner import Ranges, plan, plan_activations, round_weights
 from .qdq import apply_plan
-from .scoring import Score, run_session, score_outputs
+from .scoring import Score, comparable, run_session, score_outputs
 from .select import Selection, excluded_nodes, select
 from .simulation import SwitchedModel
 
@@ -198,7 +197,7 @@ class CandidateBuilder:
             outputs = run_session(session, feeds, io_params)
             self._screened[candidate] = score_outputs(reference, outputs)
             self.progress.step(f"{candidate.label()} screened, cosine {self._screened[candidate].worst_cosine:.4f}")
-            if self._open is None or _finite(self._screened[candidate].error) < _finite(
+            if self._open is None or comparable(self._screened[candidate].error) < comparable(
                     self._screened[self._open[0]].error):
                 self._open = (candidate, session, io_params, outputs)
         return self._screened[candidate]
@@ -226,7 +225,6 @@ class CandidateBuilder:
             else:
                 session, io_params = self._session(candidate)
                 outputs = run_session(session, self.calibration.check_feeds, io_params)
-                del session
             self._scores[candidate] = score_outputs(self.calibration.reference, outputs)
             self.progress.step(f"{candidate.label()} cosine {self._scores[candidate].worst_cosine:.4f}")
             logger.debug("%s: %s", candidate, self._scores[candidate])
@@ -236,7 +234,3 @@ class CandidateBuilder:
         """Drop the session :meth:`screen` kept open (its memory)."""
         self._open = None
 
-
-def _finite(error: float) -> float:
-    """An error to compare: NaN and infinities (unusable outputs) rank last."""
-    return error if math.isfinite(error) else math.inf

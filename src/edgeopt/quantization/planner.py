@@ -92,17 +92,14 @@ def round_weights(view: GraphView, selection: Selection, observers: dict[str, Hi
     # one stored tensor for several layers: nearest rounding, stored once
     wanted = [(key, name, axis) for key, (name, axis) in selection.weights.items()
               if readers[name] == 1 and (key, name, weight_range) not in memo]
-    uses: dict = {}
-    for key, _, _ in wanted:
-        uses[_factor_key(nodes[key[0]], observers)] = uses.get(_factor_key(nodes[key[0]], observers), 0) + 1
-    factors: dict = {}  # inverse factors while a layer reading the same input is still to come
+    by_input: dict = {}  # layers reading one input (q, k and v) share its inverse factor
     for key, name, axis in wanted:
-        memo[(key, name, weight_range)] = _compensated(view, nodes[key[0]], name, axis, observers, weight_range,
-                                                       factors)
-        factor_key = _factor_key(nodes[key[0]], observers)
-        uses[factor_key] -= 1
-        if not uses[factor_key]:
-            factors.pop(factor_key, None)
+        by_input.setdefault(_factor_key(nodes[key[0]], observers), []).append((key, name, axis))
+    for layers in by_input.values():
+        factors: dict = {}  # freed with the group
+        for key, name, axis in layers:
+            memo[(key, name, weight_range)] = _compensated(view, nodes[key[0]], name, axis, observers,
+                                                           weight_range, factors)
     for key, (name, axis) in selection.weights.items():
         if memo.get((key, name, weight_range)) is not None:
             values[key] = memo[(key, name, weight_range)]

@@ -37,6 +37,11 @@ class Score:
                 "worst_sample_cosine": round(self.worst_sample_cosine, 6), "silent_samples": self.silent_samples}
 
 
+def comparable(error: float) -> float:
+    """An error to rank by: NaN and infinities (unusable outputs) rank last."""
+    return error if math.isfinite(error) else math.inf
+
+
 def score_outputs(reference: list[list], outputs: list[list]) -> Score:
     per_output = output_fidelity(reference, outputs)
     if not per_output:

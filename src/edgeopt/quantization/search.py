@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 
 from .candidates import Candidate
-from .scoring import Score
+from .scoring import Score, comparable
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def _finalists(candidates: list[Candidate], screen: Scorer | None, screened: dic
     errors = {}
     for candidate in candidates:
         screened[candidate.label()] = screen(candidate)
-        error = screened[candidate.label()].error
-        errors[candidate] = error if math.isfinite(error) else math.inf
+        errors[candidate] = comparable(screened[candidate.label()].error)
     lowest = min(errors.values())
     if not math.isfinite(lowest):
         return candidates

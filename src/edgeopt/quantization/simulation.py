@@ -18,10 +18,10 @@ tensor and every quantized node sits behind a switch, a boolean graph input:
 For a set of tensors kept float, :meth:`SwitchedModel.switches` sets the switches as the real
 build would quantize (same selection, same parameters). It differs from the build by the integer
 kernels' requantization rounding, and by the weights of nodes no variant quantizes (a Conv under
-the ``matmul-inputs`` scope): float here, stored as int8 in the build. Absorbed Relu/Clip nodes are kept (numerically the
-same: the quantized range clamps as they do). A variant whose parameters differ from the base
-plan's (a tensor that shared the scale of one now float) is not simulated: the builder builds it
-for real.
+the ``matmul-inputs`` scope): float here, stored as int8 in the build. Absorbed Relu/Clip nodes
+are kept (numerically the same: the quantized range clamps as they do). A variant whose
+parameters differ from the base plan's (a tensor that shared the scale of one now float) is not
+simulated: the builder builds it for real.
 """
 
 from __future__ import annotations

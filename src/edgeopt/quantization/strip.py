@@ -18,8 +18,9 @@ import onnx
 
 from ..errors import EdgeoptError
 from .graph import GraphView, remove_dead_nodes
+from .numerics import dequantize
 from .plan import METADATA_KEY
-from .read_plan import _constants, _metadata
+from .read_plan import _constants, _metadata, _params
 
 
 def strip_qdq(model: onnx.ModelProto) -> None:
@@ -34,9 +35,7 @@ def strip_qdq(model: onnx.ModelProto) -> None:
     dropped: set[str] = set()
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in constants:
-            dequantized = _dequantized(node, constants)
-            view.add_initializer(f"{node.output[0]}_float", dequantized)
-            renames[node.output[0]] = view.graph.initializer[-1].name
+            renames[node.output[0]] = view.add_initializer(f"{node.output[0]}_float", _dequantized(node, constants))
             dropped.add(node.name)
         elif node.op_type == "QuantizeLinear" and node.input[0] not in constants:
             readers = view.consumers.get(node.output[0], [])
@@ -65,14 +64,5 @@ def strip_qdq(model: onnx.ModelProto) -> None:
 
 
 def _dequantized(node: onnx.NodeProto, constants: dict) -> np.ndarray:
-    values = np.asarray(constants[node.input[0]]).astype(np.int64)
-    scale = np.asarray(constants[node.input[1]], np.float32)
-    zero_point = np.asarray(constants[node.input[2]]).astype(np.int64) if len(node.input) > 2 and node.input[2] \
-        else np.zeros(scale.shape, np.int64)
-    if scale.ndim == 1 and values.ndim:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % values.ndim
-        shape = [1] * values.ndim
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    return ((values - zero_point) * scale).astype(np.float32)
-
+    values = np.asarray(constants[node.input[0]])
+    return dequantize(values, _params(node, constants, values.dtype))

@@ -15,6 +15,7 @@ import torch
 import torch.fx
 from torch.nn.utils import parametrize
 
+from ..data import input_specs
 from ..errors import EdgeoptError
 from ..quantization.graph import GraphView
 from ..quantization.plan import QuantizationPlan
@@ -34,8 +35,7 @@ def fake_quantized(model: torch.nn.Module, example_inputs: tuple, plan: Quantiza
     onnx_nodes = {node.name: node for node in prepared.graph.node}
     weighted = {node_name for node_name, _ in plan.weights}
     tensors = list(plan.activations) + [onnx_nodes[name].output[0] for name in weighted]
-    feed = {value.name: tensor.detach().cpu().numpy()
-            for value, tensor in zip(_real_inputs(prepared), example_inputs)}
+    feed = {spec.name: tensor.detach().cpu().numpy() for spec, tensor in zip(input_specs(prepared), example_inputs)}
     found, missing = placement.correspondence(placement.onnx_values(prepared, tensors, feed),
                                               placement.node_values(traced, example_inputs))
     if missing:
@@ -80,11 +80,6 @@ def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer, onn
     norm_node.args = (conv_node.args[0],)
     traced.graph.erase_node(conv_node)
     return fused
-
-
-def _real_inputs(model: onnx.ModelProto) -> list:
-    initializers = {init.name for init in model.graph.initializer}
-    return [value for value in model.graph.input if value.name not in initializers]
 
 
 def _insert_activation_quantizers(traced: torch.fx.GraphModule, nodes: dict[str, str],

@@ -18,6 +18,8 @@ import onnx
 import torch
 import torch.fx
 
+from ..quantization.graph import extra_outputs
+
 logger = logging.getLogger(__name__)
 
 #: Values match when within this of the ONNX value, relative to the tensor's largest magnitude:
@@ -44,17 +46,12 @@ def node_values(traced: torch.fx.GraphModule, example_inputs: tuple) -> dict[str
 
 def onnx_values(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The ``tensors`` of ``model`` on ``feed``, from one ONNX Runtime run (graph inputs as fed)."""
-    from ..runtimes.onnxruntime import make_session
+    from ..runtimes.onnxruntime import make_session, run_checked
 
-    outputs = [value.name for value in model.graph.output]
     wanted = [name for name in tensors if name not in feed]
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                              for name in wanted if name not in outputs)
-    try:
+    with extra_outputs(model, wanted):
         session = make_session(model)
-    finally:
-        del model.graph.output[len(outputs):]
-    values = dict(zip(wanted, session.run(wanted, feed)))
+    values = dict(zip(wanted, run_checked(session, wanted, feed, "the example input")))
     values.update({name: feed[name] for name in tensors if name in feed})
     return values
 
@@ -62,9 +59,12 @@ def onnx_values(model: onnx.ModelProto, tensors: list[str], feed: dict[str, np.n
 def correspondence(onnx_tensors: dict[str, np.ndarray], torch_values: dict[str, np.ndarray]
                    ) -> tuple[dict[str, str], list[str]]:
     """ONNX tensor name -> traced node name, and the tensors no node matches."""
+    by_shape: dict[tuple, list[tuple[str, np.ndarray]]] = {}
+    for node, candidate in torch_values.items():  # in graph order
+        by_shape.setdefault(candidate.shape, []).append((node, candidate))
     found, missing = {}, []
     for name, value in onnx_tensors.items():
-        match = next((node for node, candidate in torch_values.items() if _same(candidate, value)), None)
+        match = next((node for node, candidate in by_shape.get(value.shape, []) if _same(candidate, value)), None)
         if match is None:
             missing.append(name)
         else:
