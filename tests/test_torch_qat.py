@@ -65,6 +65,16 @@ def _exported(model, example):
     return exported
 
 
+def _fake(model, example, plan, exported):
+    """``model`` traced (a copy) with ``plan``'s quantizers, placed on ``example``."""
+    from edgeopt.torch.fake_quant import fake_quantized, locate, traced_copy
+
+    _, traced = traced_copy(model)
+    found, missing = locate(traced.eval(), (example,), plan, exported)
+    assert not missing
+    return fake_quantized(traced, found, plan, exported).module
+
+
 def test_every_planned_tensor_is_found_in_the_traced_module_by_value():
     from edgeopt.torch import placement
 
@@ -182,7 +192,6 @@ def test_fake_quantized_model_computes_what_onnx_runtime_int8_computes(build):
     With BatchNorm, each Conv2d + BatchNorm2d pair is one module quantizing the folded weight."""
     import edgeopt
     from edgeopt.runtimes.onnxruntime import make_session
-    from edgeopt.torch.fake_quant import fake_quantized
     from edgeopt.torch.quantizers import ConvBatchNorm
 
     torch.manual_seed(0)
@@ -193,7 +202,7 @@ def test_fake_quantized_model_computes_what_onnx_runtime_int8_computes(build):
     config = edgeopt.Int8Config(calibration_method="minmax", weight_rounding="nearest", bias_correction=False,
                                 fallback=False)
     result = edgeopt.quantize(exported, config, calibration={"image": calibration.numpy()})
-    fake = fake_quantized(model, (calibration[:4],), result.plan, exported).eval()
+    fake = _fake(model, calibration[:4], result.plan, exported).eval()
     held_out = torch.randn(32, 1, 28, 28, generator=generator)
     with torch.no_grad():
         ours = fake(held_out).numpy()
@@ -238,7 +247,6 @@ def test_conv_batch_norm_trains_with_batch_statistics_and_deploys_as_the_folded_
 
 def test_fake_quantized_leaves_the_users_model_as_it_was():
     import edgeopt
-    from edgeopt.torch.fake_quant import fake_quantized
 
     model = _small_net()
     state = {name: value.clone() for name, value in model.state_dict().items()}
@@ -246,7 +254,7 @@ def test_fake_quantized_leaves_the_users_model_as_it_was():
     exported = _exported(model, example)
     result = edgeopt.quantize(exported, edgeopt.Int8Config(calibration_method="minmax", fallback=False),
                               calibration={"image": torch.randn(16, 1, 28, 28).numpy()})
-    fake = fake_quantized(model, (example,), result.plan, exported)
+    fake = _fake(model, example, result.plan, exported)
     fake.train()(example).sum().backward()
     assert set(model.state_dict()) == set(state)  # no parametrization, no fused module added to it
     assert all(torch.equal(model.state_dict()[name], value) for name, value in state.items())

@@ -9,7 +9,7 @@ Heavy dependencies (onnxruntime, torch) load only when a function needs them.
 """
 
 from .api import QuantizationResult, quantize
-from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config
+from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, QATConfig
 from .data import Dataset, ImagePreprocessing
 from .errors import EdgeoptError
 from .measure import evaluate
@@ -20,6 +20,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "quantize", "evaluate", "QuantizationResult", "Float16Config", "DynamicConfig", "Int8Config",
-    "Int16x8Config", "Dataset", "ImagePreprocessing", "EdgeoptError", "QuantizationPlan", "QuantizedConstant",
+    "Int16x8Config", "QATConfig", "Dataset", "ImagePreprocessing", "EdgeoptError", "QuantizationPlan", "QuantizedConstant",
     "read_plan",
 ]

@@ -65,6 +65,9 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     if not isinstance(config, _Config):
         raise EdgeoptError(f"config must be one of Float16Config, DynamicConfig, Int8Config, Int16x8Config; "
                            f"got {type(config).__name__}")
+    if type(config) not in _HANDLERS:
+        raise EdgeoptError(f"{type(config).__name__} is not a quantize() mode; QATConfig is for "
+                           "edgeopt.torch.prepare_qat (the torch extra)")
     handler = _HANDLERS[type(config)]
     if plan is not None and not isinstance(config, Int8Config):
         raise EdgeoptError(f"plan= needs Int8Config or Int16x8Config; got {type(config).__name__}")
@@ -73,6 +76,9 @@ def quantize(model, config: _Config, calibration=None, plan: QuantizationPlan | 
     source = load_model(model)
     if plan is None and isinstance(config, Int8Config) and _is_qdq(source):
         source, plan = _float_and_plan(source)
+        # the QDQ model's own decisions, with the inputs and outputs the config asks for
+        # (make_integer_io refuses a plan that leaves a float operator)
+        plan.integer_only = config.integer_only
     _check_not_quantized(source)
     _check_has_float_weights(source)
     full_check = passes_full_check(source)

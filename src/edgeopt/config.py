@@ -232,10 +232,63 @@ class Int16x8Config(Int8Config):
         return ("int16",)
 
 
+@dataclass(frozen=True)
+class QATConfig(_Config):
+    """Quantization-aware training (``edgeopt.torch.prepare_qat``, the ``torch`` extra).
+
+    The float model is exported to ONNX and quantized post-training with these settings (weights
+    rounded to nearest, no bias correction, no fallback: training adapts the weights instead);
+    the result's plan places the fake quantizers and gives their starting ranges. A *step* is one
+    training-mode forward pass of the prepared model.
+    """
+
+    calibration_method: str = "auto"
+    #: ``"all"`` or ``"matmul-inputs"`` (see ``SCOPES``; ``auto`` is not a choice here: there is no
+    #: target to measure a scope against before training)
+    scope: str = "all"
+    percentile: float = 99.99
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    #: the exported model can be rebuilt integer-only (every operator fake-quantized)
+    integer_only: bool = False
+    weight_range: str = "safe"
+    max_calibration_samples: int | None = None
+    #: weight of the newest batch in the activation ranges' moving min/max
+    observer_momentum: float = 0.01
+    #: stop moving the activation ranges after this many steps (None: never)
+    freeze_observers_after: int | None = None
+    #: use the BatchNorm running statistics (and stop updating them) after this many steps
+    freeze_bn_after: int | None = None
+    #: learn the activation scales by gradient (LSQ, Esser et al. 2020) instead of moving min/max
+    learn_scales: bool = False
+    mode = "qat"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scope not in ("all", "matmul-inputs"):
+            raise EdgeoptError(f"QAT scope must be 'all' or 'matmul-inputs', got {self.scope!r}")
+        if not 0.0 < self.observer_momentum <= 1.0:
+            raise EdgeoptError(f"observer_momentum must be in (0, 1], got {self.observer_momentum}")
+        for name in ("freeze_observers_after", "freeze_bn_after"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise EdgeoptError(f"{name} must be a step count >= 0 or None, got {value!r}")
+        self.int8_config()  # the post-training settings are checked as Int8Config checks them
+
+    def int8_config(self) -> Int8Config:
+        """The post-training quantization that gives the starting plan."""
+        return Int8Config(calibration_method=self.calibration_method, scope=self.scope, percentile=self.percentile,
+                          per_channel=self.per_channel, activation_type=self.activation_type,
+                          integer_only=self.integer_only, fallback=False, bias_correction=False,
+                          weight_rounding="nearest", max_calibration_samples=self.max_calibration_samples,
+                          weight_range=self.weight_range, exclude=self.exclude)
+
+
 def _check_weight_range(value: str) -> None:
     if value not in WEIGHT_RANGE_CHOICES:
         raise EdgeoptError(f"weight_range must be one of {', '.join(WEIGHT_RANGE_CHOICES)}, got {value!r}")
 
 
-_CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config)}
-MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values()}
+_CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config, QATConfig)}
+#: the modes ``quantize`` runs
+MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls is not QATConfig}

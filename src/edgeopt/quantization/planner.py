@@ -166,22 +166,26 @@ def plan(view: GraphView, selection: Selection, observers: dict[str, HistogramOb
         corrected = _corrected_biases(view, selection, weights, integers, observers)
         biases.update(corrected)
         result.corrected_biases = set(corrected)
-    bias_params = _plan_biases(selection, result, weights, biases)
+    bias_params = plan_biases(selection, result, weights, biases)
     for key, params in weights.items():
         result.weights[key] = QuantizedConstant(params, integers[key])
         if (weight_values or {}).get(key) is not None:
             result.compensated_weights.add(key)
     for key, params in bias_params.items():
         result.biases[key] = QuantizedConstant(params, quantize(biases[key], params).astype(np.int32))
-    symmetric = ranges.activation_type == "int16"
     for key, name in selection.constants.items():
-        values = view.constant(name).astype(np.float32)
-        if symmetric:
-            params = symmetric_params(np.abs(values).max(initial=0.0), ranges.activation_type)
-        else:
-            params = affine_params(values.min(initial=0.0), values.max(initial=0.0), ranges.activation_type)
-        result.constants[key] = QuantizedConstant(params, quantize(values, params))
+        result.constants[key] = quantized_constant(view.constant(name), ranges.activation_type)
     return result
+
+
+def quantized_constant(values: np.ndarray, activation_type: str) -> QuantizedConstant:
+    """A constant operand (of Add, Mul, ...) quantized like an activation over its own range."""
+    values = values.astype(np.float32)
+    if activation_type == "int16":
+        params = symmetric_params(np.abs(values).max(initial=0.0), activation_type)
+    else:
+        params = affine_params(values.min(initial=0.0), values.max(initial=0.0), activation_type)
+    return QuantizedConstant(params, quantize(values, params))
 
 
 def _plan_activations(selection: Selection, observers, ranges: Ranges, result: QuantizationPlan,
@@ -308,7 +312,7 @@ def _absorb_activations(view: GraphView, selection: Selection, result: Quantizat
         del result.activations[output]
 
 
-def _plan_biases(selection: Selection, result: QuantizationPlan, weights: dict, biases: dict) -> dict:
+def plan_biases(selection: Selection, result: QuantizationPlan, weights: dict, biases: dict) -> dict:
     """int32 parameters at input scale x weight scale; a bias too large for int32 at that scale
     widens its channel's weight scale instead (in ``weights``)."""
     nodes = {node.name: node for node in selection.nodes}

@@ -14,3 +14,7 @@ try:
     import torch  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("edgeopt.torch needs PyTorch: pip install 'edgeopt[torch]'") from exc
+
+from .qat import convert, export, prepare_qat  # noqa: E402
+
+__all__ = ["prepare_qat", "export", "convert"]

@@ -3,12 +3,20 @@ an :class:`~.quantizers.ActivationQuantizer` after the traced node holding each 
 activation, and a :class:`~.quantizers.WeightQuantizer` on the weight of each planned Conv/Gemm
 (as a parametrization, so the module keeps training its float weight); a Conv2d with the
 BatchNorm2d after it becomes one :class:`~.quantizers.ConvBatchNorm`, which quantizes the folded
-weight the int8 model stores."""
+weight the int8 model stores.
+
+Tensors the plan gives one scale (a max pool's or a reshape's output and its input) share one
+quantizer, which observes only the first; a tensor whose Relu/Clip the int8 model absorbs keeps
+its range inside that clamp. Which quantizer and which module serve each planned tensor and
+weight is returned with the module (:class:`FakeQuantized`): the export reads the learned
+parameters through it.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass, field
 
 import onnx
 import torch
@@ -18,82 +26,171 @@ from torch.nn.utils import parametrize
 from ..data import input_specs
 from ..errors import EdgeoptError
 from ..quantization.graph import GraphView
-from ..quantization.plan import QuantizationPlan
+from ..quantization.operators import activation_bounds, rule_for
+from ..quantization.plan import QuantizationPlan, same_params
 from . import placement
-from .quantizers import ActivationQuantizer, ConvBatchNorm, weight_quantizer_for
+from .quantizers import MOMENTUM, ActivationQuantizer, ConvBatchNorm, weight_quantizer_for
 
 logger = logging.getLogger(__name__)
 
 
-def fake_quantized(model: torch.nn.Module, example_inputs: tuple, plan: QuantizationPlan,
-                   prepared: onnx.ModelProto, weight_range: str = "safe") -> torch.fx.GraphModule:
-    """``model`` traced, with ``plan``'s quantizers; ``prepared`` is the prepared ONNX export the
-    plan was made for, ``example_inputs`` one input both are run on to place the quantizers.
-    ``model`` itself is left as it was: the result holds copies of its modules."""
-    traced = torch.fx.symbolic_trace(copy.deepcopy(model))
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """How the inserted quantizers train (see :class:`~edgeopt.QATConfig`)."""
+
+    weight_range: str = "safe"
+    momentum: float = MOMENTUM
+    freeze_observers_after: int | None = None
+    freeze_bn_after: int | None = None
+    learn_scales: bool = False
+
+
+@dataclass
+class FakeQuantized:
+    #: the traced copy of the user's model, with the quantizers
+    module: torch.fx.GraphModule
+    #: planned activation tensor -> name of the ActivationQuantizer module that quantizes it
+    activations: dict[str, str] = field(default_factory=dict)
+    #: planned ONNX node (a Conv/Gemm) -> name of the module holding its weight and quantizer
+    #: (a parametrized Conv2d/Linear, or a ConvBatchNorm)
+    weights: dict[str, str] = field(default_factory=dict)
+
+
+def traced_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.fx.GraphModule]:
+    """A deep copy of ``model`` and its symbolic trace; the trace holds the copy's modules (one
+    set of parameters), so training the trace trains the copy."""
+    duplicate = copy.deepcopy(model)
+    try:
+        return duplicate, torch.fx.symbolic_trace(duplicate)
+    except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise EdgeoptError(f"torch.fx cannot trace the model ({first}); expected a model without "
+                           "data-dependent control flow in forward") from None
+
+
+def locate(traced: torch.fx.GraphModule, example_inputs: tuple, plan: QuantizationPlan,
+           prepared: onnx.ModelProto) -> tuple[dict[str, str], list[str]]:
+    """Planned tensor (activations and the planned Conv/Gemm outputs) -> traced node, and the
+    planned tensors no traced node holds."""
+    nodes = {node.name: node for node in prepared.graph.node}
+    tensors = list(plan.activations) + [nodes[name].output[0] for name, _ in plan.weights]
+    feed = {spec.name: tensor.detach().cpu().numpy() for spec, tensor in zip(input_specs(prepared), example_inputs)}
+    return placement.correspondence(placement.onnx_values(prepared, tensors, feed),
+                                    placement.node_values(traced, example_inputs))
+
+
+def fake_quantized(traced: torch.fx.GraphModule, found: dict[str, str], plan: QuantizationPlan,
+                   prepared: onnx.ModelProto, settings: QuantizerSettings = QuantizerSettings()) -> FakeQuantized:
+    """``traced`` (edited in place) with ``plan``'s quantizers at the nodes ``found`` names
+    (:func:`locate`); ``prepared`` is the prepared ONNX export the plan was made for."""
     view = GraphView(prepared)
     onnx_nodes = {node.name: node for node in prepared.graph.node}
-    weighted = {node_name for node_name, _ in plan.weights}
-    tensors = list(plan.activations) + [onnx_nodes[name].output[0] for name in weighted]
-    feed = {spec.name: tensor.detach().cpu().numpy() for spec, tensor in zip(input_specs(prepared), example_inputs)}
-    found, missing = placement.correspondence(placement.onnx_values(prepared, tensors, feed),
-                                              placement.node_values(traced, example_inputs))
+    missing = [name for name in plan.activations if name not in found]
     if missing:
         raise EdgeoptError(f"no PyTorch counterpart for the planned tensors {missing[:3]}")
-    _insert_activation_quantizers(traced, {name: found[name] for name in plan.activations}, plan)
-    modules = dict(traced.named_modules())
+    result = FakeQuantized(traced)
+    weighted = sorted({node_name for node_name, _ in plan.weights})
+    shapes = {name: tuple(view.constant(onnx_nodes[name].input[1]).shape) for name in weighted}
     fx_nodes = {node.name: node for node in traced.graph.nodes}
-    for node_name in sorted(weighted):
-        fx_node = fx_nodes[found[onnx_nodes[node_name].output[0]]]
-        quantizer = weight_quantizer_for(onnx_nodes[node_name], view, weight_range)
-        module = modules.get(fx_node.target) if fx_node.op == "call_module" else None
+    modules = dict(traced.named_modules())
+    targets = {name: _weight_target(fx_nodes[found[onnx_nodes[name].output[0]]], modules, shapes[name], name)
+               for name in weighted}  # every layout checked before anything is wrapped
+    _insert_activation_quantizers(result, found, plan, view, settings)
+    for name in weighted:
+        target, transposed = targets[name]
+        quantizer = weight_quantizer_for(onnx_nodes[name], view, settings.weight_range, transposed)
+        fx_node = fx_nodes[found[onnx_nodes[name].output[0]]]
+        module = modules[target]
         if isinstance(module, torch.nn.BatchNorm2d):
-            module = _fold(traced, fx_node, modules, quantizer, view.constant(onnx_nodes[node_name].input[1]).shape)
-        elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-            _check_layout(node_name, view.constant(onnx_nodes[node_name].input[1]).shape, module.weight.shape)
-            parametrize.register_parametrization(module, "weight", quantizer)
+            result.weights[name] = _fold(traced, fx_node, modules, quantizer, settings.freeze_bn_after)
         else:
-            raise EdgeoptError(f"ONNX node {node_name!r} maps to {fx_node.name!r}, not a Conv2d, Linear or the "
-                               "BatchNorm2d after a Conv2d")
+            if not parametrize.is_parametrized(module, "weight"):  # a module called twice is wrapped once
+                parametrize.register_parametrization(module, "weight", quantizer)
+            result.weights[name] = target
     traced.graph.lint()
     traced.recompile()
-    return traced
+    return result
 
 
-def _check_layout(node_name: str, onnx_shape, torch_shape) -> None:
-    if tuple(onnx_shape) != tuple(torch_shape):
+def _weight_target(fx_node, modules: dict, onnx_shape: tuple, node_name: str) -> tuple[str, bool]:
+    """The module the planned Conv/Gemm/MatMul ``node_name`` maps to, checked: a Conv2d or Linear
+    with the ONNX weight's layout (or a Linear holding its transpose: exported as MatMul), or a
+    BatchNorm2d after such a Conv2d (folded into it by ``prepare``); and whether it is transposed."""
+    module = modules.get(fx_node.target) if fx_node.op == "call_module" else None
+    conv = module
+    if isinstance(module, torch.nn.BatchNorm2d):
+        source = fx_node.args[0]
+        conv = modules.get(source.target) if getattr(source, "op", None) == "call_module" else None
+        if not isinstance(conv, torch.nn.Conv2d) or len(source.users) != 1 or not module.track_running_stats:
+            raise EdgeoptError(f"{fx_node.name!r} does not follow a Conv2d read by it alone (or keeps no running "
+                               "statistics); expected conv -> batch norm")
+    elif not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+        raise EdgeoptError(f"ONNX node {node_name!r} maps to {fx_node.name!r}, not a Conv2d, Linear or the "
+                           "BatchNorm2d after a Conv2d")
+    shape = tuple(conv.weight.shape)
+    transposed = isinstance(conv, torch.nn.Linear) and tuple(onnx_shape) == shape[::-1] and shape[0] != shape[1]
+    if tuple(onnx_shape) != shape and not transposed:
         raise EdgeoptError(f"the weight of {node_name!r} is laid out {tuple(onnx_shape)} in ONNX and "
-                           f"{tuple(torch_shape)} in PyTorch; expected the same layout")
+                           f"{shape} in PyTorch; expected the same layout (or a Linear's transpose)")
+    return fx_node.target, transposed
 
 
-def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer, onnx_shape) -> ConvBatchNorm:
+def _fold(traced: torch.fx.GraphModule, norm_node, modules: dict, quantizer, freeze_after) -> str:
     """The traced BatchNorm2d node and the Conv2d node it reads become one :class:`ConvBatchNorm`."""
     conv_node = norm_node.args[0]
-    conv = modules.get(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
-    if not isinstance(conv, torch.nn.Conv2d) or len(conv_node.users) != 1:
-        raise EdgeoptError(f"{norm_node.name!r} does not follow a Conv2d read by it alone; expected conv -> batch norm")
-    _check_layout(norm_node.name, onnx_shape, conv.weight.shape)
-    fused = ConvBatchNorm(conv, modules[norm_node.target], quantizer)
+    fused = ConvBatchNorm(modules[conv_node.target], modules[norm_node.target], quantizer, freeze_after)
     target = f"{norm_node.target}_folded".replace(".", "_")
     traced.add_submodule(target, fused)
     norm_node.target = target
     norm_node.args = (conv_node.args[0],)
     traced.graph.erase_node(conv_node)
-    return fused
+    return target
 
 
-def _insert_activation_quantizers(traced: torch.fx.GraphModule, nodes: dict[str, str],
-                                  plan: QuantizationPlan) -> None:
-    """A quantizer module after each traced node named in ``nodes`` (tensor -> node), read by every
-    user of that node."""
+def scale_sources(plan: QuantizationPlan, view: GraphView) -> dict[str, str]:
+    """Planned tensor -> the tensor whose scale it reuses (itself when none): the outputs of
+    data-movement operators (max pool, reshape, ...) take their input's, as the planner gives them."""
+    nodes = {node.name: node for node in view.graph.node}
+    sources = {name: name for name in plan.activations}
+    for node_name in plan.nodes:
+        node = nodes[node_name]
+        rule = rule_for(node)
+        if rule is None or not rule.shares_scale or not node.output:
+            continue
+        output, source = node.output[0], node.input[0]
+        if output in sources and source in sources and same_params(plan.activations[output],
+                                                                   plan.activations[source]):
+            sources[output] = sources[source]
+    return sources
+
+
+def _insert_activation_quantizers(result: FakeQuantized, found: dict[str, str], plan: QuantizationPlan,
+                                  view: GraphView, settings: QuantizerSettings) -> None:
+    """A quantizer after the traced node of each planned tensor, read by every user of that node;
+    one per traced node, and one per group of tensors sharing a scale."""
+    traced = result.module
     fx_nodes = {node.name: node for node in traced.graph.nodes}
-    for number, (tensor, node_name) in enumerate(nodes.items()):
-        source = fx_nodes[node_name]
-        target = f"edgeopt_quantizer_{number}"
-        traced.add_submodule(target, ActivationQuantizer(plan.activations[tensor]))
-        with traced.graph.inserting_after(source):
-            quantized = traced.graph.call_module(target, (source,))
-        source.replace_all_uses_with(quantized, delete_user_cb=lambda user, new=quantized: user is not new)
-    traced.graph.lint()
-    traced.recompile()
-
+    sources = scale_sources(plan, view)
+    nodes = {node.name: node for node in view.graph.node}
+    bounds = {nodes[relu].output[0]: activation_bounds(nodes[relu], view) for relu in plan.absorbed}
+    by_node: dict[str, str] = {}
+    ordered = sorted(plan.activations, key=lambda name: sources[name] != name)  # sources first
+    for tensor in ordered:
+        node_name = found[tensor]
+        if node_name in by_node:
+            result.activations[tensor] = by_node[node_name]
+            continue
+        source = sources[tensor]
+        shared = source != tensor and source in result.activations
+        if shared:
+            target = result.activations[source]
+        else:
+            target = f"edgeopt_quantizer_{len(by_node)}"
+            traced.add_submodule(target, ActivationQuantizer(
+                plan.activations[tensor], settings.momentum, settings.freeze_observers_after,
+                bounds.get(tensor), settings.learn_scales))
+        node = fx_nodes[node_name]
+        with traced.graph.inserting_after(node):
+            quantized = traced.graph.call_module(target, (node,), {"observe": False} if shared else {})
+        node.replace_all_uses_with(quantized, delete_user_cb=lambda user, new=quantized: user is not new)
+        by_node[node_name] = result.activations[tensor] = target

@@ -9,6 +9,8 @@ int8 model computes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -20,9 +22,17 @@ MOMENTUM = 0.01
 
 
 class ActivationQuantizer(torch.nn.Module):
-    """Per-tensor affine fake quantization of one activation (uint8 or int8)."""
+    """Per-tensor affine fake quantization of one activation (uint8 or int8).
 
-    def __init__(self, params: QuantParams, momentum: float = MOMENTUM, freeze_after: int | None = None):
+    ``bounds`` is the clamp of a Relu/Clip the int8 model absorbs into the quantization of this
+    tensor: the range never leaves it, so the deployed model (which drops the Relu/Clip) clamps
+    as the trained one did. With ``learn_scales`` the scale is a parameter trained by gradient
+    (LSQ) from the starting one and the zero point stays where it started; otherwise the range
+    follows the data by moving min/max until ``freeze_after`` steps.
+    """
+
+    def __init__(self, params: QuantParams, momentum: float = MOMENTUM, freeze_after: int | None = None,
+                 bounds: tuple[float, float] | None = None, learn_scales: bool = False):
         super().__init__()
         if params.dtype not in ("uint8", "int8") or np.size(params.scale) != 1:
             raise ValueError(f"activations are quantized per tensor to uint8 or int8; got {params.dtype} "
@@ -35,16 +45,40 @@ class ActivationQuantizer(torch.nn.Module):
         self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
         self.momentum = momentum
         self.freeze_after = freeze_after
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        self.learn_scales = learn_scales
+        if learn_scales:
+            self.scale = torch.nn.Parameter(torch.tensor([scale], dtype=torch.float32))
+            self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.float32))
 
     @property
     def observing(self) -> bool:
-        return self.training and (self.freeze_after is None or int(self.steps) < self.freeze_after)
+        return self.training and not self.learn_scales and (
+            self.freeze_after is None or int(self.steps) < self.freeze_after)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        """``observe=False``: a tensor that shares this quantizer's parameters (the output of a max
+        pool or a reshape of the tensor it quantizes) is quantized without moving the range."""
+        if observe and self.observing:
             self._observe(x.detach())
+        if self.learn_scales:
+            scale = self._learned_scale()
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale, self.zero_point, self.qmin, self.qmax, 1.0 / math.sqrt(x.numel() * self.qmax))
         scale, zero_point = self.scale_and_zero_point()
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, self.qmin, self.qmax)
+
+    def _learned_scale(self) -> torch.Tensor:
+        """The scale parameter, kept positive and, with ``bounds``, small enough for the range to
+        stay inside them."""
+        scale = torch.clamp(self.scale, min=float(MIN_SCALE))
+        if self.bounds is not None:
+            zero_point = float(self.zero_point)
+            limits = [bound / (q - zero_point) for bound, q in zip(self.bounds, (self.qmin, self.qmax))
+                      if q != zero_point and np.isfinite(bound) and bound / (q - zero_point) > 0]
+            if limits:
+                scale = torch.clamp(scale, max=min(limits))
+        return scale
 
     def _observe(self, x: torch.Tensor) -> None:
         low, high = torch.aminmax(x.float())
@@ -58,9 +92,13 @@ class ActivationQuantizer(torch.nn.Module):
 
     def scale_and_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
         """As ``affine_params`` computes them (float64, then a float32 scale; round half to even):
-        the range widened to hold 0, the zero point rounded and clipped."""
-        low = torch.clamp(self.low.double(), max=0.0)
-        high = torch.clamp(self.high.double(), min=0.0)
+        the range widened to hold 0 (and narrowed to ``bounds``), the zero point rounded and clipped."""
+        if self.learn_scales:
+            return self._learned_scale().detach().reshape(()), self.zero_point.reshape(()).to(torch.int32)
+        low, high = self.low.double(), self.high.double()
+        if self.bounds is not None:
+            low, high = torch.clamp(low, min=self.bounds[0]), torch.clamp(high, max=self.bounds[1])
+        low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
         scale = torch.clamp((high - low) / (self.qmax - self.qmin), min=float(MIN_SCALE)).float()
         zero_point = torch.clamp(torch.round(self.qmin - low / scale.double()), self.qmin, self.qmax)
         return scale, zero_point.to(torch.int32)
@@ -72,18 +110,24 @@ class ActivationQuantizer(torch.nn.Module):
 
 
 class WeightQuantizer(torch.nn.Module):
-    """Symmetric int8 fake quantization of a weight held in its ONNX layout, per channel along
-    ``axis`` (or per tensor), with the scale the int8 path gives that node's weight
+    """Symmetric int8 fake quantization of a weight, per channel along ``axis`` (or per tensor) of
+    its ONNX layout, with the scale the int8 path gives that node's weight
     (:func:`~edgeopt.quantization.planner.weight_quant_params`): the largest magnitude maps to
     ``limit`` and, with a ``layout`` (the kernel's order of accumulation, ``"safe"`` weights),
     the largest same-sign neighbour pair to at most PAIR_LIMIT. Recomputed from the weight at every
-    call, so the scale follows the training."""
+    call, so the scale follows the training. ``transposed``: the module holds the weight as the
+    transpose of the ONNX one (a Linear exported as MatMul)."""
 
-    def __init__(self, axis: int | None, limit: int, layout: tuple[tuple[int, ...], int] | None = None):
+    def __init__(self, axis: int | None, limit: int, layout: tuple[tuple[int, ...], int] | None = None,
+                 transposed: bool = False):
         super().__init__()
-        self.axis, self.limit, self.layout = axis, limit, layout
+        self.axis, self.limit, self.layout, self.transposed = axis, limit, layout, transposed
+
+    def _onnx_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.t() if self.transposed else weight
 
     def scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """The scales for ``weight`` in its ONNX layout."""
         values = weight.detach().double()
         if self.layout is None:
             needed = _channel_max(values.abs(), self.axis) / self.limit
@@ -99,7 +143,8 @@ class WeightQuantizer(torch.nn.Module):
             scale = torch.where(scale.double() < needed, torch.nextafter(scale, torch.tensor(float("inf"))), scale)
         return scale
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+    def _fake_quantized(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` in ONNX layout, fake-quantized."""
         scale = self.scale(weight)
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(weight, scale, torch.zeros((), dtype=torch.int32),
@@ -108,11 +153,28 @@ class WeightQuantizer(torch.nn.Module):
         return torch.fake_quantize_per_channel_affine(weight, scale.to(weight.device), zero_points,
                                                       self.axis % weight.dim(), -self.limit, self.limit)
 
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        quantized = self._fake_quantized(self._onnx_layout(weight))
+        return quantized.t() if self.transposed else quantized
+
     def params(self, weight: torch.Tensor) -> QuantParams:
-        scale = self.scale(weight).cpu().numpy().astype(np.float32)
+        """The parameters of ``weight`` (the module's layout) as the plan stores them."""
+        onnx_weight = self._onnx_layout(weight)
+        scale = self.scale(onnx_weight).cpu().numpy().astype(np.float32)
         if self.axis is None:
             return QuantParams(np.float32(scale), np.array(0, np.int8), "int8")
-        return QuantParams(scale, np.zeros(scale.shape, np.int8), "int8", self.axis % weight.dim())
+        return QuantParams(scale, np.zeros(scale.shape, np.int8), "int8", self.axis % onnx_weight.dim())
+
+    def integers(self, weight: torch.Tensor) -> np.ndarray:
+        """The int8 values the fake quantization of ``weight`` stands for, in the ONNX layout."""
+        with torch.no_grad():
+            onnx_weight = self._onnx_layout(weight).detach()
+            scale = self.scale(onnx_weight)
+            if self.axis is not None:
+                scale = scale.reshape([-1 if i == self.axis % onnx_weight.dim() else 1
+                                       for i in range(onnx_weight.dim())])
+            values = torch.round(self._fake_quantized(onnx_weight) / scale.to(onnx_weight.device))
+        return values.cpu().numpy().astype(np.int8)
 
 
 def _channel_max(values: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -139,7 +201,7 @@ def _pair_peaks(rows: torch.Tensor) -> torch.Tensor:
     return peaks.reshape(rows.shape[0], -1).amax(dim=1)
 
 
-def weight_quantizer_for(node, view, weight_range: str = "safe") -> WeightQuantizer:
+def weight_quantizer_for(node, view, weight_range: str = "safe", transposed: bool = False) -> WeightQuantizer:
     """The quantizer of ONNX ``node``'s weight (input 1) as the int8 path would quantize it."""
     from ..quantization.operators import rule_for
     from ..quantization.planner import _range_for
@@ -149,7 +211,8 @@ def weight_quantizer_for(node, view, weight_range: str = "safe") -> WeightQuanti
     rule = rule_for(node)
     chosen = _range_for(node, view, rank, weight_range)
     axis = rule.weights[1](node, view)
-    return WeightQuantizer(axis, WEIGHT_LIMITS[chosen], rule.accumulation(node, rank) if chosen == "safe" else None)
+    return WeightQuantizer(axis, WEIGHT_LIMITS[chosen], rule.accumulation(node, rank) if chosen == "safe" else None,
+                           transposed)
 
 
 class ConvBatchNorm(torch.nn.Module):
@@ -157,18 +220,28 @@ class ConvBatchNorm(torch.nn.Module):
     weight is folded with the BatchNorm's running statistics (``gamma / sqrt(var + eps)`` per
     channel) and fake-quantized, the convolution's output is scaled back and the BatchNorm
     applied: with batch statistics while training (and updating its running ones), with the
-    running ones otherwise (or after :meth:`freeze`), where the result is exactly the folded
-    convolution (Jacob et al. 2018, section 3.2). Holds the user's own two modules."""
+    running ones otherwise, where the result is exactly the folded convolution (Jacob et al.
+    2018, section 3.2). After :meth:`freeze`, or ``freeze_after`` training steps, the running
+    statistics stay as they are and training computes the folded convolution too. Under
+    DistributedDataParallel the running statistics move by the mean of all ranks' batch
+    statistics, so every rank folds the same weight. Holds the user's own two modules."""
 
-    def __init__(self, conv: torch.nn.Conv2d, norm: torch.nn.BatchNorm2d, quantizer: WeightQuantizer):
+    def __init__(self, conv: torch.nn.Conv2d, norm: torch.nn.BatchNorm2d, quantizer: WeightQuantizer,
+                 freeze_after: int | None = None):
         super().__init__()
         self.conv, self.norm, self.quantizer = conv, norm, quantizer
-        self.frozen = False
+        self.freeze_after = freeze_after
+        self.register_buffer("steps", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("is_frozen", torch.tensor(False))
 
     def freeze(self) -> None:
         """Stop updating the BatchNorm statistics; from now on the module computes the folded
         convolution in training too."""
-        self.frozen = True
+        self.is_frozen.fill_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.is_frozen) or (self.freeze_after is not None and int(self.steps) >= self.freeze_after)
 
     def _factor(self) -> torch.Tensor:
         weight = self.norm.weight if self.norm.affine else torch.ones_like(self.norm.running_var)
@@ -182,7 +255,26 @@ class ConvBatchNorm(torch.nn.Module):
         y = self.conv._conv_forward(x, self.quantizer(self.folded_weight()), None) / factor
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
+        norm = self.norm
         if self.training and not self.frozen:
-            return self.norm(y)
-        return torch.nn.functional.batch_norm(y, self.norm.running_mean, self.norm.running_var, self.norm.weight,
-                                              self.norm.bias, False, 0.0, self.norm.eps)
+            self.steps += 1
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                return norm(y)
+            self._update_running_statistics(y.detach())
+            return torch.nn.functional.batch_norm(y, None, None, norm.weight, norm.bias, True, 0.0, norm.eps)
+        return torch.nn.functional.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                                              False, 0.0, norm.eps)
+
+    def _update_running_statistics(self, y: torch.Tensor) -> None:
+        """BatchNorm2d's update, with each rank's batch mean and variance averaged over ranks."""
+        norm = self.norm
+        count = y.numel() // y.shape[1]
+        mean = y.mean(dim=(0, 2, 3))
+        variance = y.var(dim=(0, 2, 3), unbiased=count > 1)
+        statistics = torch.stack([mean, variance])
+        torch.distributed.all_reduce(statistics)
+        statistics /= torch.distributed.get_world_size()
+        norm.num_batches_tracked += 1
+        momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+        norm.running_mean.mul_(1 - momentum).add_(momentum * statistics[0])
+        norm.running_var.mul_(1 - momentum).add_(momentum * statistics[1])

@@ -1,0 +1,57 @@
+"""The plan a trained QAT model stands for: the post-training plan's structure (tensors, nodes,
+absorbed activations) with the learned parameters. Activations take their quantizer's scale and
+zero point; weights the integers their fake quantization stood for (the folded weight for a
+Conv2d + BatchNorm2d); biases are quantized at input scale x weight scale from the re-exported
+float model, as post-training quantization does. Decides; edits no graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from ..quantization.graph import GraphView
+from ..quantization.plan import QuantizationPlan, QuantizedConstant
+from ..quantization.planner import fit_weight_integers, plan_biases, quantized_constant
+from ..quantization.numerics import quantize
+from ..quantization.select import Selection
+from .quantizers import ConvBatchNorm
+
+
+def deployed_weight(holder: torch.nn.Module) -> tuple[torch.Tensor, torch.nn.Module]:
+    """The float weight the int8 model quantizes (module layout) and its quantizer."""
+    if isinstance(holder, ConvBatchNorm):
+        return holder.folded_weight().detach(), holder.quantizer
+    return holder.parametrizations.weight.original.detach(), holder.parametrizations.weight[0]
+
+
+def learned_plan(start: QuantizationPlan, prepared: onnx.ModelProto, module: torch.nn.Module,
+                 activations: dict[str, str], weights: dict[str, str], weight_range: str) -> QuantizationPlan:
+    """``start``'s decisions for ``prepared`` (the re-exported trained model) with ``module``'s
+    learned parameters; ``activations`` and ``weights`` name the quantizer modules (see
+    :class:`~.fake_quant.FakeQuantized`). The inputs and outputs stay float: ``quantize`` makes
+    them integers when asked to."""
+    view = GraphView(prepared)
+    nodes = {node.name: node for node in prepared.graph.node}
+    modules = dict(module.named_modules())
+    plan = QuantizationPlan(start.activation_type, nodes=list(start.nodes), absorbed=dict(start.absorbed),
+                            kept_float=dict(start.kept_float), float_weight_nodes=list(start.float_weight_nodes))
+    with torch.no_grad():
+        for tensor in start.activations:
+            plan.activations[tensor] = modules[activations[tensor]].params()
+        weight_params, integers = {}, {}
+        for key in start.weights:
+            weight, quantizer = deployed_weight(modules[weights[key[0]]])
+            weight_params[key] = quantizer.params(weight)
+            integers[key] = fit_weight_integers(nodes[key[0]], view, quantizer.integers(weight), weight_range)
+    selection = Selection(nodes=[nodes[name] for name, _ in start.biases],
+                          biases={key: nodes[key[0]].input[key[1]] for key in start.biases})
+    biases = {key: view.constant(name).astype(np.float32) for key, name in selection.biases.items()}
+    bias_params = plan_biases(selection, plan, weight_params, biases)
+    for key, params in weight_params.items():
+        plan.weights[key] = QuantizedConstant(params, integers[key])
+    for key, params in bias_params.items():
+        plan.biases[key] = QuantizedConstant(params, quantize(biases[key], params).astype(np.int32))
+    for key in start.constants:
+        plan.constants[key] = quantized_constant(view.constant(nodes[key[0]].input[key[1]]), start.activation_type)
+    return plan
