@@ -15,6 +15,6 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("edgeopt.torch needs PyTorch: pip install 'edgeopt[torch]'") from exc
 
-from .qat import convert, export, prepare_qat  # noqa: E402
+from .qat import convert, export, prepare_qat
 
-__all__ = ["prepare_qat", "export", "convert"]
+__all__ = ["convert", "export", "prepare_qat"]

@@ -11,9 +11,9 @@ import onnx
 import torch
 
 from ..quantization.graph import GraphView
+from ..quantization.numerics import quantize
 from ..quantization.plan import QuantizationPlan, QuantizedConstant
 from ..quantization.planner import fit_weight_integers, plan_biases, quantized_constant
-from ..quantization.numerics import quantize
 from ..quantization.select import Selection
 from .quantizers import ConvBatchNorm
 
