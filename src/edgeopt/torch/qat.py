@@ -186,13 +186,20 @@ def state_of(qat) -> tuple[torch.fx.GraphModule, QATState]:
     return module, state
 
 
-def exported_qdq(qat) -> tuple[onnx.ModelProto, QuantizationPlan]:
-    """The trained model as a QDQ ONNX model with the learned plan (nothing written)."""
-    module, state = state_of(qat)
+def float_onnx(qat) -> onnx.ModelProto:
+    """The trained model without its quantizers, as float ONNX (exported as prepare_qat exported
+    the model it was given)."""
+    _, state = state_of(qat)
     float_model = copy.deepcopy(state.float_model)
     float_model.load_state_dict({name.replace(".parametrizations.weight.original", ".weight"): value
                                  for name, value in state.model.state_dict().items()})
-    prepared = to_onnx(float_model, state.example_inputs)
+    return to_onnx(float_model, state.example_inputs)
+
+
+def exported_qdq(qat) -> tuple[onnx.ModelProto, QuantizationPlan]:
+    """The trained model as a QDQ ONNX model with the learned plan (nothing written)."""
+    module, state = state_of(qat)
+    prepared = float_onnx(qat)
     prepare(prepared)
     if _graph_signature(prepared) != state.graph:
         raise EdgeoptError("the trained model exports to a different ONNX graph than the one prepare_qat planned; "
