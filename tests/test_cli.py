@@ -219,7 +219,7 @@ def test_console_script_reports_errors_with_status_2(tmp_path):
 
 def test_demo_command_writes_the_table(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, ["demo", "--output-dir", "demo", "--json", "rows.json"])
+    code, out, err = run_cli(capsys, ["demo", "--output-dir", "demo", "--json", "rows.json", "--no-qat"])
     assert code == 0, err
     assert "| model | top-1 |" in out
     rows = json.loads(pathlib.Path("rows.json").read_text())

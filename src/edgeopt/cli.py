@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = commands.add_parser("demo", help="quantize the embedded default model every way and measure it")
     d.add_argument("--output-dir", default="edgeopt-demo", help="where models, data and tables go")
+    d.add_argument("--no-qat", action="store_true",
+                   help="skip the quantization-aware training row (about 30 s of fine-tuning)")
     d.add_argument("--json", help="also write the table (JSON) here")
     d.add_argument("--threads", type=int, default=1)
     return parser
@@ -147,10 +149,12 @@ def main(args: argparse.Namespace) -> int:
 
         if args.json:
             check_writable(args.json)
-        result = run_demo(args.output_dir, threads=args.threads)
+        result = run_demo(args.output_dir, threads=args.threads, qat=not args.no_qat)
         print(f"edgeopt demo: {result['model']}, {result['evaluation_samples']} test images, "
               f"{result['calibration_samples']} calibration images, {args.threads} thread(s)\n")
         print(markdown_table(result["rows"]))
+        for note in result["notes"]:
+            print(f"\n{note}")
         print(f"\nmodels, data and tables written to {pathlib.Path(args.output_dir).resolve()}")
         if args.json:
             write_bytes_atomic(args.json, (json.dumps(result["rows"], indent=2) + "\n").encode())

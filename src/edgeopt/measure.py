@@ -20,6 +20,7 @@ from .data import Dataset, ImagePreprocessing, load_data
 from .errors import EdgeoptError
 from .progress import progress
 from .runtimes import Runner, open_runner
+from .weight_statistics import weight_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
     result = {"schema_version": SCHEMA_VERSION, "model": str(model_path), "samples": len(dataset),
               "threads": threads}
     result["size"] = _size_of(model_path)
+    result["weights"] = _weights_of(model_path)
     outputs = _run_all(runner, dataset, batch_size)
     result["latency_ms"] = measure_latency(runner, dataset, warmup, runs)
     if dataset.labels is not None:
@@ -75,6 +77,15 @@ def evaluate(model_path, data, reference=None, threads: int = 1, warmup: int = 1
         result["fidelity"] = compare(_run_all(reference_runner, dataset, batch_size), outputs,
                                      reference_runner.output_names)
     return result
+
+
+def _weights_of(model) -> dict | None:
+    """Sparsity and distinct values per channel of an ONNX model's weights (None for other formats)."""
+    if isinstance(model, onnx.ModelProto):
+        return weight_statistics(model)
+    if pathlib.Path(model).suffix != ".onnx":
+        return None
+    return weight_statistics(onnx.load(str(model)))
 
 
 def _size_of(model) -> dict:

@@ -29,16 +29,22 @@ def input_names(model: torch.nn.Module, count: int) -> list[str]:
     return parameters[:count]
 
 
-def to_onnx(model: torch.nn.Module, example_inputs: tuple) -> onnx.ModelProto:
+def to_onnx(model: torch.nn.Module, example_inputs: tuple, names: tuple[list, list] | None = None
+            ) -> onnx.ModelProto:
     """``model`` (a copy, in eval mode, on the CPU) exported with the TorchScript exporter, the
-    batch axis of every input and output dynamic."""
+    batch axis of every input and output dynamic; ``names``: the inputs' and outputs' names
+    (default: ``forward``'s parameters, ``output`` or ``output_<i>``)."""
     duplicate = copy.deepcopy(model).cpu().eval()
     inputs = tuple(tensor.detach().cpu() for tensor in example_inputs)
     with torch.no_grad():
         outputs = duplicate(*inputs)
     count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
-    names = input_names(duplicate, len(inputs))
-    outputs = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    names, outputs = names or (None, None)
+    names = list(names or input_names(duplicate, len(inputs)))
+    outputs = list(outputs or (["output"] if count == 1 else [f"output_{i}" for i in range(count)]))
+    if len(names) != len(inputs) or len(outputs) != count:
+        raise EdgeoptError(f"input_names/output_names: the model takes {len(inputs)} inputs and returns {count} "
+                           f"outputs; got {len(names)} and {len(outputs)} names")
     axes = {name: {0: "batch"} for name in names + outputs}
     buffer = io.BytesIO()
     try:

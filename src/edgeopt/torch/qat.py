@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from ..config import Int8Config, QATConfig
-from ..data import input_specs
+from ..data import Dataset, input_specs
 from ..errors import EdgeoptError
 from ..model_io import check_writable, save_model
 from ..quantization.plan import QuantizationPlan
@@ -52,6 +52,8 @@ class QATState:
     #: parametrizations cannot be removed without breaking the original)
     float_model: torch.nn.Module
     example_inputs: tuple
+    #: the exported inputs' and outputs' names, when given
+    names: tuple | None
     config: QATConfig
     #: the post-training plan: which tensors, nodes and constants; the starting parameters
     plan: QuantizationPlan
@@ -62,12 +64,15 @@ class QATState:
     weights: dict
 
 
-def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None = None, calibration=None
+def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None = None, calibration=None, *,
+                input_names: list[str] | None = None, output_names: list[str] | None = None
                 ) -> torch.fx.GraphModule:
     """A traced copy of ``model`` with fake quantizers where the int8 model will quantize, their
     ranges from post-training calibration on ``calibration`` (an ``.npz`` path, an image folder,
     a dict of arrays, an iterable of input dicts, or a DataLoader-like iterable of tensors or of
-    ``(inputs..., target)`` tuples). In the training mode ``model`` is in."""
+    ``(inputs..., target)`` tuples). In the training mode ``model`` is in. ``input_names`` and
+    ``output_names`` name the exported model's inputs and outputs (default: ``forward``'s
+    parameter names, ``output``)."""
     config = QATConfig() if config is None else config
     if not isinstance(config, QATConfig):
         raise EdgeoptError(f"config must be a QATConfig, got {type(config).__name__}")
@@ -82,19 +87,19 @@ def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None
     training = model.training
     duplicate, traced = fake_quant.traced_copy(model)
     traced.eval()
-    exported = to_onnx(duplicate, example_inputs)
+    names = (input_names, output_names) if input_names or output_names else None
+    exported = to_onnx(duplicate, example_inputs, names)
     prepared = onnx.ModelProto()
     prepared.CopyFrom(exported)
     prepare(prepared)
-    names = [spec.name for spec in input_specs(prepared)]
     plan, found = _plan_and_place(exported, prepared, traced, example_inputs, config,
-                                  _calibration_feeds(calibration, names))
+                                  _calibration_feeds(calibration, [spec.name for spec in input_specs(prepared)]))
     settings = fake_quant.QuantizerSettings(config.weight_range, config.observer_momentum,
                                             config.freeze_observers_after, config.freeze_bn_after,
                                             config.learn_scales)
     pristine = copy.deepcopy(duplicate)
     quantized = fake_quant.fake_quantized(traced, found, plan, prepared, settings)
-    state = QATState(duplicate, pristine, tuple(t.detach().cpu().clone() for t in example_inputs), config, plan,
+    state = QATState(duplicate, pristine, tuple(t.detach().cpu().clone() for t in example_inputs), names, config, plan,
                      _graph_signature(prepared), quantized.activations, quantized.weights)
     setattr(quantized.module, STATE, state)
     logger.info("prepared for QAT: %d activation quantizers, %d weight quantizers",
@@ -108,7 +113,6 @@ def _plan_and_place(exported, prepared, traced, example_inputs, config: QATConfi
     quantized again)."""
     from ..api import quantize
 
-    feeds = list(feeds)  # used twice when a tensor has no counterpart
     int8 = config.int8_config()
     plan = _plan(quantize(exported, int8, calibration=feeds))
     found, missing = fake_quant.locate(traced, example_inputs, plan, prepared)
@@ -150,11 +154,17 @@ def _example_tuple(example_inputs) -> tuple:
 
 def _calibration_feeds(calibration, names: list[str]):
     """Calibration as ``quantize`` reads it; batches of tensors become input dicts (the first
-    ``len(names)`` items of a tuple are the inputs, the rest, such as labels, is ignored)."""
+    ``len(names)`` items of a tuple are the inputs, the rest, such as labels, is ignored); a
+    :class:`~edgeopt.Dataset` made for the ONNX model's input names is read by position."""
+    if isinstance(calibration, Dataset):
+        if len(calibration.arrays) != len(names):
+            raise EdgeoptError(f"calibration: the data set has {len(calibration.arrays)} inputs; the model has "
+                               f"{len(names)} ({names})")
+        return dict(zip(names, calibration.arrays.values()))
     if isinstance(calibration, (str, Mapping)) or hasattr(calibration, "__fspath__") or \
             not isinstance(calibration, Iterable):
         return calibration
-    return (_as_feed(batch, names) for batch in calibration)
+    return [_as_feed(batch, names) for batch in calibration]  # read twice when a tensor has no counterpart
 
 
 def _as_feed(batch, names: list[str]):
@@ -193,7 +203,7 @@ def float_onnx(qat) -> onnx.ModelProto:
     float_model = copy.deepcopy(state.float_model)
     float_model.load_state_dict({name.replace(".parametrizations.weight.original", ".weight"): value
                                  for name, value in state.model.state_dict().items()})
-    return to_onnx(float_model, state.example_inputs)
+    return to_onnx(float_model, state.example_inputs, state.names)
 
 
 def exported_qdq(qat) -> tuple[onnx.ModelProto, QuantizationPlan]:
