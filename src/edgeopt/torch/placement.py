@@ -36,7 +36,8 @@ def node_values(traced: torch.fx.GraphModule, example_inputs: tuple) -> dict[str
         def run_node(self, node):
             result = super().run_node(node)
             if isinstance(result, torch.Tensor) and node.op != "output":
-                values[node.name] = result.detach().cpu().numpy()
+                # a copy: an in-place operator later (ReLU6(inplace=True)) would change a view
+                values[node.name] = result.detach().cpu().numpy().copy()
             return result
 
     with torch.no_grad():
