@@ -236,3 +236,28 @@ def test_qat_config_checks_its_values_and_round_trips():
                          ({"freeze_observers_after": 1.5}, "freeze_observers_after")]:
         with pytest.raises(EdgeoptError, match=message):
             edgeopt.QATConfig(**bad)
+
+
+class InPlace(torch.nn.Module):
+    """Conv, BatchNorm, ReLU6(inplace=True), as torchvision's MobileNetV2 writes its blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU6(inplace=True), torch.nn.Conv2d(8, 8, 3, padding=1),
+                                        torch.nn.ReLU(inplace=True))
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean(dim=(2, 3)))
+
+
+def test_in_place_activations_do_not_hide_the_tensors_before_them():
+    """Regression: the traced values were views, and ReLU6(inplace=True) clipped the BatchNorm's
+    recorded output afterwards, so no traced node matched the (unclipped) ONNX Conv output and
+    every such convolution stayed float."""
+    from edgeopt.torch.qat import NO_COUNTERPART, state_of
+
+    _, state = state_of(_prepared(InPlace().eval()))
+    assert NO_COUNTERPART not in state.plan.kept_float.values()
+    assert len(state.weights) == 3
