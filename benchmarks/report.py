@@ -262,6 +262,42 @@ def large_model_section(path: pathlib.Path) -> list[str]:
     return lines + [""]
 
 
+def qat_section(path: pathlib.Path) -> list[str]:
+    """The tables ``python -m benchmarks.qat`` wrote: QAT against float, post-training int8, NNCF's QAT."""
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    tuning = run["fine_tuning"]
+    lines = ["## Quantization-aware training", "",
+             f"`{run['command'].strip()}`, {run['date']}: {run['machine']}. Every fine-tuned variant: the same "
+             f"training images in the same seeded order and flips, {tuning['loss']}, {tuning['optimizer']} at "
+             f"{tuning['learning_rate']}, batches of {tuning['batch']}, {tuning['epochs']} epoch; fine-tuning "
+             "seconds on this machine's 2 cores. Sign tests pair edgeopt's QAT with each other row on the same "
+             "images (samples only one of the two gets right). Latency: 1 thread, interleaved.", ""]
+    for case in run["cases"]:
+        base = case["rows"][0]
+        lines += [f"### {case['title']}", "",
+                  f"{case['training_images']:,} training images, {case['evaluation_samples']:,} test images. "
+                  f"PyTorch fake-quant against its ONNX Runtime int8 model: top-1 agreement "
+                  f"{100 * case['fake_quant_top1_agreement']:.2f}%. ONNX Runtime runs the same kernels for the "
+                  f"QAT model as for post-training int8: {'yes' if case['same_kernels'] else 'no'} "
+                  f"({', '.join(f'{k} x{v}' for k, v in sorted(case['kernels']['edgeopt QAT int8'].items()))}).", "",
+                  "| variant | top-1 | change | optimizer s (fine-tuning) | latency ms (x float) | size KB | edgeopt QAT: only "
+                  "QAT right / only this right (p) |", "|---|---|---|---|---|---|---|"]
+        ours = next(row for row in case["rows"] if row["against"])
+        for row in case["rows"]:
+            latency = row["latency_ms"]
+            timing = "" if latency is None else \
+                f"{latency['median']:.3f} ({latency['median'] / base['latency_ms']['median']:.2f}x)"
+            split = ours["against"].get(row["variant"])
+            versus = "" if split is None else \
+                f"{split['only_ours']} / {split['only_theirs']} (p = {split['p_value']:.2f})"
+            lines.append(f"| {row['variant']} | {100 * row['top1']:.2f}% | {100 * (row['top1'] - base['top1']):+.2f} "
+                         f"| {row['seconds'] or ''} | {timing} | {row['size_bytes'] / 1000:.1f} | {versus} |")
+        lines.append("")
+    return lines
+
+
 def render(results: dict, here: pathlib.Path) -> None:
     from .thirdparty_report import section
 
@@ -283,6 +319,7 @@ def render(results: dict, here: pathlib.Path) -> None:
     if reading.exists():
         lines += ["## Reading the table", "", reading.read_text().strip(), ""]
     lines += large_model_section(here / "large_model.json")
+    lines += qat_section(here / "qat.json")
     lines += section(everything)
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")
