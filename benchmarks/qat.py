@@ -70,6 +70,11 @@ def _training_images(name: str, count: int) -> np.ndarray:
     return train_x[np.sort(np.random.default_rng(SEED).choice(pool, count, replace=False))]
 
 
+#: BatchNorm layers run with their running statistics during fine-tuning (``--batch-norm frozen``),
+#: or with batch statistics, updating them (``training``).
+BATCH_NORM = {"mode": "frozen"}
+
+
 def fine_tune(model, teacher, images: np.ndarray, preprocess) -> float:
     """One epoch of distillation from ``teacher``, the same batches and flips for every variant."""
     import torch
@@ -79,6 +84,10 @@ def fine_tune(model, teacher, images: np.ndarray, preprocess) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     started = time.perf_counter()
     model.train()
+    if BATCH_NORM["mode"] == "frozen":  # as a user freezes them: the BatchNorm modules in eval mode
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     for _ in range(EPOCHS):
         order = rng.permutation(len(images))
         for start in range(0, len(order) - BATCH + 1, BATCH):
@@ -145,11 +154,32 @@ def _fake_quant_agreement(qat, evaluation, int8_outputs) -> float:
     return float(np.mean(logits.argmax(1) == int8_outputs[0].argmax(1)))
 
 
-def run_case(name: str, count: int, work: pathlib.Path) -> dict:
+def _qat_variant(teacher, preprocess, images, case, calibration, config, path: pathlib.Path):
+    """edgeopt's QAT with ``config``: the prepared model and its fine-tuning seconds."""
+    import torch
+
+    import edgeopt.torch as et
+
+    qat = et.prepare_qat(copy.deepcopy(teacher), torch.from_numpy(calibration[:8]), config,
+                         calibration=case.calibration, input_names=["image"], output_names=["logits"])
+    seconds = fine_tune(qat, teacher, images, preprocess)
+    et.convert(qat, path)
+    return qat, seconds
+
+
+def _overrides(text: str) -> dict:
+    """``key=value`` -> {key: value}, the value read as JSON (``true``, ``0``, ``null``) or text."""
+    key, _, value = text.partition("=")
+    try:
+        return {key: json.loads(value)}
+    except ValueError:
+        return {key: value}
+
+
+def run_case(name: str, count: int, work: pathlib.Path, configs: tuple[str, ...] = ()) -> dict:
     import torch
 
     import edgeopt
-    import edgeopt.torch as et
 
     from . import cases
     from .__main__ import hits, interleaved_latency, outputs_of, paired
@@ -170,18 +200,22 @@ def run_case(name: str, count: int, work: pathlib.Path) -> dict:
     edgeopt.model_io.save_model(to_onnx(student, (torch.from_numpy(calibration[:1]),), (["image"], ["logits"])),
                                 work / "float_ft.onnx")
     paths["float fine-tuned"] = str(work / "float_ft.onnx")
-    qat = et.prepare_qat(copy.deepcopy(teacher), torch.from_numpy(calibration[:8]), edgeopt.QATConfig(),
-                         calibration=case.calibration, input_names=["image"], output_names=["logits"])
-    seconds["edgeopt QAT int8"] = fine_tune(qat, teacher, images, preprocess)
-    et.convert(qat, work / "qat.onnx")
+    qat, seconds["edgeopt QAT int8"] = _qat_variant(teacher, preprocess, images, case, calibration,
+                                                    edgeopt.QATConfig(), work / "qat.onnx")
     paths["edgeopt QAT int8"] = str(work / "qat.onnx")
+    for number, text in enumerate(configs):
+        label = f"edgeopt QAT int8 ({text})"
+        _, seconds[label] = _qat_variant(teacher, preprocess, images, case, calibration,
+                                         edgeopt.QATConfig(**_overrides(text)), work / f"qat{number}.onnx")
+        paths[label] = str(work / f"qat{number}.onnx")
     seconds["NNCF QAT int8"] = _nncf_qat(copy.deepcopy(teacher), teacher, images, preprocess, calibration,
                                          work / "nncf.onnx")
     paths["NNCF QAT int8"] = str(work / "nncf.onnx")
     outputs = {label: outputs_of(path, case.evaluation) for label, path in paths.items()}
     labels = case.evaluation.labels
     right = {label: hits("top1", out, outputs["float"], labels) for label, out in outputs.items()}
-    latency = interleaved_latency({k: v for k, v in paths.items() if k != "float fine-tuned"}, case.evaluation,
+    timed = ("float", "edgeopt int8 (post-training)", "edgeopt QAT int8", "NNCF QAT int8")
+    latency = interleaved_latency({k: v for k, v in paths.items() if k in timed}, case.evaluation,
                                   threads=1, rounds=10, runs=50)
     ours = "edgeopt QAT int8"
     extra["fake_quant_top1_agreement"] = _fake_quant_agreement(qat, case.evaluation, outputs[ours])
@@ -206,19 +240,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--images", type=int, default=None, help="training images per case (default: IMAGES)")
+    parser.add_argument("--batch-norm", choices=("frozen", "training"), default="frozen",
+                        help="BatchNorm during fine-tuning: running statistics (frozen) or batch statistics")
+    parser.add_argument("--configs", nargs="*", default=[],
+                        help="more edgeopt QAT rows, each a QATConfig field=value (freeze_bn_after=0 learn_scales=true)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    BATCH_NORM["mode"] = args.batch_norm
     path = HERE / "qat.json"
     previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
     results = {"command": "python -m benchmarks.qat " + " ".join(argv or []),
                "date": datetime.date.today().isoformat(), "machine": machine(),
                "fine_tuning": {"batch": BATCH, "learning_rate": LEARNING_RATE, "epochs": EPOCHS, "optimizer": "Adam",
-                               "loss": "cross-entropy to the float model's probabilities", "seed": SEED},
+                               "loss": "cross-entropy to the float model's probabilities", "seed": SEED,
+                               "batch_norm": args.batch_norm},
                "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
     for name in args.only:
         with tempfile.TemporaryDirectory() as folder:
             print(f"{name} ...", flush=True)
-            case = run_case(name, args.images or IMAGES[name], pathlib.Path(folder))
+            case = run_case(name, args.images or IMAGES[name], pathlib.Path(folder), tuple(args.configs))
         results["cases"].append(case)
         print(json.dumps({row["variant"]: row["top1"] for row in case["rows"]}), flush=True)
         results["cases"].sort(key=lambda c: CASES.index(c["case"]))

@@ -261,3 +261,24 @@ def test_in_place_activations_do_not_hide_the_tensors_before_them():
     _, state = state_of(_prepared(InPlace().eval()))
     assert NO_COUNTERPART not in state.plan.kept_float.values()
     assert len(state.weights) == 3
+
+
+def test_a_batch_norm_the_user_puts_in_eval_mode_stays_frozen():
+    """The usual way to freeze BatchNorm in a fine-tuning loop: model.train(), then each
+    BatchNorm .eval(); the folded convolution then trains with the running statistics."""
+    from edgeopt.torch.quantizers import ConvBatchNorm
+
+    qat = _prepared(_small_net())
+    folded = [m for m in qat.modules() if isinstance(m, ConvBatchNorm)]
+    before = [m.norm.running_mean.clone() for m in folded]
+    qat.train()
+    for module in qat.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    qat(torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(9)))
+    assert all(torch.equal(m.norm.running_mean, b) for m, b in zip(folded, before))
+    stem = next(m for m in folded if m.conv.in_channels == 1)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        training = stem(x)
+        torch.testing.assert_close(training, stem.eval()(x), rtol=0, atol=0)  # the deployed arithmetic exactly

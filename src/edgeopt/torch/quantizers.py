@@ -241,8 +241,9 @@ class ConvBatchNorm(torch.nn.Module):
     channel) and fake-quantized, the convolution's output is scaled back and the BatchNorm
     applied: with batch statistics while training (and updating its running ones), with the
     running ones otherwise, where the result is exactly the folded convolution (Jacob et al.
-    2018, section 3.2). After :meth:`freeze`, or ``freeze_after`` training steps, the running
-    statistics stay as they are and training computes the folded convolution too. Under
+    2018, section 3.2). After :meth:`freeze`, or ``freeze_after`` training steps, or while the
+    BatchNorm module itself is in eval mode, the running statistics stay as they are and training
+    computes the folded convolution too. Under
     DistributedDataParallel the running statistics move by the mean of all ranks' batch
     statistics, so every rank folds the same weight. Holds the user's own two modules."""
 
@@ -278,8 +279,9 @@ class ConvBatchNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.quantizer(self.folded_weight())
-        if not self.training or self.frozen:
-            # what the int8 model computes, in its order: the folded weight and bias
+        if not self.training or self.frozen or not self.norm.training:
+            # what the int8 model computes, in its order: the folded weight and bias (also when
+            # the user froze the BatchNorm by putting it in eval mode)
             return self.conv._conv_forward(x, weight, self.folded_bias())
         factor = self._factor().reshape(1, -1, 1, 1)
         # a channel whose gamma is 0 has a zero folded weight: divide its zeros by 1, not 0
