@@ -282,3 +282,47 @@ def test_a_batch_norm_the_user_puts_in_eval_mode_stays_frozen():
     with torch.no_grad():
         training = stem(x)
         torch.testing.assert_close(training, stem.eval()(x), rtol=0, atol=0)  # the deployed arithmetic exactly
+
+
+class PaddingConv(torch.nn.Conv2d):
+    """A Conv2d subclass that pads in its forward (TensorFlow's "SAME" padding, as
+    EfficientNet-Lite ports write it): ONNX has Pad -> Conv, PyTorch one module."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+class Same(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = PaddingConv(1, 8, 3, stride=2, bias=False), torch.nn.BatchNorm2d(8)
+        self.depthwise, self.bn2 = PaddingConv(8, 8, 3, stride=2, groups=8, bias=False), torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.bn(self.stem(x)))
+        x = torch.nn.functional.relu6(self.bn2(self.depthwise(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_conv2d_subclasses_that_pad_are_quantized_and_folded(tmp_path):
+    """The subclass stays one traced module (its BatchNorm folds into it, its forward's pad runs);
+    the Pad outputs ONNX quantizes take their input's quantizer (the graph input's for the stem,
+    the shared ReLU6 one inside): nothing stays float and the int8 model computes what training
+    simulated."""
+    import edgeopt.torch as et
+    from edgeopt.torch.qat import state_of
+    from edgeopt.torch.quantizers import ConvBatchNorm
+
+    torch.manual_seed(0)
+    qat = _train(_prepared(Same().eval()), steps=3)  # fresh BatchNorms: unit statistics, still folded
+    _, state = state_of(qat)
+    assert not state.plan.kept_float and len(state.weights) == 3
+    assert sum(isinstance(m, ConvBatchNorm) for m in qat.modules()) == 2
+    plan = et.export(qat, tmp_path / "m.onnx")
+    result = edgeopt.quantize(tmp_path / "m.onnx", edgeopt.Int8Config())
+    held_out = torch.randn(128, 1, 28, 28, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        ours = qat(held_out).numpy()
+    theirs = make_session(result.model).run(None, {"x": held_out.numpy()})[0]
+    assert np.mean(np.abs(ours - theirs) / float(plan.activations["output"].scale) <= 1.001) >= 0.99

@@ -56,12 +56,26 @@ class FakeQuantized:
     weights: dict[str, str] = field(default_factory=dict)
 
 
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with every Conv2d, Linear and BatchNorm2d a leaf, subclasses included
+    (a Conv2d subclass that pads in its forward stays one module, whose weight gets the quantizer)."""
+
+    def is_leaf_module(self, module: torch.nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)) or \
+            super().is_leaf_module(module, qualified_name)
+
+
+def _trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+    graph = _Tracer().trace(model)
+    return torch.fx.GraphModule(model, graph, type(model).__name__)
+
+
 def traced_copy(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.fx.GraphModule]:
     """A deep copy of ``model`` and its symbolic trace; the trace holds the copy's modules (one
     set of parameters), so training the trace trains the copy."""
     duplicate = copy.deepcopy(model)
     try:
-        return duplicate, torch.fx.symbolic_trace(duplicate)
+        return duplicate, _trace(duplicate)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise EdgeoptError(f"torch.fx cannot trace the model ({first}); expected a model without "
@@ -73,10 +87,50 @@ def locate(traced: torch.fx.GraphModule, example_inputs: tuple, plan: Quantizati
     """Planned tensor (activations and the planned Conv/Gemm outputs) -> traced node, and the
     planned tensors no traced node holds."""
     nodes = {node.name: node for node in prepared.graph.node}
+    view = GraphView(prepared)
     tensors = list(plan.activations) + [nodes[name].output[0] for name, _ in plan.weights]
+    before = {name: view.producer[name].input[0] for name in plan.activations
+              if name in view.producer and view.producer[name].op_type in GRID_PRESERVING}
     feed = {spec.name: tensor.detach().cpu().numpy() for spec, tensor in zip(input_specs(prepared), example_inputs)}
-    return placement.correspondence(placement.onnx_values(prepared, tensors, feed),
-                                    placement.node_values(traced, example_inputs))
+    wanted = list(dict.fromkeys(tensors + list(before.values())))
+    found, missing = placement.correspondence(placement.onnx_values(prepared, wanted, feed),
+                                              placement.node_values(traced, example_inputs))
+    implied = _implied(missing, found, scale_sources(plan, view), view)
+    for name in missing:
+        # a grid-preserving operator's output that PyTorch computes inside a module (the pad of a
+        # Conv2d subclass): quantizing its input with its parameters gives the same values
+        if name not in implied and before.get(name) in found and before[name] not in plan.activations:
+            found[name] = found[before[name]]
+    found = {name: _past_batch_norm(traced, found[name]) for name in tensors if name in found}
+    return found, [name for name in missing if name not in implied and name not in found]
+
+
+def _past_batch_norm(traced: torch.fx.GraphModule, node_name: str) -> str:
+    """The BatchNorm2d node after a Conv2d node read by it alone, else ``node_name``: the ONNX
+    export folds every such pair into one Conv, whose output is the BatchNorm's (a BatchNorm near
+    the identity, fresh or with unit statistics, matches the Conv's values as well)."""
+    modules = dict(traced.named_modules())
+    node = next(n for n in traced.graph.nodes if n.name == node_name)
+    if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.Conv2d) or len(node.users) != 1:
+        return node_name
+    user = next(iter(node.users))
+    if user.op == "call_module" and isinstance(modules.get(user.target), torch.nn.BatchNorm2d) and \
+            user.args[0] is node:
+        return user.name
+    return node_name
+
+
+#: Operators whose output holds values of their input's grid (a zero pad adds the zero point's value).
+GRID_PRESERVING = ("MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                   "Identity", "Slice", "Gather", "Split", "Pad", "DepthToSpace", "SpaceToDepth", "Expand", "Tile")
+
+
+def _implied(missing: list[str], found: dict, sources: dict, view: GraphView) -> set[str]:
+    """Missing tensors that need no quantizer of their own: they take their source's scale and an
+    operator that keeps values on the grid made them (a Pad inside a Conv2d subclass's forward),
+    so they are already quantized where their source is."""
+    return {name for name in missing if sources.get(name, name) != name and sources[name] in found
+            and name in view.producer and view.producer[name].op_type in GRID_PRESERVING}
 
 
 def fake_quantized(traced: torch.fx.GraphModule, found: dict[str, str], plan: QuantizationPlan,
@@ -85,7 +139,8 @@ def fake_quantized(traced: torch.fx.GraphModule, found: dict[str, str], plan: Qu
     (:func:`locate`); ``prepared`` is the prepared ONNX export the plan was made for."""
     view = GraphView(prepared)
     onnx_nodes = {node.name: node for node in prepared.graph.node}
-    missing = [name for name in plan.activations if name not in found]
+    sources = scale_sources(plan, view)
+    missing = [name for name in plan.activations if name not in found and sources[name] not in found]
     if missing:
         raise EdgeoptError(f"no PyTorch counterpart for the planned tensors {missing[:3]}")
     result = FakeQuantized(traced)
@@ -176,6 +231,9 @@ def _insert_activation_quantizers(result: FakeQuantized, found: dict[str, str], 
     by_node: dict[str, str] = {}
     ordered = sorted(plan.activations, key=lambda name: sources[name] != name)  # sources first
     for tensor in ordered:
+        if tensor not in found:  # implied by its source (see _implied)
+            result.activations[tensor] = result.activations[sources[tensor]]
+            continue
         node_name = found[tensor]
         if node_name in by_node:
             result.activations[tensor] = by_node[node_name]

@@ -24,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 #: Values match when within this of the ONNX value, relative to the tensor's largest magnitude:
 #: ONNX Runtime's fused kernels (Conv with folded BatchNorm) round differently from PyTorch's
-#: separate ones by about 1e-6 relative; a different tensor differs by far more.
-MATCH_TOLERANCE = 1e-4
+#: separate ones: about 1e-6 relative on most layers, up to 1e-4 on a depthwise convolution whose
+#: BatchNorm divides by a tiny variance (EfficientNet-Lite0, eps 1e-3); a different tensor differs
+#: by far more (the nearest other candidate there: 1.0 relative).
+MATCH_TOLERANCE = 1e-3
 
 
 def node_values(traced: torch.fx.GraphModule, example_inputs: tuple) -> dict[str, np.ndarray]:

@@ -277,15 +277,20 @@ class ConvBatchNorm(torch.nn.Module):
         conv_bias = self.conv.bias if self.conv.bias is not None else torch.zeros_like(norm.running_mean)
         return bias + (conv_bias - norm.running_mean) * self._factor()
 
+    def _convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The user's convolution module run with other parameters (its own forward: a Conv2d
+        subclass may pad first, as TensorFlow's "SAME" padding needs)."""
+        return torch.func.functional_call(self.conv, {"weight": weight, "bias": bias}, (x,))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.quantizer(self.folded_weight())
         if not self.training or self.frozen or not self.norm.training:
             # what the int8 model computes, in its order: the folded weight and bias (also when
             # the user froze the BatchNorm by putting it in eval mode)
-            return self.conv._conv_forward(x, weight, self.folded_bias())
+            return self._convolve(x, weight, self.folded_bias())
         factor = self._factor().reshape(1, -1, 1, 1)
         # a channel whose gamma is 0 has a zero folded weight: divide its zeros by 1, not 0
-        y = self.conv._conv_forward(x, weight, None) / torch.where(factor == 0, torch.ones_like(factor), factor)
+        y = self._convolve(x, weight, None) / torch.where(factor == 0, torch.ones_like(factor), factor)
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(1, -1, 1, 1)
         self.steps += 1
