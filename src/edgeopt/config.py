@@ -29,6 +29,7 @@ _OLD_DEFAULTS = {
 #: Values an older config dict spelled differently: key -> {old value: value now}.
 _RENAMED = {3: {"weight_range": {"safe": "half"}}}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
+QAT_STARTS = ("post-training", "float")
 # WEIGHT_RANGE_CHOICES: "safe" (exact on every x86 CPU), "half" ([-64, 64]) or "full"
 # ([-127, 127]); defined with the arithmetic in quantization.saturation.
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
@@ -236,9 +237,9 @@ class Int16x8Config(Int8Config):
 class QATConfig(_Config):
     """Quantization-aware training (``edgeopt.torch.prepare_qat``, the ``torch`` extra).
 
-    The float model is exported to ONNX and quantized post-training with these settings (weights
-    rounded to nearest, no bias correction, no fallback: training adapts the weights instead);
-    the result's plan places the fake quantizers and gives their starting ranges. A *step* is one
+    The float model is exported to ONNX and quantized post-training with these settings (no
+    fallback: training adapts the weights instead); the result's plan places the fake quantizers
+    and gives their starting ranges, and with ``start="post-training"`` the starting weights. A *step* is one
     training-mode forward pass of the prepared model.
     """
 
@@ -261,6 +262,10 @@ class QATConfig(_Config):
     freeze_bn_after: int | None = None
     #: learn the activation scales by gradient (LSQ, Esser et al. 2020) instead of moving min/max
     learn_scales: bool = False
+    #: ``"post-training"``: training starts from edgeopt's post-training int8 model (compensated
+    #: rounding and bias correction: the weights and biases are set to the ones it stores);
+    #: ``"float"``: from the float weights, rounded to nearest
+    start: str = "post-training"
     mode = "qat"
 
     def __post_init__(self):
@@ -273,14 +278,18 @@ class QATConfig(_Config):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise EdgeoptError(f"{name} must be a step count >= 0 or None, got {value!r}")
+        if self.start not in QAT_STARTS:
+            raise EdgeoptError(f"start must be one of {', '.join(QAT_STARTS)}, got {self.start!r}")
         self.int8_config()  # the post-training settings are checked as Int8Config checks them
 
     def int8_config(self) -> Int8Config:
         """The post-training quantization that gives the starting plan."""
         return Int8Config(calibration_method=self.calibration_method, scope=self.scope, percentile=self.percentile,
                           per_channel=self.per_channel, activation_type=self.activation_type,
-                          integer_only=self.integer_only, fallback=False, bias_correction=False,
-                          weight_rounding="nearest", max_calibration_samples=self.max_calibration_samples,
+                          integer_only=self.integer_only, fallback=False,
+                          bias_correction=self.start == "post-training",
+                          weight_rounding="compensated" if self.start == "post-training" else "nearest",
+                          max_calibration_samples=self.max_calibration_samples,
                           weight_range=self.weight_range, exclude=self.exclude)
 
 

@@ -55,3 +55,37 @@ def learned_plan(start: QuantizationPlan, prepared: onnx.ModelProto, module: tor
     for key in start.constants:
         plan.constants[key] = quantized_constant(view.constant(nodes[key[0]].input[key[1]]), start.activation_type)
     return plan
+
+
+def start_from(plan: QuantizationPlan, module: torch.nn.Module, weights: dict[str, str]) -> None:
+    """Set each quantized layer's float weight and bias to the values ``plan`` stores for it, so
+    that training starts from the post-training int8 model (its compensated integers and
+    corrected biases) instead of the float weights rounded to nearest. A folded Conv2d +
+    BatchNorm2d gets the weight divided by the BatchNorm's factor and the bias moved into its
+    beta. The quantizers recompute the scales from these weights: the same ones wherever a
+    channel's largest integer is the limit (or, for ``safe`` weights, its largest pair)."""
+    modules = dict(module.named_modules())
+    with torch.no_grad():
+        for key, constant in plan.weights.items():
+            holder = modules[weights[key[0]]]
+            value = torch.from_numpy(constant.dequantized().astype(np.float32))
+            bias = plan.biases.get((key[0], 2))
+            bias = None if bias is None else torch.from_numpy(bias.dequantized().astype(np.float32))
+            if isinstance(holder, ConvBatchNorm):
+                _start_folded(holder, value, bias)
+                continue
+            quantizer = holder.parametrizations.weight[0]
+            original = holder.parametrizations.weight.original
+            original.copy_((value.t() if quantizer.transposed else value).to(original))
+            if bias is not None and holder.bias is not None and holder.bias.shape == bias.shape:
+                holder.bias.copy_(bias.to(holder.bias))
+
+
+def _start_folded(holder: ConvBatchNorm, value: torch.Tensor, bias: torch.Tensor | None) -> None:
+    factor = holder._factor().detach()
+    safe = torch.where(factor == 0, torch.ones_like(factor), factor)
+    holder.conv.weight.copy_((value.to(factor) / safe.reshape(-1, 1, 1, 1)).to(holder.conv.weight))
+    norm = holder.norm
+    if bias is not None and norm.affine:
+        conv_bias = holder.conv.bias if holder.conv.bias is not None else torch.zeros_like(norm.running_mean)
+        norm.bias.copy_(bias.to(factor) - (conv_bias - norm.running_mean) * factor)

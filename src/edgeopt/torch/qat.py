@@ -30,7 +30,7 @@ from ..quantization.plan import QuantizationPlan
 from ..quantization.prepare import prepare
 from ..quantization.qdq import apply_plan, record_plan
 from . import fake_quant
-from .learned_plan import learned_plan
+from .learned_plan import learned_plan, start_from
 from .onnx_export import to_onnx
 from .quantizers import ActivationQuantizer
 
@@ -99,6 +99,8 @@ def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None
                                             config.learn_scales)
     pristine = copy.deepcopy(duplicate)
     quantized = fake_quant.fake_quantized(traced, found, plan, prepared, settings)
+    if config.start == "post-training":
+        start_from(plan, quantized.module, quantized.weights)
     state = QATState(duplicate, pristine, tuple(t.detach().cpu().clone() for t in example_inputs), names, config, plan,
                      _graph_signature(prepared), quantized.activations, quantized.weights)
     setattr(quantized.module, STATE, state)
