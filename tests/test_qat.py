@@ -326,3 +326,28 @@ def test_conv2d_subclasses_that_pad_are_quantized_and_folded(tmp_path):
         ours = qat(held_out).numpy()
     theirs = make_session(result.model).run(None, {"x": held_out.numpy()})[0]
     assert np.mean(np.abs(ours - theirs) / float(plan.activations["output"].scale) <= 1.001) >= 0.99
+
+
+@pytest.mark.parametrize("build", [PlainNet, _small_net], ids=["plain", "batch-norm"])
+def test_training_starts_from_the_post_training_model(tmp_path, build):
+    """start="post-training" (the default): before any step, the export stores the starting
+    plan's compensated integers and corrected biases (folded ones through the BatchNorm), so
+    the QAT model begins as edgeopt's post-training int8 model; start="float" begins from the
+    float weights rounded to nearest."""
+    import edgeopt.torch as et
+    from edgeopt.torch.qat import state_of
+
+    torch.manual_seed(0)
+    model = build().eval()
+    qat = _prepared(model).eval()
+    _, state = state_of(qat)
+    assert state.plan.compensated_weights or state.plan.corrected_biases
+    plan = et.export(qat, tmp_path / "start.onnx")
+    same = [np.mean(plan.weights[key].values == state.plan.weights[key].values) for key in state.plan.weights]
+    assert min(same) >= 0.99, same
+    for key, bias in state.plan.biases.items():
+        np.testing.assert_allclose(plan.biases[key].dequantized(), bias.dequantized(), rtol=0,
+                                   atol=float(np.max(bias.params.scale)) * 2)
+    floating = _prepared(model, edgeopt.QATConfig(calibration_method="minmax", start="float")).eval()
+    _, float_state = state_of(floating)
+    assert not float_state.plan.compensated_weights and not float_state.plan.corrected_biases
