@@ -76,33 +76,12 @@ BATCH_NORM = {"mode": "frozen"}
 
 
 def fine_tune(model, teacher, images: np.ndarray, preprocess) -> float:
-    """One epoch of distillation from ``teacher``, the same batches and flips for every variant."""
-    import torch
+    """One epoch of distillation from ``teacher``, the same batches and flips for every variant
+    (the demo's loop, at the benchmark's batch and learning rate)."""
+    from edgeopt.torch.demo import distill
 
-    rng = np.random.default_rng(SEED)
-    torch.manual_seed(SEED)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    started = time.perf_counter()
-    model.train()
-    if BATCH_NORM["mode"] == "frozen":  # as a user freezes them: the BatchNorm modules in eval mode
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-    for _ in range(EPOCHS):
-        order = rng.permutation(len(images))
-        for start in range(0, len(order) - BATCH + 1, BATCH):
-            batch = images[order[start:start + BATCH]]
-            flip = rng.random(len(batch)) < 0.5
-            batch = np.where(flip[:, None, None], batch[:, :, ::-1], batch)
-            x = preprocess(batch)
-            with torch.no_grad():
-                target = torch.softmax(teacher(x), dim=1)
-            loss = torch.nn.functional.cross_entropy(model(x), target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    return time.perf_counter() - started
+    return distill(model, teacher, images, preprocess, epochs=EPOCHS, batch=BATCH, learning_rate=LEARNING_RATE,
+                   seed=SEED, freeze_batch_norm=BATCH_NORM["mode"] == "frozen")
 
 
 def _nncf_qat(model, teacher, images, preprocess, calibration, path: pathlib.Path) -> float:

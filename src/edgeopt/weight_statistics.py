@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .quantization.graph import GraphView, attribute
-
+from .quantization.graph import GraphView
+from .quantization.operators import rule_for
 
 #: operator -> input holding its weight
 WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "MatMulInteger": 1, "ConvInteger": 1,
@@ -21,15 +21,17 @@ WEIGHT_INPUTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "MatMulI
 WIDENING = ("DequantizeLinear", "Cast", "Mul")
 
 
-def _output_axis(node: onnx.NodeProto, rank: int) -> int:
-    """The weight's output-channel axis."""
-    if node.op_type in ("Conv", "ConvInteger"):
-        return 0
+def _output_axis(node: onnx.NodeProto, view: GraphView, rank: int) -> int:
+    """The weight's output-channel axis: the per-channel axis the operator rules give it, else
+    (integer forms, a grouped ConvTranspose, a weight behind a DequantizeLinear) axis 0 of a
+    convolution, axis 1 of a ConvTranspose, the last of a MatMul."""
+    rule = rule_for(node)
+    axis = rule.weights[1](node, view) if rule is not None and 1 in rule.weights else None
+    if axis is not None:
+        return axis % rank
     if node.op_type == "ConvTranspose":
         return 1
-    if node.op_type == "Gemm":
-        return 0 if attribute(node, "transB", 0) else 1
-    return rank - 1  # MatMul and its integer forms: [..., K, N]
+    return 0 if node.op_type in ("Conv", "ConvInteger") else rank - 1
 
 
 def _stored(view: GraphView, name: str, constants: dict) -> str | None:
@@ -66,8 +68,8 @@ def weight_statistics(model: onnx.ModelProto) -> dict:
         layers += 1
         zeros += int(np.count_nonzero(values == 0))
         total += values.size
-        channels = np.moveaxis(values, _output_axis(node, values.ndim), 0).reshape(values.shape[
-            _output_axis(node, values.ndim)], -1)
+        axis = _output_axis(node, view, values.ndim)
+        channels = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
         distinct.extend(len(np.unique(row)) for row in channels)
     if not layers:
         return {"layers": 0, "weights": 0, "sparsity": None, "distinct_per_channel_max": None,

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import EdgeoptError
 from ..model_io import load_model
+from ..progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +58,31 @@ def training_images() -> tuple[np.ndarray, np.ndarray]:
         return archive["images"][:, None].astype(np.float32) / 255.0, archive["labels"].astype(np.int64)
 
 
-def fine_tune(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, teacher: torch.nn.Module | None = None,
-              epochs: int = EPOCHS, learning_rate: float = LEARNING_RATE, seed: int = SEED) -> float:
-    """A plain training loop (what a user writes) over ``images``: cross-entropy to ``labels``, or
-    to ``teacher``'s predicted probabilities when given; returns the seconds it took."""
+def distill(model: torch.nn.Module, teacher: torch.nn.Module, images: np.ndarray, preprocess=torch.from_numpy, *,
+            epochs: int = EPOCHS, batch: int = BATCH, learning_rate: float = LEARNING_RATE, seed: int = SEED,
+            freeze_batch_norm: bool = False) -> float:
+    """A plain training loop (what a user writes): Adam on the cross-entropy to ``teacher``'s
+    predicted probabilities, over ``images`` in a seeded order with seeded horizontal flips (the
+    last axis), each batch made into the model's input by ``preprocess``; with
+    ``freeze_batch_norm`` the BatchNorm modules stay in eval mode. Returns the seconds it took."""
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     model.train()
-    for _ in range(epochs):
+    if freeze_batch_norm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    for epoch in range(epochs):
         order = rng.permutation(len(images))
-        for start in range(0, len(order) - BATCH + 1, BATCH):
-            index = order[start:start + BATCH]
-            x = torch.from_numpy(images[index])
-            flip = torch.from_numpy(rng.random(len(index)) < 0.5)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            if teacher is None:
-                target = torch.from_numpy(labels[index])
-            else:
-                with torch.no_grad():
-                    target = torch.softmax(teacher(x), dim=1)
+        starts = range(0, len(order) - batch + 1, batch)
+        for start in progress(starts, f"QAT fine-tuning, epoch {epoch + 1}", len(starts), "batch"):
+            chosen = images[order[start:start + batch]]
+            flip = (rng.random(len(chosen)) < 0.5).reshape((-1,) + (1,) * (chosen.ndim - 1))
+            x = preprocess(np.ascontiguousarray(np.where(flip, chosen[..., ::-1], chosen)))
+            with torch.no_grad():
+                target = torch.softmax(teacher(x), dim=1)
             loss = torch.nn.functional.cross_entropy(model(x), target)
             optimizer.zero_grad()
             loss.backward()
@@ -92,17 +97,16 @@ def qat_int8(source, calibration, path, epochs: int = EPOCHS, learning_rate: flo
     from ..config import QATConfig
     from . import convert, prepare_qat
 
-    model = fashion_cnn(load_model(source))
-    name = next(iter(calibration.arrays))
-    example = torch.from_numpy(calibration.arrays[name][:8])
+    float_onnx = load_model(source)
+    model = fashion_cnn(float_onnx)
+    example = torch.from_numpy(next(iter(calibration.arrays.values()))[:8])
     started = time.perf_counter()
-    specs = calibration.specs
     qat = prepare_qat(model, example, QATConfig(), calibration=calibration,
-                      input_names=[spec.name for spec in specs], output_names=[value.name for value in
-                                                                             load_model(source).graph.output])
+                      input_names=[spec.name for spec in calibration.specs],
+                      output_names=[value.name for value in float_onnx.graph.output])
     prepared_s = time.perf_counter() - started
-    images, labels = training_images()
-    seconds = fine_tune(qat, images, labels, model, epochs, learning_rate)
+    images, _ = training_images()
+    seconds = distill(qat, model, images, epochs=epochs, learning_rate=learning_rate)
     result = convert(qat, path)
     report = {k: v for k, v in result.report.items() if k != "plan"}
     report.update({"qat": {"prepare_seconds": round(prepared_s, 2), "fine_tune_seconds": round(seconds, 2),

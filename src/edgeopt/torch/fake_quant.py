@@ -101,23 +101,26 @@ def locate(traced: torch.fx.GraphModule, example_inputs: tuple, plan: Quantizati
         # Conv2d subclass): quantizing its input with its parameters gives the same values
         if name not in implied and before.get(name) in found and before[name] not in plan.activations:
             found[name] = found[before[name]]
-    found = {name: _past_batch_norm(traced, found[name]) for name in tensors if name in found}
+    after = _batch_norm_after(traced)
+    found = {name: after.get(found[name], found[name]) for name in tensors if name in found}
     return found, [name for name in missing if name not in implied and name not in found]
 
 
-def _past_batch_norm(traced: torch.fx.GraphModule, node_name: str) -> str:
-    """The BatchNorm2d node after a Conv2d node read by it alone, else ``node_name``: the ONNX
-    export folds every such pair into one Conv, whose output is the BatchNorm's (a BatchNorm near
-    the identity, fresh or with unit statistics, matches the Conv's values as well)."""
+def _batch_norm_after(traced: torch.fx.GraphModule) -> dict[str, str]:
+    """Conv2d node -> the BatchNorm2d node that alone reads it: the ONNX export folds every such
+    pair into one Conv, whose output is the BatchNorm's (a BatchNorm near the identity, fresh or
+    with unit statistics, matches the Conv's values as well)."""
     modules = dict(traced.named_modules())
-    node = next(n for n in traced.graph.nodes if n.name == node_name)
-    if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.Conv2d) or len(node.users) != 1:
-        return node_name
-    user = next(iter(node.users))
-    if user.op == "call_module" and isinstance(modules.get(user.target), torch.nn.BatchNorm2d) and \
-            user.args[0] is node:
-        return user.name
-    return node_name
+    pairs = {}
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), torch.nn.Conv2d) or \
+                len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        if user.op == "call_module" and isinstance(modules.get(user.target), torch.nn.BatchNorm2d) and \
+                user.args[0] is node:
+            pairs[node.name] = user.name
+    return pairs
 
 
 #: Operators whose output holds values of their input's grid (a zero pad adds the zero point's value).
