@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 from dataclasses import dataclass, field
 
 import onnx
@@ -28,7 +29,7 @@ from ..errors import EdgeoptError
 from ..quantization.graph import GraphView
 from ..quantization.operators import activation_bounds, rule_for
 from ..quantization.plan import QuantizationPlan, same_params
-from . import placement
+from . import integer_kernels, placement
 from .quantizers import MOMENTUM, ActivationQuantizer, ConvBatchNorm, weight_quantizer_for
 
 logger = logging.getLogger(__name__)
@@ -165,9 +166,92 @@ def fake_quantized(traced: torch.fx.GraphModule, found: dict[str, str], plan: Qu
             if not parametrize.is_parametrized(module, "weight"):  # a module called twice is wrapped once
                 parametrize.register_parametrization(module, "weight", quantizer)
             result.weights[name] = target
+    if plan.activation_type == "uint8":  # see integer_kernels: int8 activations keep the float path
+        _route_pooling_and_adds(result, plan, onnx_nodes, found, fx_nodes)
+        _route_integer_kernels(result, plan, onnx_nodes, {name: fx_nodes[found[onnx_nodes[name].output[0]]]
+                                                          for name in weighted})
     traced.graph.lint()
     traced.recompile()
     return result
+
+
+def _route_integer_kernels(result: FakeQuantized, plan: QuantizationPlan, onnx_nodes: dict, layers: dict) -> None:
+    """Each planned Conv/Gemm whose input and output are quantized (the output after the
+    Relu/Clip the int8 model absorbs) calls :func:`~.integer_kernels.quantized_layer`, which in
+    eval mode computes what its integer kernel computes."""
+    traced = result.module
+    absorbed = {producer: relu for relu, producer in plan.absorbed.items()}
+    for name, fx_node in layers.items():
+        node = onnx_nodes[name]
+        output = onnx_nodes[absorbed[name]].output[0] if name in absorbed else node.output[0]
+        quantizers = [result.activations.get(node.input[0]), result.activations.get(output)]
+        holder = traced.get_submodule(result.weights[name])
+        if node.op_type not in ("Conv", "Gemm") or None in quantizers or not integer_kernels.applies_to(holder) \
+                or fx_node.op != "call_module" or len(fx_node.args) != 1 or fx_node.kwargs:
+            continue
+        graph = traced.graph
+        with graph.inserting_before(fx_node):
+            modules = [graph.get_attr(target) for target in [result.weights[name]] + quantizers]
+            kernel = graph.call_function(integer_kernels.quantized_layer, (fx_node.args[0], *modules))
+        fx_node.replace_all_uses_with(kernel)
+        graph.erase_node(fx_node)
+
+
+def _route_pooling_and_adds(result: FakeQuantized, plan: QuantizationPlan, onnx_nodes: dict, found: dict,
+                            fx_nodes: dict) -> None:
+    """Each planned Add and GlobalAveragePool whose inputs and output are quantized, traced as
+    ``a + b`` or ``adaptive_avg_pool2d(x, 1)``, calls its :mod:`.integer_kernels` function (the
+    Add's operands in the ONNX order: the kernel is not symmetric in its rounding)."""
+    graph = result.module.graph
+    holders = {tensor: fx_nodes[node_name] for tensor, node_name in found.items()}  # kept current below
+    for name in plan.nodes:
+        node = onnx_nodes.get(name)
+        if node is None or node.op_type not in ("Add", "GlobalAveragePool") or node.output[0] not in found:
+            continue
+        quantizers = [result.activations.get(tensor) for tensor in list(node.input) + [node.output[0]]]
+        fx_node = holders[node.output[0]]
+        operands = _operands(fx_node, node, holders, result)
+        if None in quantizers or operands is None:
+            continue
+        function = integer_kernels.quantized_add if node.op_type == "Add" else integer_kernels.quantized_average
+        with graph.inserting_before(fx_node):
+            modules = [graph.get_attr(target) for target in quantizers]
+            replacement = graph.call_function(function, (*operands, *modules))
+        fx_node.replace_all_uses_with(replacement)
+        graph.erase_node(fx_node)
+        holders.update({tensor: replacement for tensor, held in holders.items() if held is fx_node})
+
+
+def _operands(fx_node, node, holders: dict, result: FakeQuantized):
+    """The traced node's tensor operands in the order of the ONNX node's inputs, each read from
+    the quantizer of its ONNX input (``holders``: ONNX tensor -> traced node holding it); None
+    when the traced node is not that Add or pool."""
+    if fx_node.kwargs:
+        return None
+    if node.op_type == "Add":
+        if fx_node.op != "call_function" or fx_node.target not in (operator.add, torch.add) or len(fx_node.args) != 2:
+            return None
+        args = list(fx_node.args)
+    else:
+        pooling = (fx_node.op == "call_function" and fx_node.target is torch.nn.functional.adaptive_avg_pool2d
+                   and len(fx_node.args) == 2 and fx_node.args[1] in (1, (1, 1))) or \
+            (fx_node.op == "call_module" and isinstance(result.module.get_submodule(fx_node.target),
+                                                       torch.nn.AdaptiveAvgPool2d)
+             and result.module.get_submodule(fx_node.target).output_size in (1, (1, 1)) and len(fx_node.args) == 1)
+        if not pooling:
+            return None
+        args = [fx_node.args[0]]
+
+    def reads(arg, tensor):
+        return isinstance(arg, torch.fx.Node) and arg.op == "call_module" and \
+            arg.target == result.activations.get(tensor) and (tensor not in holders or arg.args[0] is holders[tensor])
+
+    inputs = list(node.input)
+    if all(reads(arg, tensor) for arg, tensor in zip(args, inputs)):
+        return args
+    if len(args) == 2 and all(reads(arg, tensor) for arg, tensor in zip(args[::-1], inputs)):
+        return args[::-1]
+    return None
 
 
 def _weight_target(fx_node, modules: dict, onnx_shape: tuple, node_name: str) -> tuple[str, bool]:

@@ -15,14 +15,8 @@ from ..quantization.numerics import quantize
 from ..quantization.plan import QuantizationPlan, QuantizedConstant
 from ..quantization.planner import fit_weight_integers, plan_biases, quantized_constant
 from ..quantization.select import Selection
+from .integer_kernels import deployed_weight
 from .quantizers import ConvBatchNorm
-
-
-def deployed_weight(holder: torch.nn.Module) -> tuple[torch.Tensor, torch.nn.Module]:
-    """The float weight the int8 model quantizes (module layout) and its quantizer."""
-    if isinstance(holder, ConvBatchNorm):
-        return holder.folded_weight().detach(), holder.quantizer
-    return holder.parametrizations.weight.original.detach(), holder.parametrizations.weight[0]
 
 
 def learned_plan(start: QuantizationPlan, prepared: onnx.ModelProto, module: torch.nn.Module,

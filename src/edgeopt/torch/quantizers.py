@@ -9,6 +9,7 @@ int8 model computes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -142,6 +143,7 @@ class WeightQuantizer(torch.nn.Module):
                  transposed: bool = False):
         super().__init__()
         self.axis, self.limit, self.layout, self.transposed = axis, limit, layout, transposed
+        self.bypass = False
 
     def _onnx_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.t() if self.transposed else weight
@@ -173,7 +175,18 @@ class WeightQuantizer(torch.nn.Module):
         return torch.fake_quantize_per_channel_affine(weight, scale.to(weight.device), zero_points,
                                                       self.axis % weight.dim(), -self.limit, self.limit)
 
+    @contextlib.contextmanager
+    def bypassed(self):
+        """Pass weights through unchanged meanwhile: a layer run on weights already integers."""
+        self.bypass = True
+        try:
+            yield
+        finally:
+            self.bypass = False
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return weight
         quantized = self._fake_quantized(self._onnx_layout(weight))
         return quantized.t() if self.transposed else quantized
 
@@ -185,16 +198,21 @@ class WeightQuantizer(torch.nn.Module):
             return QuantParams(np.float32(scale), np.array(0, np.int8), "int8")
         return QuantParams(scale, np.zeros(scale.shape, np.int8), "int8", self.axis % onnx_weight.dim())
 
-    def integers(self, weight: torch.Tensor) -> np.ndarray:
-        """The int8 values the fake quantization of ``weight`` stands for, in the ONNX layout."""
+    def integer_values(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 values the fake quantization of ``weight`` stands for (as floats, in the ONNX
+        layout) and their scales (one per channel along ``axis``, or one)."""
         with torch.no_grad():
             onnx_weight = self._onnx_layout(weight).detach()
-            scale = self.scale(onnx_weight)
+            scale = self.scale(onnx_weight).to(onnx_weight.device)
+            shaped = scale
             if self.axis is not None:
-                scale = scale.reshape([-1 if i == self.axis % onnx_weight.dim() else 1
-                                       for i in range(onnx_weight.dim())])
-            values = torch.round(self._fake_quantized(onnx_weight) / scale.to(onnx_weight.device))
-        return values.cpu().numpy().astype(np.int8)
+                shaped = scale.reshape([-1 if i == self.axis % onnx_weight.dim() else 1
+                                        for i in range(onnx_weight.dim())])
+            return torch.round(self._fake_quantized(onnx_weight) / shaped), scale
+
+    def integers(self, weight: torch.Tensor) -> np.ndarray:
+        """The int8 values the fake quantization of ``weight`` stands for, in the ONNX layout."""
+        return self.integer_values(weight)[0].cpu().numpy().astype(np.int8)
 
 
 def _channel_max(values: torch.Tensor, axis: int | None) -> torch.Tensor:
