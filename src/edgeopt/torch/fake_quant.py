@@ -9,7 +9,9 @@ Tensors the plan gives one scale (a max pool's or a reshape's output and its inp
 quantizer, which observes only the first; a tensor whose Relu/Clip the int8 model absorbs keeps
 its range inside that clamp. Which quantizer and which module serve each planned tensor and
 weight is returned with the module (:class:`FakeQuantized`): the export reads the learned
-parameters through it.
+parameters through it. With uint8 activations each quantized Conv/Gemm, Add and global average
+pool calls its :mod:`.integer_kernels` function, which trains as the layer does and in eval mode
+computes what ONNX Runtime's integer kernel computes.
 """
 
 from __future__ import annotations

@@ -147,8 +147,8 @@ def quantized_average(x: torch.Tensor, inputs: ActivationQuantizer, outputs: Act
     if outputs.training:
         return torch.nn.functional.adaptive_avg_pool2d(x, 1)
     with torch.no_grad():
-        (x_scale, x_zero), (y_scale, y_zero) = (
-            (value.cpu() for value in q.scale_and_zero_point()) for q in (inputs, outputs))
+        x_scale = inputs.scale_and_zero_point()[0].cpu()
+        y_scale, y_zero = (value.cpu() for value in outputs.scale_and_zero_point())
         count = x.shape[-1] * x.shape[-2]
         total = torch.round(x / x_scale.to(x.device)).double().sum(dim=(-2, -1), keepdim=True)
         factor = _f32(x_scale / (y_scale * _f32(count)))
