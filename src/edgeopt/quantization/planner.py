@@ -26,6 +26,7 @@ from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
 from .plan import QuantizationPlan, QuantizedConstant
 from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
 from .select import Selection
+from .structure import row_structure
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +134,16 @@ def _compensated(view: GraphView, node, name: str, axis: int | None, observers: 
     per_group = rows.shape[0] // groups
     if factor_key not in factors:
         factors[factor_key] = rounding.inverse_factor(moments)
-    integers = rounding.compensated_round(rows.reshape(groups, per_group, -1), scales.reshape(groups, per_group),
-                                          None, -qmax, qmax, factor=factors[factor_key])
+    grouped, grouped_scales = rows.reshape(groups, per_group, -1), scales.reshape(groups, per_group)
+    kept = row_structure(grouped, grouped_scales, qmax)  # a pruned or clustered weight's zeros and clusters
+    integers = rounding.compensated_round(grouped, grouped_scales, None, -qmax, qmax, factor=factors[factor_key],
+                                          structure=kept)
     integers = integers.reshape((weight.T if transposed else weight).shape)
-    integers = fit_weight_integers(node, view, integers.T if transposed else integers, weight_range)
-    return dequantize(integers.astype(np.int8), params).astype(np.float32)
+    fitted = fit_weight_integers(node, view, integers.T if transposed else integers, weight_range)
+    if kept is not None and not kept.holds((fitted.T if transposed else fitted).reshape(grouped.shape)):
+        # fitting pairs into 16 bits moved a zero or added a value: nearest rounding keeps both
+        fitted = fit_weight_integers(node, view, quantize(weight, params).astype(np.int64), weight_range)
+    return dequantize(fitted.astype(np.int8), params).astype(np.float32)
 
 
 def plan_activations(view: GraphView, selection: Selection, observers: dict[str, HistogramObserver],

@@ -42,9 +42,10 @@ def inverse_factor(moments: np.ndarray) -> np.ndarray:
 
 
 def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray | None, qmin: int = -127,
-                      qmax: int = 127, factor: np.ndarray | None = None) -> np.ndarray:
+                      qmax: int = 127, factor: np.ndarray | None = None, structure=None) -> np.ndarray:
     """Integers for ``rows`` (G x R x D) with per-row ``scales`` (G x R) given moments (G x D x D),
-    or their :func:`inverse_factor`."""
+    or their :func:`inverse_factor`. ``structure`` (a :class:`~.structure.RowStructure` of the
+    rows) holds the pruned weights at zero and each clustered row on its clusters' integers."""
     weights = np.array(rows, dtype=np.float64)
     scales = np.asarray(scales, dtype=np.float64)[..., None]
     inputs = weights.shape[2]
@@ -62,6 +63,8 @@ def compensated_round(rows: np.ndarray, scales: np.ndarray, moments: np.ndarray 
         for i in range(stop - start):
             column = block[:, :, i]
             q = np.clip(np.rint(column / scales[..., 0]), qmin, qmax)
+            if structure is not None:
+                q = structure.constrain(q, column / scales[..., 0], start + i)
             integers[:, :, start + i] = q
             errors[:, :, i] = (column - q * scales[..., 0]) / upper[:, None, start + i, start + i]
             block[:, :, i + 1:] -= errors[:, :, i, None] * upper[:, None, start + i, start + i + 1:stop]
