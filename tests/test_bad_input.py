@@ -106,6 +106,19 @@ def _cases():
                                                 "--json", "no_such_folder/e.json"],
         "demo json folder does not exist": ["demo", "--output-dir", "demo",
                                             "--json", "no_such_folder/d.json"],
+        "prune sparsity 1": ["prune", conv, *out, "--sparsity", "1"],
+        "prune negative sparsity": ["prune", conv, *out, "--sparsity", "-0.1"],
+        "prune pattern N >= M": ["prune", conv, *out, "--pattern", "4:2"],
+        "prune unknown pattern": ["prune", conv, *out, "--pattern", "2x2"],
+        "prune layers match nothing": ["prune", conv, *out, "--layers", "nope*"],
+        "prune exclude matches nothing": ["prune", conv, *out, "--exclude", "nope"],
+        "prune nothing prunable": ["prune", "relu_only.onnx", *out],
+        "prune data-aware without data": ["prune", conv, *out, "--method", "data-aware"],
+        "prune data wrong shape": ["prune", conv, *out, "--data", "wrong_shape.npz"],
+        "prune data wrong name": ["prune", conv, *out, "--data", "wrong_name.npz"],
+        "prune global data-aware": ["prune", conv, *out, "--ranking", "global", "--data", "calibration.npz"],
+        "prune output equals the model": ["prune", conv, "-o", conv],
+        "prune not an ONNX file": ["prune", "random.onnx", *out],
     }
 
 

@@ -9,7 +9,8 @@ Heavy dependencies (onnxruntime, torch) load only when a function needs them.
 """
 
 from .api import QuantizationResult, quantize
-from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, QATConfig
+from .compression.prune import PruningResult, prune
+from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, PruneConfig, QATConfig
 from .data import Dataset, ImagePreprocessing
 from .errors import EdgeoptError
 from .measure import evaluate
@@ -19,7 +20,21 @@ from .quantization.read_plan import read_plan
 __version__ = "0.1.0"
 
 __all__ = [
-    "quantize", "evaluate", "QuantizationResult", "Float16Config", "DynamicConfig", "Int8Config",
-    "Int16x8Config", "QATConfig", "Dataset", "ImagePreprocessing", "EdgeoptError", "QuantizationPlan", "QuantizedConstant",
+    "Dataset",
+    "DynamicConfig",
+    "EdgeoptError",
+    "Float16Config",
+    "ImagePreprocessing",
+    "Int8Config",
+    "Int16x8Config",
+    "PruneConfig",
+    "PruningResult",
+    "QATConfig",
+    "QuantizationPlan",
+    "QuantizationResult",
+    "QuantizedConstant",
+    "evaluate",
+    "prune",
+    "quantize",
     "read_plan",
 ]

@@ -8,8 +8,21 @@ import logging
 import pathlib
 import sys
 
-from .config import (ACTIVATION_GRANULARITIES, CALIBRATION_CHOICES, MODES, SCOPES, WEIGHT_RANGE_CHOICES,
-                     WEIGHT_ROUNDINGS, DynamicConfig, Float16Config, Int8Config, Int16x8Config)
+from .config import (
+    ACTIVATION_GRANULARITIES,
+    CALIBRATION_CHOICES,
+    MODES,
+    PRUNE_METHODS,
+    PRUNE_RANKINGS,
+    SCOPES,
+    WEIGHT_RANGE_CHOICES,
+    WEIGHT_ROUNDINGS,
+    DynamicConfig,
+    Float16Config,
+    Int8Config,
+    Int16x8Config,
+    PruneConfig,
+)
 from .errors import EdgeoptError
 
 EXIT_ERROR = 2
@@ -51,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-fallback", action="store_true", help="int8: never keep sensitive tensors in float")
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
+
+    p = commands.add_parser("prune", help="zero weights of an ONNX model in one shot (no training)")
+    p.add_argument("model", help="float ONNX model")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each weight set to zero (default 0.5)")
+    p.add_argument("--pattern", default="unstructured",
+                   help="unstructured (default), 1x4, 4x1, or N:M such as 2:4 (along input channels)")
+    p.add_argument("--method", choices=PRUNE_METHODS, default="auto",
+                   help="magnitude, or data-aware (needs --data; compensates the weights that stay); auto: "
+                        "data-aware when --data is given")
+    p.add_argument("--ranking", choices=PRUNE_RANKINGS, default="layer",
+                   help="magnitude: each layer its sparsity (layer) or one threshold for all (global)")
+    p.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
+    p.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
+                   help="node-name patterns or operator types to prune (default: every Conv, Gemm, MatMul)")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave dense")
+    p.add_argument("--report", help="write the pruning report (JSON) here")
 
     e = commands.add_parser("evaluate", help="measure size, latency, accuracy and fidelity")
     e.add_argument("model", help="ONNX model to measure")
@@ -132,6 +162,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"kept float: {name}: {reason}")
         return 0
 
+    if args.command == "prune":
+        return _prune(args)
+
     if args.command == "evaluate":
         from .measure import evaluate
 
@@ -160,6 +193,28 @@ def main(args: argparse.Namespace) -> int:
             write_bytes_atomic(args.json, (json.dumps(result["rows"], indent=2) + "\n").encode())
         return 0
     raise EdgeoptError(f"unknown command {args.command!r}")
+
+
+def _prune(args) -> int:
+    from .compression.prune import prune
+    from .model_io import check_writable, write_bytes_atomic
+
+    config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method, ranking=args.ranking,
+                         layers=tuple(args.layers), exclude=tuple(args.exclude))
+    check_writable(args.output, inputs=(args.model, args.data))
+    if args.report:
+        if pathlib.Path(args.report).resolve() == pathlib.Path(args.output).resolve():
+            raise EdgeoptError(f"--report {args.report} is the same path as --output; choose another")
+        check_writable(args.report, inputs=(args.model, args.data))
+    result = prune(args.model, config, calibration=args.data)
+    result.save(args.output)
+    if args.report:
+        write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+    r = result.report
+    print(f"{args.output}: {r['method']} pruning, {100 * r['sparsity']:.1f}% of {len(r['layers'])} layers' weights zero")
+    for name, reason in r["skipped"].items():
+        print(f"left dense: {name}: {reason}")
+    return 0
 
 
 def _evaluation_text(result: dict) -> str:

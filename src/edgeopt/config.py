@@ -62,7 +62,7 @@ class _Config:
         return {"type": type(self).__name__, "version": CONFIG_VERSION, **fields}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "_Config":
+    def from_dict(cls, data: dict) -> _Config:
         data = dict(data)
         kind = data.pop("type", cls.__name__)
         version = data.pop("version", CONFIG_VERSION)
@@ -298,6 +298,70 @@ def _check_weight_range(value: str) -> None:
         raise EdgeoptError(f"weight_range must be one of {', '.join(WEIGHT_RANGE_CHOICES)}, got {value!r}")
 
 
-_CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config, QATConfig)}
+#: Weight patterns pruning knows: any weight, blocks of 1 x 4 (one output, four consecutive
+#: inputs) or 4 x 1 (four outputs, one input), or "N:M" (N kept in each M consecutive inputs).
+PRUNE_PATTERNS = ("unstructured", "1x4", "4x1")
+PRUNE_METHODS = ("auto", "magnitude", "data-aware")
+PRUNE_RANKINGS = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Config):
+    """One-shot pruning of an ONNX model's Conv, Gemm and MatMul weights (``edgeopt.prune``).
+
+    ``method="magnitude"`` zeroes the weights of smallest magnitude; ``"data-aware"`` (needs
+    calibration data) ranks them by how much removing each changes the layer's output and moves
+    the weights that stay to make up for the ones removed (Optimal Brain Surgeon, in SparseGPT's
+    blocked form, on the input second moments int8's compensated rounding also uses); ``"auto"``
+    is data-aware when data is given. ``exclude`` names nodes or operator types to leave dense.
+    """
+
+    #: fraction of each selected weight set to zero, in [0, 1); ignored for an N:M pattern
+    sparsity: float = 0.5
+    #: ``"unstructured"``, ``"1x4"``, ``"4x1"`` or ``"N:M"`` such as ``"2:4"`` (along input channels)
+    pattern: str = "unstructured"
+    method: str = "auto"
+    #: ``"layer"``: each weight gets ``sparsity``; ``"global"``: one magnitude threshold for all
+    #: (magnitude, unstructured)
+    ranking: str = "layer"
+    #: node-name patterns (``fnmatch``) or operator types to prune; empty: every Conv, Gemm, MatMul
+    layers: tuple[str, ...] = ()
+    max_calibration_samples: int | None = 256
+    mode = "prune"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= float(self.sparsity) < 1.0:
+            raise EdgeoptError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        n_of_m(self.pattern)  # checks the pattern
+        if self.method not in PRUNE_METHODS:
+            raise EdgeoptError(f"method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}")
+        if self.ranking not in PRUNE_RANKINGS:
+            raise EdgeoptError(f"ranking must be one of {', '.join(PRUNE_RANKINGS)}, got {self.ranking!r}")
+        if self.ranking == "global" and (self.pattern != "unstructured" or self.method == "data-aware"):
+            raise EdgeoptError("ranking='global' is for unstructured magnitude pruning; expected ranking='layer'")
+        if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
+            raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
+            raise EdgeoptError(f"max_calibration_samples must be >= 1, got {self.max_calibration_samples}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "layers": list(self.layers)}
+
+
+def n_of_m(pattern: str) -> tuple[int, int] | None:
+    """``(N, M)`` of an ``"N:M"`` pattern, None for the other patterns; an error for anything else."""
+    if pattern in PRUNE_PATTERNS:
+        return None
+    n, _, m = str(pattern).partition(":")
+    if n.isdigit() and m.isdigit() and 0 < int(n) < int(m):
+        return int(n), int(m)
+    raise EdgeoptError(f"pattern must be one of {', '.join(PRUNE_PATTERNS)} or N:M with 0 < N < M (such as 2:4), "
+                       f"got {pattern!r}")
+
+
+_CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config, QATConfig,
+                                               PruneConfig)}
 #: the modes ``quantize`` runs
-MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls is not QATConfig}
+MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls not in (QATConfig, PruneConfig)}

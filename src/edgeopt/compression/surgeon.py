@@ -1,0 +1,61 @@
+"""Data-aware one-shot pruning: Optimal Brain Surgeon for a layer, in SparseGPT's blocked form
+(Frantar and Alistarh, 2023). numpy only; returns new weights.
+
+A layer computes ``w . x``. Removing weight ``i`` and letting the others compensate costs
+``w_i^2 / [H^-1]_ii`` of output error, with ``H = E[x x^T]`` the second moment of the layer's
+input; the best compensation moves the later weights by ``-(w_i / U_ii) U_i,i+1:`` with ``U`` the
+upper Cholesky factor of ``H^-1`` (the update int8's compensated rounding makes for a rounding
+error, :mod:`edgeopt.quantization.rounding`). Columns are processed in blocks: at the start of
+each block the mask is chosen on the current (already compensated) weights by that cost, row by
+row for unstructured sparsity (each row loses the same fraction) or per N:M group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quantization.rounding import inverse_factor
+from .masks import keep_mask
+
+#: Columns whose mask is chosen at once (SparseGPT's default).
+BLOCK = 128
+
+
+def prune_rows(rows: np.ndarray, moments: np.ndarray, sparsity: float, pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pruned and compensated ``rows`` (G x R x D, inputs in pattern order, ``moments`` G x D x D
+    in the same order) and the keep mask."""
+    weights = np.array(rows, dtype=np.float64)
+    upper = inverse_factor(moments)
+    keep = np.ones(weights.shape, dtype=bool)
+    depth = weights.shape[2]
+    block = BLOCK if pattern == "unstructured" else BLOCK - BLOCK % _group(pattern)
+    for start in range(0, depth, block):
+        stop = min(start + block, depth)
+        diagonal = np.einsum("gii->gi", upper[:, start:stop, start:stop])
+        saliency = weights[:, :, start:stop] ** 2 / diagonal[:, None, :] ** 2
+        for g in range(weights.shape[0]):
+            keep[g, :, start:stop] = _block_mask(saliency[g], sparsity, pattern)
+        errors = np.empty(weights[:, :, start:stop].shape)
+        for i in range(start, stop):
+            column = weights[:, :, i]
+            kept = np.where(keep[:, :, i], column, 0.0)
+            errors[:, :, i - start] = (column - kept) / upper[:, None, i, i]
+            weights[:, :, i] = kept
+            weights[:, :, i + 1:stop] -= errors[:, :, i - start, None] * upper[:, None, i, i + 1:stop]
+        if stop < depth:
+            weights[:, :, stop:] -= errors @ upper[:, start:stop, stop:]
+    return np.where(keep, weights, 0.0), keep
+
+
+def _group(pattern: str) -> int:
+    from ..config import n_of_m
+
+    nm = n_of_m(pattern)
+    return nm[1] if nm else 4
+
+
+def _block_mask(saliency: np.ndarray, sparsity: float, pattern: str) -> np.ndarray:
+    """A block's mask (R x B): each row (unstructured, 1x4) or group (N:M, 4x1) loses its share."""
+    if pattern in ("unstructured", "1x4"):
+        return np.stack([keep_mask(row[None], sparsity, pattern)[0] for row in saliency])
+    return keep_mask(saliency, sparsity, pattern)
