@@ -25,6 +25,7 @@ import copy
 import datetime
 import json
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -123,14 +124,15 @@ def _kernels(path: str) -> dict[str, int]:
     return counts
 
 
-def _fake_quant_agreement(qat, evaluation, int8_outputs) -> float:
-    """Top-1 agreement of the PyTorch fake-quantized model with its ONNX Runtime int8 model."""
+def _fake_quant_agreement(qat, evaluation, int8_outputs) -> tuple[float, bool]:
+    """Top-1 agreement of the trained QAT model in PyTorch (eval mode) with its ONNX Runtime int8
+    model, and whether every logit is equal."""
     import torch
 
     name = next(iter(evaluation.arrays))
     with torch.no_grad():
-        logits = np.concatenate([qat(torch.from_numpy(feed[name])).numpy() for feed in evaluation.batches(256)])
-    return float(np.mean(logits.argmax(1) == int8_outputs[0].argmax(1)))
+        logits = np.concatenate([qat.eval()(torch.from_numpy(feed[name])).numpy() for feed in evaluation.batches(256)])
+    return float(np.mean(logits.argmax(1) == int8_outputs[0].argmax(1))), bool(np.array_equal(logits, int8_outputs[0]))
 
 
 def _qat_variant(teacher, preprocess, images, case, calibration, config, path: pathlib.Path):
@@ -197,7 +199,8 @@ def run_case(name: str, count: int, work: pathlib.Path, configs: tuple[str, ...]
     latency = interleaved_latency({k: v for k, v in paths.items() if k in timed}, case.evaluation,
                                   threads=1, rounds=10, runs=50)
     ours = "edgeopt QAT int8"
-    extra["fake_quant_top1_agreement"] = _fake_quant_agreement(qat, case.evaluation, outputs[ours])
+    extra["fake_quant_top1_agreement"], extra["fake_quant_logits_equal"] = \
+        _fake_quant_agreement(qat, case.evaluation, outputs[ours])
     kernels = {label: _kernels(paths[label]) for label in ("edgeopt int8 (post-training)", ours)}
     rows = []
     for label in paths:
@@ -228,7 +231,7 @@ def main(argv=None) -> int:
     BATCH_NORM["mode"] = args.batch_norm
     path = HERE / "qat.json"
     previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
-    results = {"command": "python -m benchmarks.qat " + " ".join(argv or []),
+    results = {"command": "python -m benchmarks.qat " + " ".join(sys.argv[1:] if argv is None else argv),
                "date": datetime.date.today().isoformat(), "machine": machine(),
                "fine_tuning": {"batch": BATCH, "learning_rate": LEARNING_RATE, "epochs": EPOCHS, "optimizer": "Adam",
                                "loss": "cross-entropy to the float model's probabilities", "seed": SEED,

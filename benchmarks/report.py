@@ -278,8 +278,9 @@ def qat_section(path: pathlib.Path) -> list[str]:
         base = case["rows"][0]
         lines += [f"### {case['title']}", "",
                   f"{case['training_images']:,} training images, {case['evaluation_samples']:,} test images. "
-                  f"PyTorch fake-quant against its ONNX Runtime int8 model: top-1 agreement "
-                  f"{100 * case['fake_quant_top1_agreement']:.2f}%. ONNX Runtime runs the same kernels for the "
+                  f"The trained QAT model in PyTorch (eval mode, the integer kernels' arithmetic) against its "
+                  f"ONNX Runtime int8 model: top-1 agreement {100 * case['fake_quant_top1_agreement']:.2f}%"
+                  f"{', every logit equal' if case.get('fake_quant_logits_equal') else ''}. ONNX Runtime runs the same kernels for the "
                   f"QAT model as for post-training int8: {'yes' if case['same_kernels'] else 'no'} "
                   f"({', '.join(f'{k} x{v}' for k, v in sorted(case['kernels']['edgeopt QAT int8'].items()))}).", "",
                   "| variant | top-1 | change | optimizer s (fine-tuning) | latency ms (x float) | size KB | edgeopt QAT: only "
@@ -320,6 +321,9 @@ def render(results: dict, here: pathlib.Path) -> None:
         lines += ["## Reading the table", "", reading.read_text().strip(), ""]
     lines += large_model_section(here / "large_model.json")
     lines += qat_section(here / "qat.json")
+    from .prune import section as prune_section
+
+    lines += prune_section(here / "prune.json")
     lines += section(everything)
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")

@@ -1,0 +1,126 @@
+"""One-shot pruning without fine-tuning, magnitude against data-aware, then int8:
+``python -m benchmarks.prune [--only default-cnn mobilenet-v2-fashion]``.
+
+Every pruned variant is ``edgeopt.prune`` on the case's float model (data-aware ones on the
+case's calibration images, the same the int8 path calibrates on), then ``edgeopt.quantize`` with
+``Int8Config()``. Top-1 on the case's 10,000 test images, with the paired sign test of
+``benchmarks.__main__`` (data-aware against magnitude at the same pattern); sizes as ``gzip -9``
+gives them, each against the dense int8 model's. Writes benchmarks/prune.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+CASES = ("default-cnn", "mobilenet-v2-fashion")
+#: (label, PruneConfig fields, method)
+VARIANTS = (
+    ("magnitude 50%", {"sparsity": 0.5}, "magnitude"),
+    ("data-aware 50%", {"sparsity": 0.5}, "data-aware"),
+    ("magnitude 2:4", {"pattern": "2:4"}, "magnitude"),
+    ("data-aware 2:4", {"pattern": "2:4"}, "data-aware"),
+    ("magnitude 80%", {"sparsity": 0.8}, "magnitude"),
+    ("data-aware 80%", {"sparsity": 0.8}, "data-aware"),
+)
+
+
+def _prune_case(name: str, work: pathlib.Path) -> dict:
+    import edgeopt
+    from edgeopt.measure import file_size
+
+    from . import cases
+    from .__main__ import hits, outputs_of, paired
+
+    case = cases.CASES[name]()
+    labels = case.evaluation.labels
+    paths, seconds, sparsity = {"float": str(case.model)}, {}, {}
+    edgeopt.quantize(case.model, edgeopt.Int8Config(), calibration=case.calibration).save(work / "int8.onnx")
+    paths["int8"] = str(work / "int8.onnx")
+    for label, fields, method in VARIANTS:
+        started = time.perf_counter()
+        data = case.calibration if method == "data-aware" else None
+        result = edgeopt.prune(case.model, edgeopt.PruneConfig(method=method, **fields), calibration=data)
+        seconds[label] = time.perf_counter() - started
+        sparsity[label] = result.report["sparsity"]
+        stem = label.replace(" ", "_").replace("%", "").replace(":", "of")
+        result.save(work / f"{stem}.onnx")
+        paths[label] = str(work / f"{stem}.onnx")
+        edgeopt.quantize(result.model, edgeopt.Int8Config(), calibration=case.calibration).save(
+            work / f"{stem}.int8.onnx")
+        paths[f"{label} + int8"] = str(work / f"{stem}.int8.onnx")
+    right = {label: hits("top1", outputs_of(path, case.evaluation), None, labels) for label, path in paths.items()}
+    dense = file_size(paths["int8"])["gzip_bytes"]
+    rows = []
+    for label, path in paths.items():
+        base = label.removesuffix(" + int8")
+        versus = None
+        if base.startswith("data-aware"):
+            other = label.replace("data-aware", "magnitude")
+            versus = {"against": other, **paired(right[label], right[other])}
+        size = file_size(path)
+        rows.append({"variant": label, "top1": float(np.mean(right[label])), "sparsity": sparsity.get(base),
+                     "prune_seconds": round(seconds[base], 1) if base in seconds else None,
+                     "raw_bytes": size["raw_bytes"], "gzip_bytes": size["gzip_bytes"],
+                     "gzip_vs_dense_int8": size["gzip_bytes"] / dense, "versus_magnitude": versus})
+    return {"case": name, "title": case.title, "evaluation_samples": len(labels), "rows": rows}
+
+
+def section(path: pathlib.Path) -> list[str]:
+    """RESULTS.md's one-shot pruning tables from prune.json."""
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    lines = ["## One-shot pruning", "",
+             f"`{run['command'].strip()}`, {run['date']}: {run['machine']}. No fine-tuning: `edgeopt prune` on "
+             "the float model (data-aware on the calibration images), then `edgeopt quantize` int8. gzip sizes "
+             "against the dense int8 model's; sign tests pair data-aware with magnitude at the same pattern.", ""]
+    for case in run["cases"]:
+        base = case["rows"][0]
+        lines += [f"### {case['title']}", "", "| variant | top-1 | change | sparsity | prune s | gzip KB | gzip vs "
+                  "dense int8 | data-aware right only / magnitude right only (p) |", "|---|---|---|---|---|---|---|---|"]
+        for row in case["rows"]:
+            versus = row["versus_magnitude"]
+            split = "" if versus is None else f"{versus['only_ours']} / {versus['only_theirs']} (p = {versus['p_value']:.2f})"
+            sparsity = "" if row["sparsity"] is None else f"{100 * row['sparsity']:.1f}%"
+            lines.append(f"| {row['variant']} | {100 * row['top1']:.2f}% | {100 * (row['top1'] - base['top1']):+.2f} | "
+                         f"{sparsity} | {row['prune_seconds'] or ''} | {row['gzip_bytes'] / 1000:.1f} | "
+                         f"{row['gzip_vs_dense_int8']:.3f}x | {split} |")
+        lines.append("")
+    return lines
+
+
+def main(argv=None) -> int:
+    from .__main__ import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
+    args = parser.parse_args(argv)
+    path = HERE / "prune.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
+    results = {"command": "python -m benchmarks.prune " + " ".join(sys.argv[1:] if argv is None else argv),
+               "date": datetime.date.today().isoformat(), "machine": machine(),
+               "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
+    for name in args.only:
+        print(f"{name} ...", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            results["cases"].append(_prune_case(name, pathlib.Path(folder)))
+        print(json.dumps({row["variant"]: row["top1"] for row in results["cases"][-1]["rows"]}), flush=True)
+        results["cases"].sort(key=lambda c: CASES.index(c["case"]))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    from .report import render
+
+    render(json.loads((HERE / "results.json").read_text()), HERE)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
