@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as folder:
             print(f"{name} ...", flush=True)
             case = run_case(name, args.images or IMAGES[name], pathlib.Path(folder), tuple(args.configs))
-        results["cases"].append(case)
+        results["cases"].append({**case, "command": results["command"], "date": results["date"]})
         print(json.dumps({row["variant"]: row["top1"] for row in case["rows"]}), flush=True)
         results["cases"].sort(key=lambda c: CASES.index(c["case"]))
         path.write_text(json.dumps(results, indent=2) + "\n")

@@ -276,7 +276,9 @@ def qat_section(path: pathlib.Path) -> list[str]:
              "images (samples only one of the two gets right). Latency: 1 thread, interleaved.", ""]
     for case in run["cases"]:
         base = case["rows"][0]
+        earlier = case.get("command", run["command"]).strip() != run["command"].strip()
         lines += [f"### {case['title']}", "",
+                  (f"Measured by `{case['command'].strip()}` on {case['date']}. " if earlier else "") +
                   f"{case['training_images']:,} training images, {case['evaluation_samples']:,} test images. "
                   f"The trained QAT model in PyTorch (eval mode, the integer kernels' arithmetic) against its "
                   f"ONNX Runtime int8 model: top-1 agreement {100 * case['fake_quant_top1_agreement']:.2f}%"

@@ -341,8 +341,8 @@ def plan_biases(selection: Selection, result: QuantizationPlan, weights: dict, b
             widened = np.maximum(weight_scale, needed * 1.01)
             if weight_scale.ndim == 0:  # per tensor: one wider scale for all channels
                 widened = np.asarray(widened.max())
-            # Compensated integers are re-rounded onto the widened channels only; those are
-            # channels whose weights are (nearly) all zero, where it makes no difference.
+            # The channel keeps its integers (now at the wider scale): only channels whose
+            # weights are (nearly) all zero need this, where it makes no difference.
             weights[weight_key] = QuantParams(widened.astype(np.float32), weight.zero_point, weight.dtype,
                                               weight.axis)
             weight_scale = widened
