@@ -144,15 +144,9 @@ def main(args: argparse.Namespace) -> int:
         config = _config(args)
         # int8 without --calibration: a QDQ model edgeopt wrote is rebuilt from its own plan;
         # any other model is refused by quantize with the same one-line error
-        check_writable(args.output, inputs=(args.model, args.calibration))
-        if args.report:
-            if pathlib.Path(args.report).resolve() == pathlib.Path(args.output).resolve():
-                raise EdgeoptError(f"--report {args.report} is the same path as --output; choose another")
-            check_writable(args.report, inputs=(args.model, args.calibration))
+        _check_outputs(args, (args.model, args.calibration))
         result = quantize(args.model, config, calibration=args.calibration)
-        result.save(args.output)
-        if args.report:
-            write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+        _write_outputs(args, result)
         r = result.report
         print(f"{args.output}: {args.mode}, {r['size_bytes']['quantized']:,} bytes "
               f"({r['size_bytes']['quantized'] / r['size_bytes']['float']:.3f}x float)")
@@ -195,21 +189,33 @@ def main(args: argparse.Namespace) -> int:
     raise EdgeoptError(f"unknown command {args.command!r}")
 
 
-def _prune(args) -> int:
-    from .compression.prune import prune
-    from .model_io import check_writable, write_bytes_atomic
+def _check_outputs(args, inputs: tuple) -> None:
+    """``--output`` and ``--report`` writable, distinct, and none of the ``inputs``."""
+    from .model_io import check_writable
 
-    config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method, ranking=args.ranking,
-                         layers=tuple(args.layers), exclude=tuple(args.exclude))
-    check_writable(args.output, inputs=(args.model, args.data))
+    check_writable(args.output, inputs=inputs)
     if args.report:
         if pathlib.Path(args.report).resolve() == pathlib.Path(args.output).resolve():
             raise EdgeoptError(f"--report {args.report} is the same path as --output; choose another")
-        check_writable(args.report, inputs=(args.model, args.data))
-    result = prune(args.model, config, calibration=args.data)
+        check_writable(args.report, inputs=inputs)
+
+
+def _write_outputs(args, result) -> None:
+    from .model_io import write_bytes_atomic
+
     result.save(args.output)
     if args.report:
         write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+
+
+def _prune(args) -> int:
+    from .compression.prune import prune
+
+    config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method, ranking=args.ranking,
+                         layers=tuple(args.layers), exclude=tuple(args.exclude))
+    _check_outputs(args, (args.model, args.data))
+    result = prune(args.model, config, calibration=args.data)
+    _write_outputs(args, result)
     r = result.report
     print(f"{args.output}: {r['method']} pruning, {100 * r['sparsity']:.1f}% of {len(r['layers'])} layers' weights zero")
     for name, reason in r["skipped"].items():

@@ -42,7 +42,7 @@ class PruningResult:
 class _Layer:
     node: onnx.NodeProto
     weight: str
-    #: the weight's ONNX layout -> rows (outputs x inputs in pattern order), and back
+    #: a Conv's groups (1 otherwise): rows are (groups, outputs per group, inputs)
     groups: int
 
     def rows(self, weight: np.ndarray) -> np.ndarray:
@@ -147,8 +147,8 @@ def _unprunable(node, view: GraphView, weight: str, readers: dict) -> str | None
 
 
 def _new_weights(layers, weights, moments, config: PruneConfig, method: str, skipped: dict) -> dict:
-    sparsity = 1.0 - n_of_m(config.pattern)[0] / n_of_m(config.pattern)[1] if n_of_m(config.pattern) else \
-        float(config.sparsity)
+    nm = n_of_m(config.pattern)
+    sparsity = 1.0 - nm[0] / nm[1] if nm else float(config.sparsity)
     threshold = _global_threshold(layers, weights, sparsity) if config.ranking == "global" else None
     new = {}
     for layer in layers:
