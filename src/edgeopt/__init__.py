@@ -9,8 +9,11 @@ Heavy dependencies (onnxruntime, torch) load only when a function needs them.
 """
 
 from .api import QuantizationResult, quantize
-from .compression.prune import PruningResult, prune
-from .config import DynamicConfig, Float16Config, Int8Config, Int16x8Config, PruneConfig, QATConfig
+from .compression.cluster import cluster
+from .compression.layers import CompressionResult
+from .compression.prune import prune
+from .compression.schedules import ConstantSparsity, PolynomialDecay
+from .config import ClusterConfig, DynamicConfig, Float16Config, Int8Config, Int16x8Config, PruneConfig, QATConfig
 from .data import Dataset, ImagePreprocessing
 from .errors import EdgeoptError
 from .measure import evaluate
@@ -19,7 +22,13 @@ from .quantization.read_plan import read_plan
 
 __version__ = "0.1.0"
 
+#: the name ``edgeopt.prune`` returned its result under before clustering shared it
+PruningResult = CompressionResult
+
 __all__ = [
+    "ClusterConfig",
+    "CompressionResult",
+    "ConstantSparsity",
     "Dataset",
     "DynamicConfig",
     "EdgeoptError",
@@ -27,12 +36,14 @@ __all__ = [
     "ImagePreprocessing",
     "Int8Config",
     "Int16x8Config",
+    "PolynomialDecay",
     "PruneConfig",
     "PruningResult",
     "QATConfig",
     "QuantizationPlan",
     "QuantizationResult",
     "QuantizedConstant",
+    "cluster",
     "evaluate",
     "prune",
     "quantize",

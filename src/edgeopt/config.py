@@ -6,8 +6,10 @@ Pass one to :func:`edgeopt.quantize`. Unknown keys and out-of-range values are e
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass
 
+from .compression.schedules import schedule_from
 from .errors import EdgeoptError
 from .quantization.calibration import CALIBRATION_METHODS
 from .quantization.saturation import WEIGHT_RANGE_CHOICES
@@ -325,8 +327,16 @@ class PruneConfig(_Config):
     #: (magnitude, unstructured)
     ranking: str = "layer"
     #: node-name patterns (``fnmatch``) or operator types to prune; empty: every Conv, Gemm, MatMul
+    #: (in PyTorch: module names or class names such as ``Conv2d``)
     layers: tuple[str, ...] = ()
+    #: per-layer targets, pattern -> sparsity, overriding ``sparsity`` for the layers it matches
+    #: (the first matching pattern wins; a pattern matching nothing is an error)
+    layer_sparsity: dict = dataclasses.field(default_factory=dict)
     max_calibration_samples: int | None = 256
+    #: training-time pruning only (``edgeopt.torch.prepare_pruning``): how sparsity rises over the
+    #: steps, a :class:`~edgeopt.ConstantSparsity` or :class:`~edgeopt.PolynomialDecay`; None:
+    #: ``ConstantSparsity()`` (the target from the first step)
+    schedule: object = None
     mode = "prune"
 
     def __post_init__(self):
@@ -340,6 +350,76 @@ class PruneConfig(_Config):
             raise EdgeoptError(f"ranking must be one of {', '.join(PRUNE_RANKINGS)}, got {self.ranking!r}")
         if self.ranking == "global" and (self.pattern != "unstructured" or self.method == "data-aware"):
             raise EdgeoptError("ranking='global' is for unstructured magnitude pruning; expected ranking='layer'")
+        if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
+            raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
+            raise EdgeoptError(f"max_calibration_samples must be >= 1, got {self.max_calibration_samples}")
+        _check_layer_targets(self.layer_sparsity)
+        object.__setattr__(self, "schedule", schedule_from(self.schedule))
+
+    def sparsity_for(self, name: str, kind: str) -> float:
+        """The target of the layer called ``name`` of operator or class ``kind``."""
+        for pattern, value in self.layer_sparsity.items():
+            if pattern == kind or fnmatch.fnmatchcase(name, pattern):
+                return float(value)
+        return float(self.sparsity)
+
+    def to_dict(self) -> dict:
+        schedule = None if self.schedule is None else self.schedule.to_dict()
+        return {**super().to_dict(), "layers": list(self.layers), "schedule": schedule}
+
+
+def _check_layer_targets(targets) -> None:
+    if not isinstance(targets, dict) or not all(isinstance(key, str) for key in targets):
+        raise EdgeoptError(f"layer_sparsity must map layer patterns to sparsities, got {targets!r}")
+    for pattern, value in targets.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+            raise EdgeoptError(f"layer_sparsity[{pattern!r}] must be in [0, 1), got {value!r}")
+
+
+#: Where clustering's centroids start (see :mod:`edgeopt.compression.kmeans`).
+CLUSTER_INITS = ("linear", "random", "density", "kmeans++")
+CLUSTER_METHODS = ("auto", "nearest", "data-aware")
+#: ``scaled``: one codebook per layer times a scale per output channel (each channel its own
+#: values, and the same integers in every channel after per-channel int8, which gzip compresses);
+#: ``channel``: each output channel its own centroids; ``layer``: one set of values per layer
+CLUSTER_CODEBOOKS = ("scaled", "channel", "layer")
+
+
+@dataclass(frozen=True)
+class ClusterConfig(_Config):
+    """Weight clustering (weight sharing): each output channel keeps at most ``clusters`` distinct
+    values, the centroids of a k-means of its weights (``codebook``: see ``CLUSTER_CODEBOOKS``;
+    per-channel values are what survives per-channel int8). One-shot on ONNX (``edgeopt.cluster``): ``"nearest"``
+    moves each weight to its nearest centroid; ``"data-aware"`` (needs calibration data) weighs
+    the k-means by each input's second moment and moves the weights one input at a time, pushing
+    each move's output error onto the weights not yet moved (as compensated rounding does);
+    ``"auto"`` is data-aware when data is given. In PyTorch (``edgeopt.torch.prepare_clustering``)
+    the weights are tied to trainable centroids. With ``preserve_sparsity`` a pruned weight's zeros
+    stay zero and count as one of the ``clusters`` values."""
+
+    clusters: int = 16
+    codebook: str = "scaled"
+    init: str = "kmeans++"
+    preserve_sparsity: bool = True
+    method: str = "auto"
+    #: node-name patterns or operator types to cluster (in PyTorch: module or class names)
+    layers: tuple[str, ...] = ()
+    max_calibration_samples: int | None = 256
+    seed: int = 0
+    mode = "cluster"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.clusters, bool) or not isinstance(self.clusters, int) or not 2 <= self.clusters <= 256:
+            raise EdgeoptError(f"clusters must be an integer in [2, 256], got {self.clusters!r}")
+        if self.codebook not in CLUSTER_CODEBOOKS:
+            raise EdgeoptError(f"codebook must be one of {', '.join(CLUSTER_CODEBOOKS)}, got {self.codebook!r}")
+        if self.init not in CLUSTER_INITS:
+            raise EdgeoptError(f"init must be one of {', '.join(CLUSTER_INITS)}, got {self.init!r}")
+        if self.method not in CLUSTER_METHODS:
+            raise EdgeoptError(f"method must be one of {', '.join(CLUSTER_METHODS)}, got {self.method!r}")
         if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
             raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -362,6 +442,6 @@ def n_of_m(pattern: str) -> tuple[int, int] | None:
 
 
 _CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config, QATConfig,
-                                               PruneConfig)}
+                                               PruneConfig, ClusterConfig)}
 #: the modes ``quantize`` runs
-MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls not in (QATConfig, PruneConfig)}
+MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls not in (QATConfig, PruneConfig, ClusterConfig)}

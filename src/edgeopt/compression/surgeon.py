@@ -24,27 +24,40 @@ BLOCK = 128
 def prune_rows(rows: np.ndarray, moments: np.ndarray, sparsity: float, pattern: str) -> tuple[np.ndarray, np.ndarray]:
     """Pruned and compensated ``rows`` (G x R x D, inputs in pattern order, ``moments`` G x D x D
     in the same order) and the keep mask."""
-    weights = np.array(rows, dtype=np.float64)
-    upper = inverse_factor(moments)
-    keep = np.ones(weights.shape, dtype=bool)
-    depth = weights.shape[2]
+    keep = np.ones(np.shape(rows), dtype=bool)
     block = BLOCK if pattern == "unstructured" else BLOCK - BLOCK % _group(pattern)
-    for start in range(0, depth, block):
-        stop = min(start + block, depth)
+
+    def choose(weights, upper, start, stop):  # the block's mask, on the compensated weights
         diagonal = np.einsum("gii->gi", upper[:, start:stop, start:stop])
         saliency = weights[:, :, start:stop] ** 2 / diagonal[:, None, :] ** 2
         for g in range(weights.shape[0]):
             keep[g, :, start:stop] = _block_mask(saliency[g], sparsity, pattern)
+
+    weights = sweep(rows, moments, lambda i, column: np.where(keep[:, :, i], column, 0.0), block, choose)
+    return np.where(keep, weights, 0.0), keep
+
+
+def sweep(rows: np.ndarray, moments: np.ndarray, target, block: int = BLOCK, at_block=None) -> np.ndarray:
+    """``rows`` (G x R x D) with each input column ``i`` in turn replaced by ``target(i, column)``
+    (G x R) and the error pushed onto the columns after it (OBS's update, lazily per block);
+    ``at_block(weights, upper, start, stop)`` runs before each block. Returns the new rows."""
+    weights = np.array(rows, dtype=np.float64)
+    upper = inverse_factor(moments)
+    depth = weights.shape[2]
+    for start in range(0, depth, block):
+        stop = min(start + block, depth)
+        if at_block is not None:
+            at_block(weights, upper, start, stop)
         errors = np.empty(weights[:, :, start:stop].shape)
         for i in range(start, stop):
             column = weights[:, :, i]
-            kept = np.where(keep[:, :, i], column, 0.0)
+            kept = target(i, column)
             errors[:, :, i - start] = (column - kept) / upper[:, None, i, i]
             weights[:, :, i] = kept
             weights[:, :, i + 1:stop] -= errors[:, :, i - start, None] * upper[:, None, i, i + 1:stop]
         if stop < depth:
             weights[:, :, stop:] -= errors @ upper[:, start:stop, stop:]
-    return np.where(keep, weights, 0.0), keep
+    return weights
 
 
 def _group(pattern: str) -> int:

@@ -6,7 +6,7 @@ Decides and returns data; :mod:`.qdq` edits the graph.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
 from .plan import QuantizationPlan, QuantizedConstant
 from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
 from .select import Selection
-from .structure import row_structure
+from .structure import proportional_scales, row_structure, shared_codebook
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,13 @@ def weight_quant_params(node, view: GraphView, weight: np.ndarray, axis: int | N
     """Symmetric int8 parameters for ``node``'s weight under ``weight_range`` (:mod:`.saturation`)."""
     chosen = _range_for(node, view, weight.ndim, weight_range)
     if chosen != "safe":
-        return weight_params(weight, axis, qmax=WEIGHT_LIMITS[chosen])
-    layout = rule_for(node).accumulation(node, weight.ndim)
-    return paired_params(to_kernel_order(weight, layout), axis)
+        params = weight_params(weight, axis, qmax=WEIGHT_LIMITS[chosen])
+    else:
+        layout = rule_for(node).accumulation(node, weight.ndim)
+        params = paired_params(to_kernel_order(weight, layout), axis)
+    if params.per_channel and shared_codebook(weight, params.axis):
+        params = replace(params, scale=proportional_scales(weight, params.axis, params.scale))
+    return params
 
 
 def fit_weight_integers(node, view: GraphView, integers: np.ndarray, weight_range: str) -> np.ndarray:

@@ -84,3 +84,36 @@ def distinct_per_row(integers: np.ndarray, axis: int = 0) -> np.ndarray:
     """The number of distinct values of each slice along ``axis`` (an output channel)."""
     moved = np.moveaxis(np.asarray(integers), axis, 0).reshape(np.shape(integers)[axis], -1)
     return np.array([len(np.unique(row)) for row in moved])
+
+
+def shared_codebook(weight: np.ndarray, axis: int) -> bool:
+    """Whether the output channels (slices along ``axis``) of ``weight`` are clustered on one
+    codebook times a scale each: every channel has few distinct values (as :func:`row_structure`
+    decides for a row) and, divided by its largest magnitude, all channels' values form one small
+    set (compared on a grid of 2**-12, so float32 storage does not split a value)."""
+    moved = np.moveaxis(np.asarray(weight, np.float64), axis, 0).reshape(np.shape(weight)[axis], -1)
+    depth = moved.shape[1]
+    if depth < 4:
+        return False
+    counts = distinct_per_row(moved)
+    if not np.all((counts <= CLUSTERED_FRACTION * depth) & (counts <= MAX_LEVELS)):
+        return False
+    magnitude = np.abs(moved).max(axis=1, keepdims=True)
+    normalized = moved / np.where(magnitude > 0, magnitude, 1.0)
+    return len(np.unique(np.rint(normalized * 4096))) <= 2 * counts.max()
+
+
+def proportional_scales(weight: np.ndarray, axis: int, scales: np.ndarray) -> np.ndarray:
+    """Per-channel ``scales`` for a clustered ``weight`` replaced by ones proportional to each
+    channel's largest magnitude, at the largest ratio any channel needs (none goes below its own
+    scale): channels sharing one codebook times their own scale (``edgeopt.cluster``'s ``scaled``
+    codebook) then store the same integers, which keeps a compressed file small. Channels of
+    zeros keep their scale."""
+    moved = np.moveaxis(np.asarray(weight, np.float64), axis, 0).reshape(np.shape(weight)[axis], -1)
+    magnitude = np.abs(moved).max(axis=1)
+    live = magnitude > 0
+    if not live.any():
+        return scales
+    ratio = (np.asarray(scales, np.float64)[live] / magnitude[live]).max()
+    wanted = np.where(live, magnitude * ratio, scales).astype(np.float32)
+    return np.maximum(wanted, np.asarray(scales, np.float32))  # float32 rounding never below the need

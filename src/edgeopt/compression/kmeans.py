@@ -1,0 +1,150 @@
+"""Weight clustering: one-dimensional k-means on weight rows, numpy only; decides, edits nothing.
+
+Each row (an output channel, or a whole weight for per-layer clusters) gets ``clusters`` shared
+values. Centroids start as TFMOT's four initialisations describe them, then Lloyd's iterations
+move each centroid to the (importance-weighted) mean of its members:
+
+- ``linear``: evenly spaced between the row's smallest and largest weight;
+- ``random``: uniform between them (seeded);
+- ``density``: at evenly spaced quantiles, so that dense regions of the distribution get more;
+- ``kmeans++``: the first at a random weight, each next one at a weight drawn with probability
+  proportional to its squared distance to the nearest centroid chosen so far (seeded).
+
+With ``keep_zeros`` the zeros of a pruned row stay exactly zero and are one of the row's values:
+the others share ``clusters - 1`` centroids, so no row has more than ``clusters`` distinct values.
+
+:func:`cluster_scaled` gives every row the same codebook times its own scale: the rows' values
+divided by their largest magnitude are clustered together, and the codebook's two ends are made
+opposite (``-M`` and ``M``), so each row's largest weight is exactly its scale times ``M``.
+Per-channel int8 then stores the same few integers in every row (see
+:func:`edgeopt.quantization.structure.proportional_scales`), which is what a byte-wise compressor
+such as gzip can use; independent rows each get different integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import CLUSTER_INITS
+#: Lloyd's iterations at most (1-D k-means on a few hundred values converges in far fewer).
+ITERATIONS = 50
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Rows (R x D) as ``centroids`` (R x K) and each weight's ``assignment`` (R x D indices).
+    With zeros kept, index 0 of every row is the centroid fixed at 0 (``fixed_zero``)."""
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    fixed_zero: bool
+
+    def values(self) -> np.ndarray:
+        return np.take_along_axis(self.centroids, self.assignment, axis=1)
+
+
+def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
+                   keep_zeros: bool = True, seed: int = 0) -> tuple[Clusters, np.ndarray, np.ndarray]:
+    """Rows (R x D) as one codebook (K) times a scale per row (R): the :class:`Clusters`, the
+    codebook and the scales."""
+    rows = np.asarray(rows, dtype=np.float64)
+    scales = np.abs(rows).max(axis=1)
+    safe = np.where(scales > 0, scales, 1.0)
+    weigh = np.ones(rows.shape) if importance is None else np.broadcast_to(importance, rows.shape)
+    weigh = weigh * (safe ** 2)[:, None]  # a normalized weight's move costs its row's scale squared
+    shared = cluster_rows((rows / safe[:, None]).reshape(1, -1), clusters, init, weigh.reshape(1, -1), keep_zeros, seed)
+    codebook = shared.centroids[0].copy()
+    free = codebook[1:] if shared.fixed_zero else codebook
+    end = max(abs(free.min()), abs(free.max()))
+    if free.size > 1 and free.min() < 0 < free.max():
+        free[free.argmin()], free[free.argmax()] = -end, end
+    found = Clusters(scales[:, None] * codebook[None], shared.assignment.reshape(rows.shape), shared.fixed_zero)
+    if end == 0:
+        return found, codebook, scales
+    return found, codebook / end, scales * end
+
+
+def cluster_rows(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
+                 keep_zeros: bool = True, seed: int = 0) -> Clusters:
+    """k-means of each row of ``rows`` (R x D) into at most ``clusters`` values; ``importance``
+    (D, or R x D, non-negative) weighs each weight in the centroid means (a layer's input second
+    moments: the output error a weight's move costs)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be 2-D, got shape {rows.shape}")
+    if init not in CLUSTER_INITS:
+        raise ValueError(f"init must be one of {CLUSTER_INITS}, got {init!r}")
+    weights = np.ones(rows.shape) if importance is None else np.broadcast_to(importance, rows.shape).astype(np.float64)
+    zeros = (rows == 0) if keep_zeros else np.zeros(rows.shape, dtype=bool)
+    fixed_zero = bool(zeros.any())
+    free = clusters - 1 if fixed_zero else clusters
+    rng = np.random.default_rng(seed)
+    centroids = np.stack([_initial(row[~zero], free, init, rng) for row, zero in zip(rows, zeros)])
+    weights = np.where(zeros, 0.0, np.maximum(weights, 1e-30))
+    for _ in range(ITERATIONS):
+        assignment = _nearest(rows, centroids)
+        updated = _weighted_means(rows, weights, assignment, centroids)
+        if np.array_equal(updated, centroids):
+            break
+        centroids = updated
+    centroids = np.sort(centroids, axis=1)
+    assignment = _nearest(rows, centroids)
+    if fixed_zero:
+        centroids = np.concatenate([np.zeros((rows.shape[0], 1)), centroids], axis=1)
+        assignment = np.where(zeros, 0, assignment + 1)
+    return Clusters(centroids, assignment, fixed_zero)
+
+
+def _initial(values: np.ndarray, count: int, init: str, rng: np.random.Generator) -> np.ndarray:
+    """``count`` starting centroids for one row's (free) values, sorted."""
+    if values.size == 0:
+        return np.zeros(count)
+    low, high = float(values.min()), float(values.max())
+    if init == "linear":
+        start = np.linspace(low, high, count)
+    elif init == "random":
+        start = rng.uniform(low, high, count)
+    elif init == "density":
+        start = np.quantile(values, (np.arange(count) + 0.5) / count)
+    else:
+        start = _plus_plus(values, count, rng)
+    return np.sort(start)
+
+
+def _plus_plus(values: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    chosen = [values[rng.integers(values.size)]]
+    distance = (values - chosen[0]) ** 2
+    for _ in range(count - 1):
+        total = distance.sum()
+        pick = values[rng.integers(values.size)] if total == 0 else values[rng.choice(values.size, p=distance / total)]
+        chosen.append(pick)
+        distance = np.minimum(distance, (values - pick) ** 2)
+    return np.array(chosen)
+
+
+def _nearest(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of each weight's nearest centroid (R x D); ties go to the lower one."""
+    order = np.argsort(centroids, axis=1, kind="stable")
+    ordered = np.take_along_axis(centroids, order, axis=1)
+    middles = (ordered[:, 1:] + ordered[:, :-1]) / 2
+    position = (rows[:, :, None] > middles[:, None, :]).sum(axis=2)
+    return np.take_along_axis(order, position, axis=1)
+
+
+def _weighted_means(rows, weights, assignment, centroids) -> np.ndarray:
+    count = centroids.shape[1]
+    index = assignment + np.arange(rows.shape[0])[:, None] * count
+    mass = np.bincount(index.ravel(), weights=weights.ravel(), minlength=centroids.size).reshape(centroids.shape)
+    total = np.bincount(index.ravel(), weights=(weights * rows).ravel(), minlength=centroids.size)
+    total = total.reshape(centroids.shape)
+    return np.where(mass > 0, total / np.where(mass > 0, mass, 1.0), centroids)  # an empty cluster stays put
+
+
+def snap(values: np.ndarray, centroids: np.ndarray, zeros: np.ndarray | None = None) -> np.ndarray:
+    """``values`` (R) moved to the nearest of their row's ``centroids`` (R x K); ``zeros`` (R)
+    held at 0."""
+    nearest = np.abs(centroids - values[:, None]).argmin(axis=1)
+    snapped = centroids[np.arange(centroids.shape[0]), nearest]
+    return snapped if zeros is None else np.where(zeros, 0.0, snapped)
