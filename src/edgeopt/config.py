@@ -32,6 +32,7 @@ _OLD_DEFAULTS = {
 _RENAMED = {3: {"weight_range": {"safe": "half"}}}
 ACTIVATION_GRANULARITIES = ("row", "tensor")
 QAT_STARTS = ("post-training", "float")
+QAT_PRESERVABLE = ("sparsity", "clusters")
 # WEIGHT_RANGE_CHOICES: "safe" (exact on every x86 CPU), "half" ([-64, 64]) or "full"
 # ([-127, 127]); defined with the arithmetic in quantization.saturation.
 WEIGHT_ROUNDINGS = ("compensated", "nearest")
@@ -268,6 +269,10 @@ class QATConfig(_Config):
     #: rounding and bias correction: the weights and biases are set to the ones it stores);
     #: ``"float"``: from the float weights, rounded to nearest
     start: str = "post-training"
+    #: the structure of a pruned or clustered model kept through training and into the int8 file
+    #: (``edgeopt.torch.preserve``): ``"sparsity"`` (every exact zero stays zero), ``"clusters"``
+    #: (weights sharing a value keep sharing one); empty: neither
+    preserve: tuple[str, ...] = ("sparsity", "clusters")
     mode = "qat"
 
     def __post_init__(self):
@@ -282,6 +287,9 @@ class QATConfig(_Config):
                 raise EdgeoptError(f"{name} must be a step count >= 0 or None, got {value!r}")
         if self.start not in QAT_STARTS:
             raise EdgeoptError(f"start must be one of {', '.join(QAT_STARTS)}, got {self.start!r}")
+        if isinstance(self.preserve, str) or not all(item in QAT_PRESERVABLE for item in self.preserve):
+            raise EdgeoptError(f"preserve must be a list of {', '.join(QAT_PRESERVABLE)}, got {self.preserve!r}")
+        object.__setattr__(self, "preserve", tuple(self.preserve))
         self.int8_config()  # the post-training settings are checked as Int8Config checks them
 
     def int8_config(self) -> Int8Config:
@@ -332,6 +340,10 @@ class PruneConfig(_Config):
     #: per-layer targets, pattern -> sparsity, overriding ``sparsity`` for the layers it matches
     #: (the first matching pattern wins; a pattern matching nothing is an error)
     layer_sparsity: dict = dataclasses.field(default_factory=dict)
+    #: prune depthwise convolutions too: they hold few weights (9 per channel for 3 x 3) and each
+    #: one removed costs the most (MobileNetV2-Fashion at 50%, one-shot data-aware: 89.06% top-1
+    #: with them, 90.29% without, against 91.66% float)
+    depthwise: bool = False
     max_calibration_samples: int | None = 256
     #: training-time pruning only (``edgeopt.torch.prepare_pruning``): how sparsity rises over the
     #: steps, a :class:`~edgeopt.ConstantSparsity` or :class:`~edgeopt.PolynomialDecay`; None:

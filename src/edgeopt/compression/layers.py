@@ -86,6 +86,8 @@ def select(view: GraphView, config, verb: str) -> tuple[list[Layer], dict[str, s
             continue
         weight = node.input[1] if len(node.input) > 1 else ""
         reason = _unprunable(node, view, weight, readers)
+        if not reason and not getattr(config, "depthwise", True) and _depthwise(node, view, weight):
+            reason = "a depthwise convolution (depthwise=True prunes it too)"
         if reason:
             skipped[node.name] = reason
             continue
@@ -98,6 +100,10 @@ def select(view: GraphView, config, verb: str) -> tuple[list[Layer], dict[str, s
 
 def _matches(node, pattern: str) -> bool:
     return node.op_type == pattern or fnmatch.fnmatchcase(node.name, pattern)
+
+
+def _depthwise(node, view: GraphView, weight: str) -> bool:
+    return node.op_type == "Conv" and attribute(node, "group", 1) > 1 and view.initializers[weight].dims[1] == 1
 
 
 def _unprunable(node, view: GraphView, weight: str, readers: dict) -> str | None:
@@ -144,3 +150,4 @@ def replace(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
         if tensor.name == name:
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, name))
             return
+

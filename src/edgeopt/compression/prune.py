@@ -10,6 +10,7 @@ model is untouched; the result feeds ``edgeopt.quantize``, whose int8 path keeps
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import numpy as np
 import onnx
@@ -18,7 +19,7 @@ from ..config import PruneConfig, n_of_m
 from ..errors import EdgeoptError
 from ..model_io import load_model
 from ..quantization.graph import GraphView
-from . import masks, surgeon
+from . import masks, recalibrate, surgeon
 from .layers import CompressionResult, input_moments, replace, select
 
 logger = logging.getLogger(__name__)
@@ -35,45 +36,67 @@ def prune(model, config: PruneConfig, calibration=None) -> CompressionResult:
     if method == "data-aware" and config.ranking == "global":
         raise EdgeoptError("ranking='global' is for magnitude pruning; with data, pruning is data-aware per layer "
                            "(method='magnitude' for one global threshold)")
+    if config.schedule is not None:
+        raise EdgeoptError("schedule is for training-time pruning (edgeopt.torch.prepare_pruning); one-shot pruning "
+                           "expects schedule=None")
     source = load_model(model)
     pruned = onnx.ModelProto()
     pruned.CopyFrom(source)
     view = GraphView(pruned)
     layers, skipped = select(view, config, "prune")
     weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}
-    moments = input_moments(pruned, layers, calibration, config.max_calibration_samples) if method == "data-aware" else {}
-    new = _new_weights(layers, weights, moments, config, method, skipped)
+    _check_targets(layers, config)
+    threshold = _global_threshold(layers, weights, float(config.sparsity)) if config.ranking == "global" else None
+
+    def compute(layer, moments):
+        return _pruned(layer, weights[layer.weight], moments, config, method, threshold, skipped)
+
+    # One pass on the float model measures every layer's input moments. Measuring each layer on
+    # the model with the layers before it already pruned (SparseGPT's order) was tried and was
+    # worse on MobileNetV2-Fashion at 50%: 31.9% top-1 against 39.6%.
+    limit = config.max_calibration_samples
+    moments, targets = {}, {}
+    if method == "data-aware":
+        moments = input_moments(pruned, layers, calibration, limit)
+        targets = recalibrate.output_statistics(pruned, recalibrate.correctable(layers, view), calibration, limit)
+    new = {layer.weight: value for layer in layers
+           if (value := compute(layer, moments.get(layer.node.name))) is not None}
     for name, value in new.items():
         replace(pruned, name, value)
+    if targets:
+        recalibrate.recalibrate(pruned, [layer for layer in layers if layer.weight in new], targets, calibration,
+                                limit)
     report = _report(layers, weights, new, skipped, config, method)
     logger.info("pruned %d weights to %.1f%% sparsity", len(new), 100 * report["sparsity"])
     return CompressionResult(pruned, report)
 
 
-def _new_weights(layers, weights, moments, config: PruneConfig, method: str, skipped: dict) -> dict:
+def _check_targets(layers, config: PruneConfig) -> None:
+    for pattern in config.layer_sparsity:
+        if not any(layer.node.op_type == pattern or fnmatch.fnmatchcase(layer.node.name, pattern) for layer in layers):
+            raise EdgeoptError(f"layer_sparsity: {pattern!r} matches no selected Conv, Gemm or MatMul node")
+
+
+def _pruned(layer, weight: np.ndarray, moments, config: PruneConfig, method: str, threshold, skipped: dict):
+    """The layer's pruned weight (None, with the reason in ``skipped``, when it stays dense)."""
     nm = n_of_m(config.pattern)
-    sparsity = 1.0 - nm[0] / nm[1] if nm else float(config.sparsity)
-    threshold = _global_threshold(layers, weights, sparsity) if config.ranking == "global" else None
-    new = {}
-    for layer in layers:
-        weight = weights[layer.weight]
-        rows = layer.rows(weight)
-        reason = masks.fits(rows.shape[1:], config.pattern, weight.shape[1] if layer.node.op_type == "Conv" else None)
-        if reason:
-            skipped[layer.node.name] = f"pattern {config.pattern}: {reason}"
-            continue
-        if method == "data-aware":
-            if layer.node.name not in moments:
-                skipped[layer.node.name] = "no input moments (too many inputs per output, or an unsupported geometry)"
-                continue
-            pruned, _ = surgeon.prune_rows(rows, moments[layer.node.name], sparsity, config.pattern)
-        elif threshold is not None:
-            pruned = np.where(np.abs(rows) > threshold, rows, 0.0)
-        else:
-            keep = masks.keep_mask(np.abs(rows.reshape(-1, rows.shape[2])), sparsity, config.pattern)
-            pruned = np.where(keep.reshape(rows.shape), rows, 0.0)
-        new[layer.weight] = layer.weight_of(pruned, weight.shape).astype(np.float32)
-    return new
+    sparsity = 1.0 - nm[0] / nm[1] if nm else config.sparsity_for(layer.node.name, layer.node.op_type)
+    rows = layer.rows(weight)
+    reason = masks.fits(rows.shape[1:], config.pattern, weight.shape[1] if layer.node.op_type == "Conv" else None)
+    if reason:
+        skipped[layer.node.name] = f"pattern {config.pattern}: {reason}"
+        return None
+    if method == "data-aware":
+        if moments is None:
+            skipped[layer.node.name] = "no input moments (too many inputs per output, or an unsupported geometry)"
+            return None
+        pruned, _ = surgeon.prune_rows(rows, moments, sparsity, config.pattern)
+    elif threshold is not None:
+        pruned = np.where(np.abs(rows) > threshold, rows, 0.0)
+    else:
+        keep = masks.keep_mask(np.abs(rows.reshape(-1, rows.shape[2])), sparsity, config.pattern)
+        pruned = np.where(keep.reshape(rows.shape), rows, 0.0)
+    return layer.weight_of(pruned, weight.shape).astype(np.float32)
 
 
 def _global_threshold(layers, weights, sparsity: float) -> float:

@@ -1,5 +1,6 @@
-"""Training-time techniques for PyTorch models (the ``torch`` extra): quantization-aware training
-first. Importing this package imports torch; ``import edgeopt`` never does.
+"""Training-time techniques for PyTorch models (the ``torch`` extra): quantization-aware training,
+pruning and clustering (each a ``prepare_*`` that returns a copy to train with any loop; ``strip``
+and ``export``/``convert`` finish them). Importing this package imports torch; ``import edgeopt`` never does.
 
 The design (issue 9): the float model is exported to ONNX and planned by the same int8 path as
 post-training quantization; each planned tensor is found in the traced PyTorch module by its
@@ -15,6 +16,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("edgeopt.torch needs PyTorch: pip install 'edgeopt[torch]'") from exc
 
+from .clustering import prepare_clustering, strip
+from .pruning import prepare_pruning, set_step
 from .qat import convert, export, prepare_qat
 
-__all__ = ["convert", "export", "prepare_qat"]
+__all__ = ["convert", "export", "prepare_clustering", "prepare_pruning", "prepare_qat", "set_step", "strip"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -29,7 +29,7 @@ from ..model_io import check_writable, save_model
 from ..quantization.plan import QuantizationPlan
 from ..quantization.prepare import prepare
 from ..quantization.qdq import apply_plan, record_plan
-from . import fake_quant
+from . import fake_quant, preserve
 from .learned_plan import learned_plan, start_from
 from .onnx_export import to_onnx
 from .quantizers import ActivationQuantizer
@@ -62,6 +62,8 @@ class QATState:
     #: planned tensor -> quantizer module; planned Conv/Gemm node -> module with its weight
     activations: dict
     weights: dict
+    #: holder module -> the pruned zeros and clusters kept through training (:mod:`.preserve`)
+    structures: dict = field(default_factory=dict)
 
 
 def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None = None, calibration=None, *,
@@ -99,13 +101,15 @@ def prepare_qat(model: torch.nn.Module, example_inputs, config: QATConfig | None
                                             config.learn_scales)
     pristine = copy.deepcopy(duplicate)
     quantized = fake_quant.fake_quantized(traced, found, plan, prepared, settings)
+    structures = preserve.attach(quantized.module, quantized.weights, config.preserve)  # read before the start
     if config.start == "post-training":
         start_from(plan, quantized.module, quantized.weights)
+    preserve.project_all(quantized.module, structures)
     state = QATState(duplicate, pristine, tuple(t.detach().cpu().clone() for t in example_inputs), names, config, plan,
-                     _graph_signature(prepared), quantized.activations, quantized.weights)
+                     _graph_signature(prepared), quantized.activations, quantized.weights, structures)
     setattr(quantized.module, STATE, state)
-    logger.info("prepared for QAT: %d activation quantizers, %d weight quantizers",
-                len(set(quantized.activations.values())), len(quantized.weights))
+    logger.info("prepared for QAT: %d activation quantizers, %d weight quantizers, %d weights keeping their "
+                "zeros or clusters", len(set(quantized.activations.values())), len(quantized.weights), len(structures))
     return quantized.module.train(training)
 
 
@@ -201,7 +205,8 @@ def state_of(qat) -> tuple[torch.fx.GraphModule, QATState]:
 def float_onnx(qat) -> onnx.ModelProto:
     """The trained model without its quantizers, as float ONNX (exported as prepare_qat exported
     the model it was given)."""
-    _, state = state_of(qat)
+    module, state = state_of(qat)
+    preserve.project_all(module, state.structures)  # the last optimizer step moved the weights off
     float_model = copy.deepcopy(state.float_model)
     float_model.load_state_dict({name.replace(".parametrizations.weight.original", ".weight"): value
                                  for name, value in state.model.state_dict().items()})

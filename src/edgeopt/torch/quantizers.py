@@ -144,6 +144,9 @@ class WeightQuantizer(torch.nn.Module):
         super().__init__()
         self.axis, self.limit, self.layout, self.transposed = axis, limit, layout, transposed
         self.bypass = False
+        #: scales proportional to each channel's largest magnitude (a weight clustered on a scaled
+        #: codebook: every channel then stores the same integers, as the int8 path plans it)
+        self.proportional = False
 
     def _onnx_layout(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.t() if self.transposed else weight
@@ -159,6 +162,8 @@ class WeightQuantizer(torch.nn.Module):
             needed = torch.maximum(magnitude / self.limit, _pair_peaks(rows) / PAIR_LIMIT)
             if self.axis is None:
                 needed = needed.max()
+        if self.proportional and self.axis is not None:
+            needed = _proportional(needed, _channel_max(values.abs(), self.axis))
         needed = torch.clamp(needed, min=float(MIN_SCALE))
         scale = needed.float()
         if self.layout is not None:  # as paired_params: a float32 scale never rounds below the bound
@@ -213,6 +218,15 @@ class WeightQuantizer(torch.nn.Module):
     def integers(self, weight: torch.Tensor) -> np.ndarray:
         """The int8 values the fake quantization of ``weight`` stands for, in the ONNX layout."""
         return self.integer_values(weight)[0].cpu().numpy().astype(np.int8)
+
+
+def _proportional(needed: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """As ``structure.proportional_scales``: each channel's magnitude times the largest ratio."""
+    live = magnitude > 0
+    if not bool(live.any()):
+        return needed
+    ratio = (needed[live] / magnitude[live]).max()
+    return torch.where(live, torch.maximum(magnitude * ratio, needed), needed)
 
 
 def _channel_max(values: torch.Tensor, axis: int | None) -> torch.Tensor:
