@@ -5,7 +5,8 @@ Selects layers as pruning does (:mod:`.layers`), clusters each weight's rows (ou
 the whole weight) with :mod:`.kmeans` and writes the clustered weights into a copy of the model.
 With calibration data the k-means weighs each weight by its input's second moment and the weights
 are then moved one input at a time onto their row's centroids, each move's output error pushed
-onto the inputs not yet moved (:func:`.surgeon.sweep`). The input model is untouched; the result
+onto the inputs not yet moved (:func:`.surgeon.sweep`), and each layer's output mean and spread
+restored (:mod:`.recalibrate`: a row is scaled, so it keeps its values' count). The input model is untouched; the result
 feeds ``edgeopt.quantize``, whose int8 path keeps at most ``clusters`` integers per channel.
 """
 
@@ -21,7 +22,7 @@ from ..errors import EdgeoptError
 from ..model_io import load_model
 from ..quantization.graph import GraphView
 from ..quantization.structure import distinct_per_row
-from . import kmeans, surgeon
+from . import kmeans, recalibrate, surgeon
 from .layers import CompressionResult, Layer, input_moments, replace, select
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
         if config.clusters > weights[layer.weight].size:
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {layer.node.name!r} has weights "
                                f"({weights[layer.weight].size}); expected at most that")
-    moments = input_moments(clustered, layers, calibration, config.max_calibration_samples) \
-        if method == "data-aware" else {}
+    limit = config.max_calibration_samples
+    moments, targets = {}, {}
+    if method == "data-aware":
+        moments = input_moments(clustered, layers, calibration, limit)
+        targets = recalibrate.output_statistics(clustered, recalibrate.correctable(layers, view), calibration, limit)
     new = {}
     for layer in layers:
         if method == "data-aware" and layer.node.name not in moments:
@@ -55,6 +59,9 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
         new[layer.weight] = _clustered(layer, weights[layer.weight], moments.get(layer.node.name), config)
     for name, value in new.items():
         replace(clustered, name, value)
+    if targets:  # a channel's scale changes, its codebook does not
+        recalibrate.recalibrate(clustered, [layer for layer in layers if layer.weight in new], targets, calibration,
+                                limit)
     report = _report(layers, new, skipped, config, method)
     logger.info("clustered %d weights to at most %d values per output channel (%s codebook)", len(new),
                 config.clusters, config.codebook)
