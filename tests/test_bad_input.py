@@ -119,6 +119,15 @@ def _cases():
         "prune global data-aware": ["prune", conv, *out, "--ranking", "global", "--data", "calibration.npz"],
         "prune output equals the model": ["prune", conv, "-o", conv],
         "prune not an ONNX file": ["prune", "random.onnx", *out],
+        "cluster one cluster": ["cluster", conv, *out, "--clusters", "1"],
+        "cluster 257 clusters": ["cluster", conv, *out, "--clusters", "257"],
+        "cluster layers match nothing": ["cluster", conv, *out, "--layers", "nope*"],
+        "cluster exclude matches nothing": ["cluster", conv, *out, "--exclude", "nope"],
+        "cluster nothing to cluster": ["cluster", "relu_only.onnx", *out],
+        "cluster data-aware without data": ["cluster", conv, *out, "--method", "data-aware"],
+        "cluster data wrong shape": ["cluster", conv, *out, "--data", "wrong_shape.npz"],
+        "cluster output equals the model": ["cluster", conv, "-o", conv],
+        "cluster not an ONNX file": ["cluster", "random.onnx", *out],
     }
 
 

@@ -11,12 +11,16 @@ import sys
 from .config import (
     ACTIVATION_GRANULARITIES,
     CALIBRATION_CHOICES,
+    CLUSTER_CODEBOOKS,
+    CLUSTER_INITS,
+    CLUSTER_METHODS,
     MODES,
     PRUNE_METHODS,
     PRUNE_RANKINGS,
     SCOPES,
     WEIGHT_RANGE_CHOICES,
     WEIGHT_ROUNDINGS,
+    ClusterConfig,
     DynamicConfig,
     Float16Config,
     Int8Config,
@@ -79,8 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
     p.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
                    help="node-name patterns or operator types to prune (default: every Conv, Gemm, MatMul)")
+    p.add_argument("--depthwise", action="store_true", help="prune depthwise convolutions too (left dense by default)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave dense")
     p.add_argument("--report", help="write the pruning report (JSON) here")
+
+    c = commands.add_parser("cluster", help="share a few values per output channel of each weight, in one shot")
+    c.add_argument("model", help="float ONNX model")
+    c.add_argument("-o", "--output", required=True, help="where to write the clustered model")
+    c.add_argument("--clusters", type=int, default=16, help="distinct values per output channel, 2 to 256 (default 16)")
+    c.add_argument("--codebook", choices=CLUSTER_CODEBOOKS, default="scaled",
+                   help="scaled: one codebook per layer times a scale per channel (default; the same integers in "
+                        "every channel after int8, which compresses); channel: each channel its own centroids; "
+                        "layer: one set of values per layer")
+    c.add_argument("--init", choices=CLUSTER_INITS, default="kmeans++", help="where the centroids start")
+    c.add_argument("--method", choices=CLUSTER_METHODS, default="auto",
+                   help="nearest, or data-aware (needs --data; weighs and compensates on the layer inputs); auto: "
+                        "data-aware when --data is given")
+    c.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
+    c.add_argument("--no-preserve-sparsity", action="store_true", help="let zero weights join other clusters")
+    c.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
+                   help="node-name patterns or operator types to cluster (default: every Conv, Gemm, MatMul)")
+    c.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave as is")
+    c.add_argument("--report", help="write the clustering report (JSON) here")
 
     e = commands.add_parser("evaluate", help="measure size, latency, accuracy and fidelity")
     e.add_argument("model", help="ONNX model to measure")
@@ -158,6 +182,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.command == "prune":
         return _prune(args)
+    if args.command == "cluster":
+        return _cluster(args)
 
     if args.command == "evaluate":
         from .measure import evaluate
@@ -212,7 +238,7 @@ def _prune(args) -> int:
     from .compression.prune import prune
 
     config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method, ranking=args.ranking,
-                         layers=tuple(args.layers), exclude=tuple(args.exclude))
+                         layers=tuple(args.layers), exclude=tuple(args.exclude), depthwise=args.depthwise)
     _check_outputs(args, (args.model, args.data))
     result = prune(args.model, config, calibration=args.data)
     _write_outputs(args, result)
@@ -220,6 +246,23 @@ def _prune(args) -> int:
     print(f"{args.output}: {r['method']} pruning, {100 * r['sparsity']:.1f}% of {len(r['layers'])} layers' weights zero")
     for name, reason in r["skipped"].items():
         print(f"left dense: {name}: {reason}")
+    return 0
+
+
+def _cluster(args) -> int:
+    from .compression.cluster import cluster
+
+    config = ClusterConfig(clusters=args.clusters, codebook=args.codebook, init=args.init, method=args.method,
+                           preserve_sparsity=not args.no_preserve_sparsity, layers=tuple(args.layers),
+                           exclude=tuple(args.exclude))
+    _check_outputs(args, (args.model, args.data))
+    result = cluster(args.model, config, calibration=args.data)
+    _write_outputs(args, result)
+    r = result.report
+    print(f"{args.output}: {r['method']} clustering, at most {r['max_distinct']} values per output channel in "
+          f"{len(r['layers'])} layers ({args.codebook} codebook)")
+    for name, reason in r["skipped"].items():
+        print(f"left as is: {name}: {reason}")
     return 0
 
 

@@ -49,13 +49,31 @@ class ClusteredWeight(torch.nn.Module):
         if fixed_zero:
             live[:, 0] = 0
         self.register_buffer("live", live)
+        #: a scaled codebook keeps its two ends opposite (see ``kmeans.cluster_scaled``), so that
+        #: each row's largest weight stays its scale times the same magnitude
+        self.symmetric = train_scales and self.codebook.shape[1] - int(fixed_zero) > 1
 
     def centroids(self) -> torch.Tensor:
-        return (self.codebook * self.live).expand(self.assignment.shape[0], -1) * self.scales
+        codebook = self.codebook * self.live
+        if self.symmetric:
+            codebook = symmetric_ends(codebook, 1 if bool(self.live[0, 0] == 0) else 0)
+        return codebook.expand(self.assignment.shape[0], -1) * self.scales
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         values = torch.gather(self.centroids(), 1, self.assignment)
         return values.reshape(weight.shape).to(weight.dtype)
+
+
+def symmetric_ends(codebook: torch.Tensor, first: int) -> torch.Tensor:
+    """``codebook`` (1 x K, sorted from index ``first`` on) with its lowest and highest entries set
+    to minus and plus the mean of their magnitudes."""
+    low, high = codebook[:, first], codebook[:, -1]
+    if not bool((low < 0).all() and (high > 0).all()):
+        return codebook
+    end = (high - low) / 2
+    index = torch.arange(codebook.shape[1], device=codebook.device)
+    return torch.where(index == first, -end[:, None], torch.where(index == codebook.shape[1] - 1, end[:, None],
+                                                                    codebook))
 
 
 def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = None) -> torch.nn.Module:

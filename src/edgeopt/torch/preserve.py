@@ -6,7 +6,9 @@ The structure is read from the float weights before training, as the int8 path r
 (:mod:`edgeopt.quantization.structure`), so a model pruned or clustered by any tool qualifies:
 every exact zero, and, where every output channel has few distinct values, each weight's cluster
 (per channel; or, when the channels share one codebook times a scale each, the codebook's entry).
-Before each forward pass a pre-hook projects the float weight back onto the structure: zeros to
+Before each forward pass of the prepared model a pre-hook projects the float weights back onto
+the structure (on the whole model: a layer's own pre-hook would also run on the integers its
+eval-mode kernel passes through it): zeros to
 zero, each cluster's weights to their mean (so a centroid moves by the mean of its weights'
 updates), a scaled codebook by one alternating least-squares step on the codebook and the
 scales. The fake quantizer of a scaled-codebook layer uses scales proportional to the channels'
@@ -35,6 +37,10 @@ class Structure:
     scaled: bool
     codebook: torch.Tensor | None = None
     scales: torch.Tensor | None = None
+    #: the weight's version counter after the last projection: unchanged since, nothing to do
+    #: (a scaled codebook's least-squares step is exact only up to rounding, and the int8 scales
+    #: follow the weights)
+    projected: int | None = None
 
 
 def weight_of(holder: torch.nn.Module) -> torch.Tensor:
@@ -73,7 +79,9 @@ def _clustered(rows: torch.Tensor) -> bool:
 
 @torch.no_grad()
 def project(weight: torch.Tensor, structure: Structure) -> None:
-    """Move ``weight`` (in place) onto ``structure``."""
+    """Move ``weight`` (in place) onto ``structure``, unless it has not changed since the last time."""
+    if structure.projected == weight._version:
+        return
     rows = weight.reshape(weight.shape[0], -1)
     if structure.assignment is not None:
         assignment = structure.assignment.to(weight.device)
@@ -87,6 +95,7 @@ def project(weight: torch.Tensor, structure: Structure) -> None:
             rows.copy_(torch.gather(sums / counts.clamp(min=1), 1, assignment).to(rows.dtype))
     if structure.zeros is not None:
         weight.masked_fill_(structure.zeros.to(weight.device), 0.0)
+    structure.projected = weight._version
 
 
 def _scaled(rows: torch.Tensor, assignment: torch.Tensor, structure: Structure) -> torch.Tensor:
@@ -100,6 +109,10 @@ def _scaled(rows: torch.Tensor, assignment: torch.Tensor, structure: Structure) 
     codebook = torch.where(bottom > 0, top / bottom.clamp(min=1e-300), structure.codebook.to(rows.device))
     if structure.zeros is not None:
         codebook = torch.where(structure.codebook.to(rows.device) == 0, torch.zeros_like(codebook), codebook)
+    low, high = int(codebook.argmin()), int(codebook.argmax())
+    if codebook[low] < 0 < codebook[high]:  # opposite ends: each row's largest weight stays its scale times one value
+        end = (codebook[high] - codebook[low]) / 2
+        codebook[low], codebook[high] = -end, end
     values = codebook[assignment]
     norm = (values ** 2).sum(dim=1)
     scales = torch.where(norm > 0, (rows * values).sum(dim=1) / norm.clamp(min=1e-300), scales)
@@ -108,8 +121,8 @@ def _scaled(rows: torch.Tensor, assignment: torch.Tensor, structure: Structure) 
 
 
 def attach(module: torch.nn.Module, holders: dict[str, str], preserve: tuple[str, ...]) -> dict[str, Structure]:
-    """Read each holder's structure and register the projecting pre-hook; marks scaled-codebook
-    layers' quantizers proportional. Returns holder name -> structure."""
+    """Read each holder's structure and register the projecting pre-hook on ``module``; marks
+    scaled-codebook layers' quantizers proportional. Returns holder name -> structure."""
     modules = dict(module.named_modules())
     found = {}
     for name in sorted(set(holders.values())):
@@ -121,14 +134,9 @@ def attach(module: torch.nn.Module, holders: dict[str, str], preserve: tuple[str
         if structure.scaled:
             quantizer = holder.quantizer if isinstance(holder, ConvBatchNorm) else holder.parametrizations.weight[0]
             quantizer.proportional = True
-        holder.register_forward_pre_hook(_projecting(structure))
+    if found:
+        module.register_forward_pre_hook(lambda model, inputs: project_all(model, found))
     return found
-
-
-def _projecting(structure: Structure):
-    def hook(holder, inputs):
-        project(weight_of(holder), structure)
-    return hook
 
 
 def project_all(module: torch.nn.Module, structures: dict[str, Structure]) -> None:
