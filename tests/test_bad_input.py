@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import pathlib
 
+import models
 import numpy as np
 import onnx
 import pytest
+from conftest import fingerprint
 
 import edgeopt
 from edgeopt.cli import entry_point
-
-import models
-from conftest import fingerprint
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 
+import models
 import numpy as np
 import onnx
 import pytest
@@ -15,8 +16,6 @@ import edgeopt
 from edgeopt.compression import kmeans
 from edgeopt.config import CLUSTER_INITS
 from edgeopt.quantization.structure import distinct_per_row, proportional_scales, shared_codebook
-
-import models
 
 
 @pytest.mark.parametrize("init", CLUSTER_INITS)

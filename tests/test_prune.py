@@ -3,14 +3,13 @@ methods, the untouched input, and int8 keeping the zeros."""
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
 import edgeopt
-
-import models
 
 
 def _weights(model) -> dict[str, np.ndarray]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import numpy_helper
+from test_rounding import _grey_conv_model
 
 import edgeopt
 from edgeopt.quantization import rounding
 from edgeopt.quantization.structure import distinct_per_row, row_structure
-
-from test_rounding import _grey_conv_model
 
 
 def _correlated(seed: int, inputs: int = 36):

@@ -9,12 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import edgeopt  # noqa: E402
-from edgeopt.errors import EdgeoptError  # noqa: E402
-from edgeopt.quantization.structure import distinct_per_row  # noqa: E402
-from edgeopt.runtimes.onnxruntime import make_session  # noqa: E402
-from test_qat import CONFIG, _prepared, _train  # noqa: E402
-from test_torch_qat import PlainNet, _small_net  # noqa: E402
+from test_qat import CONFIG, _prepared, _train
+from test_torch_qat import PlainNet, _small_net
+
+import edgeopt
+from edgeopt.errors import EdgeoptError
+from edgeopt.quantization.structure import distinct_per_row
+from edgeopt.runtimes.onnxruntime import make_session
 
 
 def test_polynomial_decay_follows_its_formula_and_update_steps():
@@ -184,13 +185,14 @@ def test_collaborative_qat_keeps_zeros_and_clusters_in_the_int8_file(tmp_path, b
 
 def test_without_preserve_training_loses_the_structure(tmp_path):
     """The check above can fail: with ``preserve=()`` the same training moves pruned weights off 0."""
-    import edgeopt.torch as et
     from dataclasses import replace
+
+    import edgeopt.torch as et
 
     model = _pruned_clustered(PlainNet)
     zeros = (model.fc1.weight == 0).detach().numpy()
     qat = _train(_prepared(model, replace(CONFIG, preserve=())), steps=4)
     result = et.convert(qat, tmp_path / "m.onnx")
-    fc1 = [np.asarray(c.values) for key, c in edgeopt.read_plan(result.model).weights.items()
-           if np.shape(c.values) == zeros.shape][0]
+    fc1 = next(np.asarray(c.values) for c in edgeopt.read_plan(result.model).weights.values()
+               if np.shape(c.values) == zeros.shape)
     assert np.mean(fc1[zeros] == 0) < 0.99

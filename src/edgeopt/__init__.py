@@ -13,7 +13,16 @@ from .compression.cluster import cluster
 from .compression.layers import CompressionResult
 from .compression.prune import prune
 from .compression.schedules import ConstantSparsity, PolynomialDecay
-from .config import ClusterConfig, DynamicConfig, Float16Config, Int8Config, Int16x8Config, PruneConfig, QATConfig
+from .config import (
+    ChannelPruneConfig,
+    ClusterConfig,
+    DynamicConfig,
+    Float16Config,
+    Int8Config,
+    Int16x8Config,
+    PruneConfig,
+    QATConfig,
+)
 from .data import Dataset, ImagePreprocessing
 from .errors import EdgeoptError
 from .measure import evaluate
@@ -26,6 +35,7 @@ __version__ = "0.1.0"
 PruningResult = CompressionResult
 
 __all__ = [
+    "ChannelPruneConfig",
     "ClusterConfig",
     "CompressionResult",
     "ConstantSparsity",

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = commands.add_parser("demo", help="quantize the embedded default model every way and measure it")
     d.add_argument("--output-dir", default="edgeopt-demo", help="where models, data and tables go")
     d.add_argument("--no-qat", action="store_true",
-                   help="skip the quantization-aware training row (about 30 s of fine-tuning)")
+                   help="skip the rows that fine-tune (QAT, pruning, clustering: about 3 minutes)")
     d.add_argument("--json", help="also write the table (JSON) here")
     d.add_argument("--threads", type=int, default=1)
     return parser

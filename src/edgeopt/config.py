@@ -453,7 +453,43 @@ def n_of_m(pattern: str) -> tuple[int, int] | None:
                        f"got {pattern!r}")
 
 
+CHANNEL_IMPORTANCES = ("l2", "l1", "bn-scale")
+
+
+@dataclass(frozen=True)
+class ChannelPruneConfig(_Config):
+    """Structured pruning that removes whole channels (``edgeopt.torch.prune_channels``, the
+    ``torch`` extra): the model gets physically smaller and faster. ``ratio`` of each layer's
+    output channels go (``ranking="global"``: one ranking over all layers, at most
+    ``max_ratio`` from any one), ranked by ``importance`` over each group of coupled channels
+    (the channels a residual addition, a depthwise convolution or a concatenation ties together
+    go or stay together): the L2 or L1 norm of their weights, or their BatchNorm scale. Channel
+    counts stay multiples of ``round_to``. The layer that produces the model's output keeps its
+    channels; ``exclude`` names modules (or class names) to keep whole as well."""
+
+    ratio: float = 0.5
+    importance: str = "l2"
+    ranking: str = "layer"
+    max_ratio: float = 0.9
+    round_to: int | None = 8
+    mode = "channels"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
+            raise EdgeoptError(f"ratio must be in (0, 1), got {self.ratio!r}")
+        if not 0.0 < self.max_ratio < 1.0 or self.max_ratio < self.ratio:
+            raise EdgeoptError(f"max_ratio must be in [ratio, 1), got {self.max_ratio!r}")
+        if self.importance not in CHANNEL_IMPORTANCES:
+            raise EdgeoptError(f"importance must be one of {', '.join(CHANNEL_IMPORTANCES)}, got {self.importance!r}")
+        if self.ranking not in PRUNE_RANKINGS:
+            raise EdgeoptError(f"ranking must be one of {', '.join(PRUNE_RANKINGS)}, got {self.ranking!r}")
+        if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                          or self.round_to < 1):
+            raise EdgeoptError(f"round_to must be an integer >= 1 or None, got {self.round_to!r}")
+
+
 _CONFIG_TYPES = {cls.__name__: cls for cls in (Float16Config, DynamicConfig, Int8Config, Int16x8Config, QATConfig,
-                                               PruneConfig, ClusterConfig)}
+                                               PruneConfig, ClusterConfig, ChannelPruneConfig)}
 #: the modes ``quantize`` runs
-MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls not in (QATConfig, PruneConfig, ClusterConfig)}
+MODES = {cls.mode: cls for cls in _CONFIG_TYPES.values() if cls not in (QATConfig, PruneConfig, ClusterConfig, ChannelPruneConfig)}

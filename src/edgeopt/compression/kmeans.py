@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import CLUSTER_INITS
+
 #: Lloyd's iterations at most (1-D k-means on a few hundred values converges in far fewer).
 ITERATIONS = 50
 

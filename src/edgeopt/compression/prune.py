@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+
 import numpy as np
 import onnx
 

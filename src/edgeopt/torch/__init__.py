@@ -16,8 +16,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("edgeopt.torch needs PyTorch: pip install 'edgeopt[torch]'") from exc
 
+from .channels import ChannelPruningResult, prune_channels
 from .clustering import prepare_clustering, strip
 from .pruning import prepare_pruning, set_step
 from .qat import convert, export, prepare_qat
 
-__all__ = ["convert", "export", "prepare_clustering", "prepare_pruning", "prepare_qat", "set_step", "strip"]
+__all__ = ["ChannelPruningResult", "convert", "export", "prepare_clustering", "prepare_pruning", "prepare_qat",
+           "prune_channels", "set_step", "strip"]

@@ -60,7 +60,7 @@ def training_images() -> tuple[np.ndarray, np.ndarray]:
 
 def distill(model: torch.nn.Module, teacher: torch.nn.Module, images: np.ndarray, preprocess=torch.from_numpy, *,
             epochs: int = EPOCHS, batch: int = BATCH, learning_rate: float = LEARNING_RATE, seed: int = SEED,
-            freeze_batch_norm: bool = False) -> float:
+            freeze_batch_norm: bool = False, description: str = "QAT fine-tuning") -> float:
     """A plain training loop (what a user writes): Adam on the cross-entropy to ``teacher``'s
     predicted probabilities, over ``images`` in a seeded order with seeded horizontal flips (the
     last axis), each batch made into the model's input by ``preprocess``; with
@@ -77,7 +77,7 @@ def distill(model: torch.nn.Module, teacher: torch.nn.Module, images: np.ndarray
     for epoch in range(epochs):
         order = rng.permutation(len(images))
         starts = range(0, len(order) - batch + 1, batch)
-        for start in progress(starts, f"QAT fine-tuning, epoch {epoch + 1}", len(starts), "batch"):
+        for start in progress(starts, f"{description}, epoch {epoch + 1}", len(starts), "batch"):
             chosen = images[order[start:start + batch]]
             flip = (rng.random(len(chosen)) < 0.5).reshape((-1,) + (1,) * (chosen.ndim - 1))
             x = preprocess(np.ascontiguousarray(np.where(flip, chosen[..., ::-1], chosen)))

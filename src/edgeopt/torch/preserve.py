@@ -25,6 +25,7 @@ import torch
 from ..quantization.structure import CLUSTERED_FRACTION, MAX_LEVELS, shared_codebook
 from .quantizers import ConvBatchNorm
 
+
 @dataclass
 class Structure:
     """What one weight keeps (rows are its output channels): ``zeros`` (bool, weight shape),
