@@ -323,9 +323,11 @@ def render(results: dict, here: pathlib.Path) -> None:
         lines += ["## Reading the table", "", reading.read_text().strip(), ""]
     lines += large_model_section(here / "large_model.json")
     lines += qat_section(here / "qat.json")
+    from .compress import section as compress_section
     from .prune import section as prune_section
 
     lines += prune_section(here / "prune.json")
+    lines += compress_section(here / "compress.json")
     lines += section(everything)
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")

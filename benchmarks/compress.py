@@ -1,0 +1,299 @@
+"""Pruning, clustering and both with QAT, fine-tuned, against the anchors on the same model, data
+and epochs: ``python -m benchmarks.compress [--only default-cnn mobilenet-v2-fashion] [--images N]``.
+
+Every fine-tuned variant gets the same training images in the same seeded order with the same
+flips, the same loss (cross-entropy to the float model's probabilities) and optimizer (Adam, the
+learning rate below), one pass; BatchNorm keeps its running statistics:
+
+* pruned 50% / 80% / 2:4: ``edgeopt.prune`` (data-aware, one shot, on the calibration images),
+  then ``edgeopt.torch.prepare_pruning`` holds those zeros while fine-tuning, ``strip``;
+* 16 clusters per channel: ``edgeopt.cluster`` (data-aware), then ``prepare_clustering`` trains
+  the codebook and scales;
+* pruned 50% + 16 clusters + QAT: the 50% model clustered, fine-tuned, then ``prepare_qat`` (zeros
+  and clusters kept) for one more pass, ``convert``;
+* channel-pruned: ``edgeopt.torch.prune_channels`` (Torch-Pruning's dependency graph), two passes;
+* anchors: ``torch.nn.utils.prune.l1_unstructured`` and NNCF's ``nncf.prune`` (local magnitude),
+  50% of every Conv/Linear, the same fine-tuning, their masks removed.
+
+Each float result goes through ``edgeopt.quantize(Int8Config())`` on the case's calibration
+images (the PCQAT row is its own int8). Top-1 on the case's 10,000 test images; sizes as ``gzip -9``
+gives them, against the dense int8 model's; zeros kept and distinct integers per channel read back
+from the int8 file; latencies at 1 thread interleaved in one run. Writes benchmarks/compress.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+CASES = ("default-cnn", "mobilenet-v2-fashion")
+IMAGES = {"default-cnn": 10_000, "mobilenet-v2-fashion": 6_000}
+BATCH, SEED = 32, 0
+#: (learning rate of the pruned, clustered and anchor rows; of the QAT pass)
+LEARNING_RATE, QAT_LEARNING_RATE = 3e-4, 3e-5
+CHANNEL_RATIO, CHANNEL_EPOCHS = 0.5, 2
+
+
+class _Case:
+    """The case's float model in PyTorch, its data, and the fine-tuning loop every row uses."""
+
+    def __init__(self, name: str, count: int, work: pathlib.Path):
+        from . import cases
+        from .qat import _float_model, _training_images
+
+        self.case = cases.CASES[name]()
+        self.teacher, self.preprocess = _float_model(name, self.case)
+        self.images = _training_images(name, count)
+        self.calibration = self.case.calibration
+        first = next(iter(self.calibration.arrays.values()))
+        import torch
+
+        self.example = torch.from_numpy(first[:1])
+        self.name, self.work, self.paths, self.info = name, work, {"float": str(self.case.model)}, {}
+
+    def student(self):
+        return copy.deepcopy(self.teacher)
+
+    def tune(self, model, learning_rate: float = LEARNING_RATE, epochs: int = 1) -> float:
+        from edgeopt.torch.demo import distill
+
+        return distill(model, self.teacher, self.images, self.preprocess, epochs=epochs, batch=BATCH,
+                       learning_rate=learning_rate, seed=SEED, freeze_batch_norm=True, description="fine-tuning")
+
+    def int8(self, label: str, model, seconds: float, **info) -> None:
+        """Export ``model`` (float), quantize it, record both paths."""
+        import edgeopt
+        from edgeopt.model_io import save_model
+        from edgeopt.torch.onnx_export import to_onnx
+
+        stem = self.work / f"{len(self.paths)}"
+        save_model(to_onnx(model, (self.example,), (["image"], ["logits"])), f"{stem}.float.onnx")
+        edgeopt.quantize(f"{stem}.float.onnx", edgeopt.Int8Config(), calibration=self.calibration).save(
+            f"{stem}.int8.onnx")
+        self.paths[label] = f"{stem}.int8.onnx"
+        self.info[label] = {"seconds": round(seconds, 1), "float_path": f"{stem}.float.onnx", **info}
+
+    def one_shot_start(self, compressed_onnx):
+        """The case's PyTorch model with the weights of a one-shot compressed ONNX copy."""
+        if self.name == "default-cnn":
+            from edgeopt.torch.demo import fashion_cnn
+
+            return fashion_cnn(compressed_onnx)
+        return _load_onnx_weights(self.student(), compressed_onnx, self.example)
+
+
+def _load_onnx_weights(model, compressed, example):
+    """Copy a one-shot compressed ONNX model's Conv/Gemm weights into ``model``: its export lists
+    the same layers in the same order (BatchNorm folded by the exporter for MobileNetV2's eval
+    graph, so the folded weight goes into the Conv and the BatchNorm is reset to identity)."""
+    import torch
+    from onnx import numpy_helper
+
+    weights = {t.name: numpy_helper.to_array(t) for t in compressed.graph.initializer}
+    nodes = [node for node in compressed.graph.node if node.op_type in ("Conv", "Gemm")]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    if len(nodes) != len(layers):
+        raise SystemExit(f"{len(nodes)} Conv/Gemm nodes against {len(layers)} layers")
+    norms = {id(conv): norm for conv, norm in _conv_norms(model)}
+    with torch.no_grad():
+        for layer, node in zip(layers, nodes):
+            weight = torch.from_numpy(np.array(weights[node.input[1]]))
+            layer.weight.copy_(weight.reshape(layer.weight.shape))
+            bias = torch.from_numpy(np.array(weights[node.input[2]])) if len(node.input) > 2 else None
+            norm = norms.get(id(layer))
+            if norm is not None:  # the ONNX Conv holds conv + BatchNorm: make the BatchNorm the identity
+                norm.running_mean.zero_()
+                norm.running_var.fill_(1.0 - norm.eps)
+                norm.weight.fill_(1.0)
+                norm.bias.copy_(bias if bias is not None else torch.zeros_like(norm.bias))
+                if layer.bias is not None:
+                    layer.bias.zero_()
+            elif bias is not None:
+                layer.bias.copy_(bias)
+    return model.eval()
+
+
+def _conv_norms(model):
+    """(Conv2d, the BatchNorm2d right after it) pairs, in the order the model holds them."""
+    import torch
+
+    modules = list(model.modules())
+    return [(a, b) for a, b in zip(modules, modules[1:])
+            if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)]
+
+
+def _variants(c: _Case) -> None:
+    import edgeopt
+    import edgeopt.torch as et
+
+    started = time.perf_counter()
+    edgeopt.quantize(c.case.model, edgeopt.Int8Config(), calibration=c.calibration).save(c.work / "int8.onnx")
+    c.paths["int8"] = str(c.work / "int8.onnx")
+    c.info["int8"] = {"seconds": round(time.perf_counter() - started, 1)}
+    half = None
+    for label, config in (("pruned 50% + int8", edgeopt.PruneConfig(sparsity=0.5)),
+                          ("pruned 80% + int8", edgeopt.PruneConfig(sparsity=0.8)),
+                          ("2:4 + int8", edgeopt.PruneConfig(pattern="2:4"))):
+        print(f"  {label}", flush=True)
+        started = time.perf_counter()
+        one_shot = edgeopt.prune(c.case.model, config, calibration=c.calibration).model
+        model = et.prepare_pruning(c.one_shot_start(one_shot), config)
+        c.tune(model)
+        model = et.strip(model)
+        half = model if half is None else half
+        c.int8(label, model, time.perf_counter() - started)
+    print("  clusters", flush=True)
+    started = time.perf_counter()
+    clustering = edgeopt.ClusterConfig(clusters=16)
+    one_shot = edgeopt.cluster(c.case.model, clustering, calibration=c.calibration).model
+    model = et.prepare_clustering(c.one_shot_start(one_shot), clustering)
+    c.tune(model, 1e-4)
+    c.int8("16 clusters/channel + int8", et.strip(model), time.perf_counter() - started)
+    print("  pruned + clusters + QAT", flush=True)
+    started = time.perf_counter()
+    model = et.prepare_clustering(half, clustering)
+    c.tune(model, 1e-4)
+    qat = et.prepare_qat(et.strip(model), c.example, edgeopt.QATConfig(), calibration=c.calibration,
+                         input_names=["image"], output_names=["logits"])
+    c.tune(qat, QAT_LEARNING_RATE)
+    path = c.work / "pcqat.int8.onnx"
+    et.convert(qat, path)
+    c.paths["pruned 50% + 16 clusters + QAT int8"] = str(path)
+    c.info["pruned 50% + 16 clusters + QAT int8"] = {"seconds": round(time.perf_counter() - started, 1)}
+    _channel_rows(c)
+    _anchors(c)
+
+
+def _channel_rows(c: _Case) -> None:
+    import edgeopt
+    import edgeopt.torch as et
+
+    print("  channels", flush=True)
+    started = time.perf_counter()
+    pruned = et.prune_channels(c.teacher, c.example, edgeopt.ChannelPruneConfig(ratio=CHANNEL_RATIO))
+    c.tune(pruned.model, 1e-3 if c.name == "default-cnn" else LEARNING_RATE, epochs=CHANNEL_EPOCHS)
+    label = f"channel-pruned {100 * CHANNEL_RATIO:.0f}% + int8"
+    c.int8(label, pruned.model, time.perf_counter() - started, macs=pruned.report["macs"],
+           parameters=pruned.report["parameters"])
+    c.paths[f"channel-pruned {100 * CHANNEL_RATIO:.0f}% (float)"] = c.info[label]["float_path"]
+
+
+def _anchors(c: _Case) -> None:
+    import torch
+
+    print("  anchors", flush=True)
+    started = time.perf_counter()
+    model = c.student()
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for layer in layers:
+        torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=0.5)
+    c.tune(model)
+    for layer in layers:
+        torch.nn.utils.prune.remove(layer, "weight")
+    c.int8("torch.nn.utils.prune 50% + int8", model, time.perf_counter() - started)
+    try:
+        import nncf
+
+        started = time.perf_counter()
+        model = nncf.prune(c.student(), nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_LOCAL, ratio=0.5,
+                           examples_inputs=c.example)
+        c.tune(model)
+        model = nncf.strip(model, example_input=c.example)
+        c.int8("nncf.prune 50% + int8", model, time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - an anchor that fails is recorded, not fatal
+        c.info["nncf.prune 50% + int8"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+
+
+def run_case(name: str, count: int, work: pathlib.Path) -> dict:
+    from edgeopt.measure import file_size
+
+    from .__main__ import hits, interleaved_latency, outputs_of
+    from .prune import _kept
+
+    c = _Case(name, count, work)
+    _variants(c)
+    labels = c.case.evaluation.labels
+    right = {label: hits("top1", outputs_of(path, c.case.evaluation), None, labels) for label, path in c.paths.items()}
+    latency = interleaved_latency(c.paths, c.case.evaluation, threads=1, rounds=10, runs=30)
+    dense = file_size(c.paths["int8"])["gzip_bytes"]
+    rows = []
+    for label, path in c.paths.items():
+        info = dict(c.info.get(label, {}))
+        float_path = info.pop("float_path", None)
+        kept = _kept(float_path, path) if float_path and label.endswith("int8") else {}
+        size = file_size(path)
+        rows.append({"variant": label, "top1": float(np.mean(right[label])), "latency_ms": latency[label],
+                     "latency_vs_float": latency[label]["median"] / latency["float"]["median"],
+                     "raw_bytes": size["raw_bytes"], "gzip_bytes": size["gzip_bytes"],
+                     "gzip_vs_dense_int8": size["gzip_bytes"] / dense, **kept, **info})
+    failed = {label: info["error"] for label, info in c.info.items() if "error" in info}
+    return {"case": name, "title": c.case.title, "training_images": len(c.images), "rows": rows, "failed": failed}
+
+
+def section(path: pathlib.Path) -> list[str]:
+    """RESULTS.md's fine-tuned compression tables from compress.json."""
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    lines = ["## Pruning and clustering, fine-tuned", "",
+             f"`{run['command'].strip()}`, {run['date']}: {run['machine']}. One pass of distillation on the "
+             "training images named below (Adam, batch 32, seeded; BatchNorm frozen); see benchmarks/compress.py "
+             "for each row's recipe. Latency: ONNX Runtime, 1 thread, interleaved, median; gzip against the dense "
+             "int8 model's; zeros kept and distinct integers per channel read back from the int8 file.", ""]
+    for case in run["cases"]:
+        base = case["rows"][0]
+        lines += [f"### {case['title']} ({case['training_images']} training images)", "",
+                  "| variant | top-1 | change | latency ms (x float) | gzip KB | gzip vs dense int8 | zeros kept "
+                  "| max distinct int8 per channel | MACs | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in case["rows"]:
+            kept = "" if row.get("zeros_kept") is None else f"{100 * row['zeros_kept']:.2f}%"
+            macs = "" if "macs" not in row else f"{row['macs'][1] / 1e6:.1f}M of {row['macs'][0] / 1e6:.1f}M"
+            lines.append(f"| {row['variant']} | {100 * row['top1']:.2f}% | {100 * (row['top1'] - base['top1']):+.2f} | "
+                         f"{row['latency_ms']['median']:.3f} ({row['latency_vs_float']:.2f}x) | "
+                         f"{row['gzip_bytes'] / 1000:.1f} | {row['gzip_vs_dense_int8']:.3f}x | {kept} | "
+                         f"{row.get('max_distinct_per_channel', '')} | {macs} | {row.get('seconds', '')} |")
+        for label, error in case.get("failed", {}).items():
+            lines.append(f"\n{label} failed: {error}")
+        lines.append("")
+    return lines
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from .__main__ import machine
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--images", type=int, default=None, help="training images per case (default: IMAGES)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    path = HERE / "compress.json"
+    previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
+    results = {"command": "python -m benchmarks.compress " + " ".join(sys.argv[1:] if argv is None else argv),
+               "date": datetime.date.today().isoformat(), "machine": machine(),
+               "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
+    for name in args.only:
+        print(f"{name} ...", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            results["cases"].append(run_case(name, args.images or IMAGES[name], pathlib.Path(folder)))
+        print(json.dumps({row["variant"]: row["top1"] for row in results["cases"][-1]["rows"]}), flush=True)
+        results["cases"].sort(key=lambda c: CASES.index(c["case"]))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    from .report import render
+
+    render(json.loads((HERE / "results.json").read_text()), HERE)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
