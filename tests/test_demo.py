@@ -1,4 +1,5 @@
-"""``run_demo`` on the embedded Fashion-MNIST model: the six rows, accuracy kept, sizes, files.
+"""``run_demo`` on the embedded Fashion-MNIST model: every row, accuracy kept, sizes, the pruned
+and clustered structure read back from the files.
 
 Latency is measured by the demo but not tested (it depends on the machine and its load).
 """
@@ -17,7 +18,7 @@ def test_demo_table(tmp_path):
     pytest.importorskip("torch")
     result = run_demo(tmp_path, runs=20)
     rows = {row["row"]: row for row in result["rows"]}
-    assert list(rows) == ["float", "float16", "dynamic", "int8", "QAT int8", "int8 integer-only"]
+    assert list(rows) == ["float", "float16", "dynamic", "int8", "QAT int8", "int8 integer-only", *COMPRESSED]
     assert result["notes"] == []
 
     # int8 keeps top-1 within 1 percentage point of float on the 2000 shipped test images (one point
@@ -27,9 +28,10 @@ def test_demo_table(tmp_path):
     # QAT: the issue's bound is 0.1 point of float (2 of the 2,000 images); measured +0.05
     assert rows["QAT int8"]["top1_change_points"] >= -0.1
     assert rows["QAT int8"]["size_ratio"] <= 0.27
-    # the columns pruning and clustering will move: no zeros to speak of, at most 255 int8 values
+    # dense models: no zeros to speak of, at most 255 int8 values per channel
     assert rows["int8"]["sparsity"] < 0.05 and rows["QAT int8"]["distinct_per_channel_max"] <= 255
     assert rows["float"]["distinct_per_channel_max"] > 255
+    _check_compressed(rows)
     # Sizes on disk: int8 weights are a quarter of float32 (0.25 + scales and graph), float16 a half.
     assert rows["int8"]["size_ratio"] <= 0.27
     assert rows["float16"]["size_ratio"] <= 0.51
@@ -42,12 +44,40 @@ def test_demo_table(tmp_path):
     labels = ("float", "float16", "dynamic", "int8", "qat-int8", "int8-integer-only")
     assert {f"fashion_cnn.{label}.onnx" for label in labels} <= written
     assert {"calibration.npz", "evaluation.npz", "results.md", "results.json"} <= written
+    assert len([name for name in written if name.endswith(".onnx")]) == len(labels) + len(COMPRESSED)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [row["row"] for row in saved["rows"]] == [row["row"] for row in result["rows"]]
     table = (tmp_path / "results.md").read_text()
-    assert table.count("\n") == 2 + 6  # header, separator, six rows
+    assert table.count("\n") == 2 + len(rows)  # header, separator, the rows
     details = {row["row"]: row for row in saved["details"]}
     assert details["QAT int8"]["report"]["qat"]["epochs"] == 1
+
+
+COMPRESSED = ("pruned 50% + int8", "pruned 80% + int8", "2:4 + int8", "clustered 16/channel + int8",
+              "pruned 50% + 16 clusters + QAT int8", "channel-pruned 25% + int8")
+
+
+def _check_compressed(rows: dict) -> None:
+    """The structure each row promises, read from its int8 file by ``evaluate``, and accuracy
+    within bounds set from the measured run (float 92.95%; one point is 20 of the 2,000 images;
+    each bound is the measured change minus about half a point): 50% -0.65, 80% -6.85, 2:4
+    -0.45, 16 clusters +0.05, pruned + clustered + QAT -1.10, channel-pruned -2.00."""
+    change = {label: rows[label]["top1_change_points"] for label in COMPRESSED}
+    bounds = dict(zip(COMPRESSED, (-1.2, -7.5, -1.0, -0.5, -1.7, -2.5)))
+    assert all(change[label] >= bounds[label] for label in COMPRESSED), change
+    assert rows["pruned 50% + int8"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert rows["pruned 80% + int8"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert rows["2:4 + int8"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    for label in ("clustered 16/channel + int8", "pruned 50% + 16 clusters + QAT int8"):
+        assert rows[label]["distinct_per_channel_max"] <= 16, label
+    assert rows["pruned 50% + 16 clusters + QAT int8"]["sparsity"] >= 0.49
+    # compressed sizes against the dense int8 file (measured 0.729x, 0.392x, 0.630x, 0.517x)
+    assert rows["pruned 50% + int8"]["gzip_vs_int8"] < 0.76
+    assert rows["pruned 80% + int8"]["gzip_vs_int8"] < 0.42
+    assert rows["clustered 16/channel + int8"]["gzip_vs_int8"] < 0.66
+    assert rows["pruned 50% + 16 clusters + QAT int8"]["gzip_vs_int8"] < 0.55
+    # channels removed: a smaller file, not only a compressible one
+    assert rows["channel-pruned 25% + int8"]["size_ratio"] < 0.7 * rows["int8"]["size_ratio"]
 
 
 def test_demo_without_torch_prints_the_post_training_rows_and_a_hint(tmp_path, monkeypatch):
