@@ -189,6 +189,7 @@ def _channel_rows(c: _Case) -> None:
 
 def _anchors(c: _Case) -> None:
     import torch
+    import torch.nn.utils.prune  # not imported with torch
 
     print("  anchors", flush=True)
     started = time.perf_counter()
