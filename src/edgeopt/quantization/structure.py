@@ -67,6 +67,8 @@ def row_structure(rows: np.ndarray, scales: np.ndarray, qmax: int) -> RowStructu
     distinct = [np.unique(row) for row in flat]
     counts = np.array([len(values) for values in distinct]).reshape(rows.shape[:2])
     clustered = (counts <= CLUSTERED_FRACTION * depth) & (counts <= MAX_LEVELS) & (depth >= 4)
+    if not clustered.all() and _shared_rows(flat):  # one scaled codebook: short rows too
+        clustered[:] = True
     levels = None
     if clustered.any():
         width = int(counts[clustered].max())
@@ -88,19 +90,22 @@ def distinct_per_row(integers: np.ndarray, axis: int = 0) -> np.ndarray:
 
 def shared_codebook(weight: np.ndarray, axis: int) -> bool:
     """Whether the output channels (slices along ``axis``) of ``weight`` are clustered on one
-    codebook times a scale each: every channel has few distinct values (as :func:`row_structure`
-    decides for a row) and, divided by its largest magnitude, all channels' values form one small
-    set (compared on a grid of 2**-12, so float32 storage does not split a value)."""
+    codebook times a scale each: divided by its largest magnitude, every channel's values fall in
+    one small set (compared on a grid of 2**-12, so float32 storage does not split a value), of
+    at most MAX_LEVELS values and at most CLUSTERED_FRACTION of all the weights. This holds for
+    channels too short for :func:`row_structure`'s own test (16 values among 24 weights)."""
     moved = np.moveaxis(np.asarray(weight, np.float64), axis, 0).reshape(np.shape(weight)[axis], -1)
-    depth = moved.shape[1]
-    if depth < 4:
+    return _shared_rows(moved)
+
+
+def _shared_rows(rows: np.ndarray) -> bool:
+    """:func:`shared_codebook` for rows R x D."""
+    if rows.shape[1] < 4:
         return False
-    counts = distinct_per_row(moved)
-    if not np.all((counts <= CLUSTERED_FRACTION * depth) & (counts <= MAX_LEVELS)):
-        return False
-    magnitude = np.abs(moved).max(axis=1, keepdims=True)
-    normalized = moved / np.where(magnitude > 0, magnitude, 1.0)
-    return len(np.unique(np.rint(normalized * 4096))) <= 2 * counts.max()
+    magnitude = np.abs(rows).max(axis=1, keepdims=True)
+    union = len(np.unique(np.rint(rows / np.where(magnitude > 0, magnitude, 1.0) * 4096)))
+    return union <= MAX_LEVELS and union <= CLUSTERED_FRACTION * rows.size and \
+        union <= 2 * int(distinct_per_row(rows).max())
 
 
 def proportional_scales(weight: np.ndarray, axis: int, scales: np.ndarray) -> np.ndarray:

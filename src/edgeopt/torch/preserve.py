@@ -57,9 +57,10 @@ def structure_of(weight: torch.Tensor, preserve: tuple[str, ...]) -> Structure |
     values = weight.detach().cpu().double()
     zeros = (values == 0) if "sparsity" in preserve and bool((values == 0).any()) else None
     rows = values.reshape(values.shape[0], -1)
-    if "clusters" not in preserve or not _clustered(rows):
+    shared = "clusters" in preserve and shared_codebook(rows.numpy(), 0)
+    if "clusters" not in preserve or not (shared or _clustered(rows)):
         return None if zeros is None else Structure(zeros, None, 0, False)
-    if shared_codebook(rows.numpy(), 0):
+    if shared:
         scales = rows.abs().amax(dim=1)
         normalized = rows / torch.where(scales > 0, scales, torch.ones_like(scales))[:, None]
         keys, assignment = torch.unique(torch.round(normalized * 4096), return_inverse=True)
