@@ -200,3 +200,18 @@ def test_short_rows_of_a_scaled_codebook_are_still_clustered():
     assert structure is not None and structure.clustered.all()
     dense = np.random.default_rng(7).standard_normal((32, 24)).astype(np.float32)
     assert not shared_codebook(dense, 0)
+
+
+def test_unnamed_nodes_and_one_sided_rows():
+    """Nodes without names are named first (layers are told apart by name); rows whose weights
+    are nearly all positive keep a scaled codebook's error close to per-channel centroids'."""
+    model = models.conv_net()
+    for node in model.graph.node:
+        node.name = ""
+    calibration = models.CASES["conv_net"].feeds(seed=1, count=32)
+    assert edgeopt.cluster(model, edgeopt.ClusterConfig(clusters=8), calibration=calibration).report["max_distinct"] <= 8
+    assert edgeopt.prune(model, edgeopt.PruneConfig(), calibration=calibration).report["sparsity"] > 0.49
+    rows = np.abs(np.random.default_rng(0).standard_normal((32, 64))) - 0.2
+    scaled = np.abs(kmeans.cluster_scaled(rows, 8)[0].values() - rows).mean()
+    channel = np.abs(kmeans.cluster_rows(rows, 8).values() - rows).mean()
+    assert scaled < 2 * channel  # measured 0.102 against 0.062 (pushing the tail out to -end gave 0.55)

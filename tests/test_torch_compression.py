@@ -196,3 +196,29 @@ def test_without_preserve_training_loses_the_structure(tmp_path):
     fc1 = next(np.asarray(c.values) for c in edgeopt.read_plan(result.model).weights.values()
                if np.shape(c.values) == zeros.shape)
     assert np.mean(fc1[zeros] == 0) < 0.99
+
+
+def test_schedule_start_strip_and_wrapping_details():
+    """PolynomialDecay starts at its own initial sparsity (not a fraction of the target); a
+    stripped clustered model trains again; a child called ``module`` is not taken for a
+    DistributedDataParallel wrapper."""
+    import edgeopt.torch as et
+    from edgeopt.torch.pruning import state_of
+
+    config = edgeopt.PruneConfig(sparsity=0.8, schedule=edgeopt.PolynomialDecay(initial_sparsity=0.5, end_step=100))
+    pruned = et.prepare_pruning(PlainNet(), config)
+    _steps(pruned, 1)
+    assert state_of(pruned).report()["layers"]["conv2"] == pytest.approx(0.5, abs=1e-3)
+    plain = et.strip(et.prepare_clustering(PlainNet(), edgeopt.ClusterConfig(clusters=8)))
+    assert all(p.requires_grad for p in plain.parameters())
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.module(x))
+
+    stripped = et.strip(et.prepare_clustering(Holder(), edgeopt.ClusterConfig(clusters=2)))
+    assert isinstance(stripped, Holder) and not hasattr(stripped.head, "parametrizations")

@@ -287,7 +287,7 @@ class QATConfig(_Config):
                 raise EdgeoptError(f"{name} must be a step count >= 0 or None, got {value!r}")
         if self.start not in QAT_STARTS:
             raise EdgeoptError(f"start must be one of {', '.join(QAT_STARTS)}, got {self.start!r}")
-        if isinstance(self.preserve, str) or not all(item in QAT_PRESERVABLE for item in self.preserve):
+        if not isinstance(self.preserve, (tuple, list)) or not all(item in QAT_PRESERVABLE for item in self.preserve):
             raise EdgeoptError(f"preserve must be a list of {', '.join(QAT_PRESERVABLE)}, got {self.preserve!r}")
         object.__setattr__(self, "preserve", tuple(self.preserve))
         self.int8_config()  # the post-training settings are checked as Int8Config checks them
@@ -365,9 +365,13 @@ class PruneConfig(_Config):
         if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
             raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
-        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
-            raise EdgeoptError(f"max_calibration_samples must be >= 1, got {self.max_calibration_samples}")
+        _check_sample_limit(self.max_calibration_samples)
         _check_layer_targets(self.layer_sparsity)
+        if self.ranking == "global" and self.layer_sparsity:
+            raise EdgeoptError("layer_sparsity sets each layer's own target; ranking='global' ranks all layers "
+                               "together: expected one of the two")
+        if not isinstance(self.depthwise, bool):
+            raise EdgeoptError(f"depthwise must be True or False, got {self.depthwise!r}")
         object.__setattr__(self, "schedule", schedule_from(self.schedule))
 
     def sparsity_for(self, name: str, kind: str) -> float:
@@ -380,6 +384,11 @@ class PruneConfig(_Config):
     def to_dict(self) -> dict:
         schedule = None if self.schedule is None else self.schedule.to_dict()
         return {**super().to_dict(), "layers": list(self.layers), "schedule": schedule}
+
+
+def _check_sample_limit(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise EdgeoptError(f"max_calibration_samples must be an integer >= 1 or None, got {value!r}")
 
 
 def _check_layer_targets(targets) -> None:
@@ -435,8 +444,11 @@ class ClusterConfig(_Config):
         if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
             raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))
-        if self.max_calibration_samples is not None and self.max_calibration_samples < 1:
-            raise EdgeoptError(f"max_calibration_samples must be >= 1, got {self.max_calibration_samples}")
+        _check_sample_limit(self.max_calibration_samples)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise EdgeoptError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.preserve_sparsity, bool):
+            raise EdgeoptError(f"preserve_sparsity must be True or False, got {self.preserve_sparsity!r}")
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "layers": list(self.layers)}
@@ -478,7 +490,8 @@ class ChannelPruneConfig(_Config):
         super().__post_init__()
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 < self.ratio < 1.0:
             raise EdgeoptError(f"ratio must be in (0, 1), got {self.ratio!r}")
-        if not 0.0 < self.max_ratio < 1.0 or self.max_ratio < self.ratio:
+        if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or \
+                not 0.0 < self.max_ratio < 1.0 or self.max_ratio < self.ratio:
             raise EdgeoptError(f"max_ratio must be in [ratio, 1), got {self.max_ratio!r}")
         if self.importance not in CHANNEL_IMPORTANCES:
             raise EdgeoptError(f"importance must be one of {', '.join(CHANNEL_IMPORTANCES)}, got {self.importance!r}")

@@ -21,6 +21,7 @@ from ..config import ClusterConfig
 from ..errors import EdgeoptError
 from ..model_io import load_model
 from ..quantization.graph import GraphView
+from ..quantization.prepare import name_nodes
 from ..quantization.structure import distinct_per_row
 from . import kmeans, recalibrate, surgeon
 from .layers import CompressionResult, Layer, input_moments, replace, select
@@ -39,6 +40,7 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
     source = load_model(model)
     clustered = onnx.ModelProto()
     clustered.CopyFrom(source)
+    name_nodes(clustered)  # layers are told apart by name, as quantize's plans do
     view = GraphView(clustered)
     layers, skipped = select(view, config, "cluster")
     weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}
@@ -50,7 +52,9 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
     moments, targets = {}, {}
     if method == "data-aware":
         moments = input_moments(clustered, layers, calibration, limit)
-        targets = recalibrate.output_statistics(clustered, recalibrate.correctable(layers, view), calibration, limit)
+        if config.codebook != "layer":  # scaling a channel would give the layer more than one set of values
+            targets = recalibrate.output_statistics(clustered, recalibrate.correctable(layers, view), calibration,
+                                                    limit)
     new = {}
     for layer in layers:
         if method == "data-aware" and layer.node.name not in moments:
@@ -59,7 +63,7 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
         new[layer.weight] = _clustered(layer, weights[layer.weight], moments.get(layer.node.name), config)
     for name, value in new.items():
         replace(clustered, name, value)
-    if targets:  # a channel's scale changes, its codebook does not
+    if targets and config.codebook != "layer":  # a channel's scale changes, its codebook does not
         recalibrate.recalibrate(clustered, [layer for layer in layers if layer.weight in new], targets, calibration,
                                 limit)
     report = _report(layers, new, skipped, config, method)

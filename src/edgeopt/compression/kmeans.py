@@ -58,10 +58,16 @@ def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", impo
     shared = cluster_rows((rows / safe[:, None]).reshape(1, -1), clusters, init, weigh.reshape(1, -1), keep_zeros, seed)
     codebook = shared.centroids[0].copy()
     free = codebook[1:] if shared.fixed_zero else codebook
-    end = max(abs(free.min()), abs(free.max()))
-    if free.size > 1 and free.min() < 0 < free.max():
+    assignment = shared.assignment.reshape(rows.shape)
+    end = float(np.abs(free).max()) if free.size else 0.0
+    if free.size > 1 and end > 0:
+        # opposite ends, so that every row's largest weight is its scale times one magnitude; then
+        # every weight to its nearest entry again (a tail the moved end no longer serves goes to
+        # the entry next to it instead of being pushed out to the end)
         free[free.argmin()], free[free.argmax()] = -end, end
-    found = Clusters(scales[:, None] * codebook[None], shared.assignment.reshape(rows.shape), shared.fixed_zero)
+        nearest = _nearest((rows / safe[:, None]).reshape(1, -1), free[None]).reshape(rows.shape)
+        assignment = np.where(rows == 0, 0, nearest + 1) if shared.fixed_zero else nearest
+    found = Clusters(scales[:, None] * codebook[None], assignment, shared.fixed_zero)
     if end == 0:
         return found, codebook, scales
     return found, codebook / end, scales * end

@@ -20,6 +20,7 @@ from ..config import PruneConfig, n_of_m
 from ..errors import EdgeoptError
 from ..model_io import load_model
 from ..quantization.graph import GraphView
+from ..quantization.prepare import name_nodes
 from . import masks, recalibrate, surgeon
 from .layers import CompressionResult, input_moments, replace, select
 
@@ -43,6 +44,7 @@ def prune(model, config: PruneConfig, calibration=None) -> CompressionResult:
     source = load_model(model)
     pruned = onnx.ModelProto()
     pruned.CopyFrom(source)
+    name_nodes(pruned)  # layers are told apart by name, as quantize's plans do
     view = GraphView(pruned)
     layers, skipped = select(view, config, "prune")
     weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}

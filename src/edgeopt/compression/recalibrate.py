@@ -71,6 +71,9 @@ def correctable(layers: list[Layer], view: GraphView) -> list[Layer]:
     for layer in layers:
         if layer.node.op_type not in ("Conv", "Gemm"):
             continue
+        if layer.node.op_type == "Gemm" and (attribute(layer.node, "alpha", 1.0) != 1.0
+                                             or attribute(layer.node, "beta", 1.0) != 1.0):
+            continue  # the correction assumes y = W x + b
         bias = layer.node.input[2] if len(layer.node.input) > 2 else ""
         outputs = view.initializers[layer.weight].dims[1 if _transposed(layer.node) else 0]
         if bias and (bias not in view.initializers or readers[bias] != 1

@@ -49,10 +49,12 @@ class PolynomialDecay:
     power: float = 3.0
 
     def __post_init__(self):
+        if self.end_step is None:
+            raise EdgeoptError("PolynomialDecay needs an end_step (the step the target is reached)")
         _check_steps(self.begin_step, self.end_step, self.frequency)
-        if not 0.0 <= self.initial_sparsity < 1.0:
+        if not _number(self.initial_sparsity) or not 0.0 <= self.initial_sparsity < 1.0:
             raise EdgeoptError(f"initial_sparsity must be in [0, 1), got {self.initial_sparsity!r}")
-        if not self.power > 0:
+        if not _number(self.power) or not self.power > 0:
             raise EdgeoptError(f"power must be > 0, got {self.power!r}")
 
     def sparsity(self, step: int, target: float) -> float:
@@ -82,6 +84,10 @@ def schedule_from(value):
         except TypeError as error:
             raise EdgeoptError(f"schedule {value['type']}: {error}") from None
     raise EdgeoptError(f"schedule must be ConstantSparsity, PolynomialDecay or None, got {value!r}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_steps(begin: int, end: int | None, frequency: int) -> None:

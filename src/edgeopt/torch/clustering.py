@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from ..compression import kmeans
 from ..config import ClusterConfig
 from ..errors import EdgeoptError
-from .layers import select
+from .layers import select, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ClusteredWeight(torch.nn.Module):
     def centroids(self) -> torch.Tensor:
         codebook = self.codebook * self.live
         if self.symmetric:
-            codebook = symmetric_ends(codebook, 1 if bool(self.live[0, 0] == 0) else 0)
+            codebook = symmetric_ends(codebook, self.live)
         return codebook.expand(self.assignment.shape[0], -1) * self.scales
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -64,16 +64,17 @@ class ClusteredWeight(torch.nn.Module):
         return values.reshape(weight.shape).to(weight.dtype)
 
 
-def symmetric_ends(codebook: torch.Tensor, first: int) -> torch.Tensor:
-    """``codebook`` (1 x K, sorted from index ``first`` on) with its lowest and highest entries set
-    to minus and plus the mean of their magnitudes."""
-    low, high = codebook[:, first], codebook[:, -1]
-    if not bool((low < 0).all() and (high > 0).all()):
+def symmetric_ends(codebook: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """``codebook`` (1 x K) with its lowest and highest ``live`` entries set to minus and plus the
+    mean of their magnitudes (the entries may have changed places while training)."""
+    values, mask = codebook[0], live[0] > 0
+    low = torch.where(mask, values, torch.full_like(values, float("inf"))).argmin()
+    high = torch.where(mask, values, torch.full_like(values, float("-inf"))).argmax()
+    if not bool(values[low] < 0 < values[high]):
         return codebook
-    end = (high - low) / 2
+    end = (values[high] - values[low]) / 2
     index = torch.arange(codebook.shape[1], device=codebook.device)
-    return torch.where(index == first, -end[:, None], torch.where(index == codebook.shape[1] - 1, end[:, None],
-                                                                    codebook))
+    return torch.where(index == low, -end, torch.where(index == high, end, codebook))
 
 
 def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = None) -> torch.nn.Module:
@@ -97,7 +98,10 @@ def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = No
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {name!r} has weights "
                                f"({module.weight.numel()}); expected at most that")
     for module in chosen.values():
-        parametrize.register_parametrization(module, "weight", _clustered(module.weight, config))
+        parametrize.register_parametrization(module, "weight", _clustered(module.weight, config).to(module.weight.device))
+        # the weight is its centroids now: the original gets no gradient (DistributedDataParallel
+        # would wait for one)
+        module.parametrizations.weight.original.requires_grad_(False)
     logger.info("clustered %d layers to %d values per output channel (%s codebook)", len(chosen), config.clusters,
                 config.codebook)
     return duplicate
@@ -123,12 +127,13 @@ def strip(model: torch.nn.Module) -> torch.nn.Module:
     state removed; in place, and returned."""
     from .pruning import STATE, PruningMask
 
-    module = getattr(model, "module", model) if not hasattr(model, STATE) else model
+    module = unwrapped(model)
     found = 0
     for holder in module.modules():
         if parametrize.is_parametrized(holder, "weight") and all(
                 isinstance(p, (PruningMask, ClusteredWeight)) for p in holder.parametrizations.weight):
             parametrize.remove_parametrizations(holder, "weight", leave_parametrized=True)
+            holder.weight.requires_grad_(True)  # clustering froze the original: a plain weight trains again
             found += 1
     if not found:
         raise EdgeoptError("nothing to strip: expected a model from edgeopt.torch.prepare_pruning or "

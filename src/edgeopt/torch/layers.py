@@ -14,6 +14,12 @@ from ..errors import EdgeoptError
 KINDS = (torch.nn.Conv2d, torch.nn.Linear)
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel or DataParallel; ``model`` otherwise."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
+
+
 def matches(name: str, module: torch.nn.Module, pattern: str) -> bool:
     return type(module).__name__ == pattern or fnmatch.fnmatchcase(name, pattern)
 

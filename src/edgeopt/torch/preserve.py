@@ -84,17 +84,18 @@ def project(weight: torch.Tensor, structure: Structure) -> None:
     """Move ``weight`` (in place) onto ``structure``, unless it has not changed since the last time."""
     if structure.projected == weight._version:
         return
-    rows = weight.reshape(weight.shape[0], -1)
+    rows = weight.detach().reshape(weight.shape[0], -1).double()  # a copy for a channels_last weight
     if structure.assignment is not None:
         assignment = structure.assignment.to(weight.device)
         if structure.scaled:
-            rows.copy_(_scaled(rows.double(), assignment, structure).to(rows.dtype))
+            new = _scaled(rows, assignment, structure)
         else:
             sums = torch.zeros(rows.shape[0], structure.clusters, dtype=torch.float64, device=weight.device)
             counts = torch.zeros_like(sums)
-            sums.scatter_add_(1, assignment, rows.double())
-            counts.scatter_add_(1, assignment, torch.ones_like(sums[:, :1]).expand_as(rows).contiguous())
-            rows.copy_(torch.gather(sums / counts.clamp(min=1), 1, assignment).to(rows.dtype))
+            sums.scatter_add_(1, assignment, rows)
+            counts.scatter_add_(1, assignment, torch.ones_like(rows))
+            new = torch.gather(sums / counts.clamp(min=1), 1, assignment)
+        weight.copy_(new.reshape(weight.shape).to(weight.dtype))
     if structure.zeros is not None:
         weight.masked_fill_(structure.zeros.to(weight.device), 0.0)
     structure.projected = weight._version
@@ -137,8 +138,18 @@ def attach(module: torch.nn.Module, holders: dict[str, str], preserve: tuple[str
             quantizer = holder.quantizer if isinstance(holder, ConvBatchNorm) else holder.parametrizations.weight[0]
             quantizer.proportional = True
     if found:
-        module.register_forward_pre_hook(lambda model, inputs: project_all(model, found))
+        module.register_forward_pre_hook(_project_hook)
     return found
+
+
+def _project_hook(model: torch.nn.Module, inputs) -> None:
+    """Before a forward pass: the structures of the model's QAT state (a plain function, so that
+    a copied or pickled model projects with its own state)."""
+    from .qat import STATE
+
+    state = getattr(model, STATE, None)
+    if state is not None:
+        project_all(model, state.structures)
 
 
 def project_all(module: torch.nn.Module, structures: dict[str, Structure]) -> None:

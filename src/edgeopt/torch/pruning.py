@@ -28,7 +28,7 @@ from ..compression import masks
 from ..compression.schedules import ConstantSparsity
 from ..config import PruneConfig, n_of_m
 from ..errors import EdgeoptError
-from .layers import from_rows, input_channels, matches, select, to_rows
+from .layers import from_rows, input_channels, matches, select, to_rows, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ def _check_targets(chosen: dict, config: PruneConfig) -> None:
 
 
 def state_of(model: torch.nn.Module) -> PruningState:
-    module = getattr(model, "module", model) if not hasattr(model, STATE) else model
-    state = getattr(module, STATE, None)
+    state = getattr(unwrapped(model), STATE, None)
     if not isinstance(state, PruningState):
         raise EdgeoptError(f"expected a model from edgeopt.torch.prepare_pruning; got {type(model).__name__}")
     return state
@@ -131,19 +130,22 @@ def _step_hook(module: torch.nn.Module, inputs) -> None:
     state = getattr(module, STATE)
     schedule = state.config.schedule or ConstantSparsity()
     if schedule.updates_at(state.step):
-        update_masks(state, schedule.sparsity(state.step, 1.0))
+        update_masks(state, schedule)
     state.step += 1
 
 
-def update_masks(state: PruningState, fraction: float) -> None:
-    """Recompute every mask at ``fraction`` of each layer's target sparsity (N:M patterns are
-    all or nothing: applied once the fraction reaches 1)."""
+def update_masks(state: PruningState, schedule) -> None:
+    """Recompute every mask at the sparsity ``schedule`` gives each layer's target at this step
+    (N:M patterns are all or nothing: applied once the schedule reaches the target)."""
     config = state.config
     nm = n_of_m(config.pattern)
-    if nm is not None and fraction < 1.0:
-        return
-    targets = {name: (1 - nm[0] / nm[1]) if nm else fraction * config.sparsity_for(name, type(holder).__name__)
-               for name, holder in state.layers.items()}
+    if nm is not None:
+        if schedule.sparsity(state.step, 1.0) < 1.0:
+            return
+        targets = {name: 1 - nm[0] / nm[1] for name in state.layers}
+    else:
+        targets = {name: schedule.sparsity(state.step, config.sparsity_for(name, type(holder).__name__))
+                   for name, holder in state.layers.items()}
     threshold = _global_threshold(state, targets) if config.ranking == "global" else None
     with torch.no_grad():
         for name, holder in state.layers.items():
