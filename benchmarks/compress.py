@@ -167,8 +167,13 @@ def _variants(c: _Case) -> None:
     c.tune(qat, QAT_LEARNING_RATE)
     path = c.work / "pcqat.int8.onnx"
     et.convert(qat, path)
+    from edgeopt.model_io import save_model
+    from edgeopt.torch.qat import float_onnx
+
+    save_model(float_onnx(qat), c.work / "pcqat.float.onnx")  # the trained float weights: zeros to check
     c.paths["pruned 50% + 16 clusters + QAT int8"] = str(path)
-    c.info["pruned 50% + 16 clusters + QAT int8"] = {"seconds": round(time.perf_counter() - started, 1)}
+    c.info["pruned 50% + 16 clusters + QAT int8"] = {"seconds": round(time.perf_counter() - started, 1),
+                                                     "float_path": str(c.work / "pcqat.float.onnx")}
     _channel_rows(c)
     _anchors(c)
 
@@ -204,11 +209,13 @@ def _anchors(c: _Case) -> None:
     try:
         import nncf
 
+        from .qat import NNCFRoot
+
         started = time.perf_counter()
-        model = nncf.prune(c.student(), nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_LOCAL, ratio=0.5,
+        model = nncf.prune(NNCFRoot(c.student()), nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_LOCAL, ratio=0.5,
                            examples_inputs=c.example)
         c.tune(model)
-        model = nncf.strip(model, example_input=c.example)
+        model = nncf.strip(model, example_input=c.example, strip_format=nncf.StripFormat.IN_PLACE)  # masks applied
         c.int8("nncf.prune 50% + int8", model, time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - an anchor that fails is recorded, not fatal
         c.info["nncf.prune 50% + int8"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}

@@ -85,23 +85,28 @@ def fine_tune(model, teacher, images: np.ndarray, preprocess) -> float:
                    seed=SEED, freeze_batch_norm=BATCH_NORM["mode"] == "frozen")
 
 
-def _nncf_qat(model, teacher, images, preprocess, calibration, path: pathlib.Path) -> float:
-    import nncf
+def NNCFRoot(net):  # noqa: N802 - a class built lazily (torch is imported on use)
+    """``net`` wrapped: NNCF 3.4 registers its hook storage as a child of the root module, which an
+    nn.Sequential root then runs as a layer."""
     import torch
 
     class Root(torch.nn.Module):
-        """NNCF 3.4 registers its hook storage as a child of the root module, which an
-        nn.Sequential root then runs as a layer: wrap it."""
-
-        def __init__(self, net):
+        def __init__(self, inner):
             super().__init__()
-            self.net = net
+            self.net = inner
 
         def forward(self, x):
             return self.net(x)
 
+    return Root(net)
+
+
+def _nncf_qat(model, teacher, images, preprocess, calibration, path: pathlib.Path) -> float:
+    import nncf
+    import torch
+
     batches = [torch.from_numpy(calibration[i:i + 50]) for i in range(0, len(calibration), 50)]
-    quantized = nncf.quantize(Root(model), nncf.Dataset(batches), subset_size=len(calibration))
+    quantized = nncf.quantize(NNCFRoot(model), nncf.Dataset(batches), subset_size=len(calibration))
     seconds = fine_tune(quantized, teacher, images, preprocess)
     stripped = nncf.strip(quantized, example_input=batches[0][:1])
     torch.onnx.export(stripped, (batches[0][:1],), str(path), input_names=["image"], output_names=["logits"],
