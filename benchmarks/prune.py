@@ -121,7 +121,8 @@ def section(path: pathlib.Path) -> list[str]:
              "back from the int8 file; sign tests pair data-aware with data-free at the same setting.", ""]
     for case in run["cases"]:
         base = case["rows"][0]
-        lines += [f"### {case['title']}", "", "| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
+        made = f"`{case['command'].strip()}`, {case['date']}" if "command" in case else ""
+        lines += [f"### {case['title']}", "", *([made, ""] if made else []), "| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
                   "int8 per channel | seconds | gzip KB | gzip vs dense int8 | data-aware right only / data-free "
                   "right only (p) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for row in case["rows"]:
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
     for name in args.only:
         print(f"{name} ...", flush=True)
         with tempfile.TemporaryDirectory() as folder:
-            results["cases"].append(_prune_case(name, pathlib.Path(folder)))
+            results["cases"].append({**_prune_case(name, pathlib.Path(folder)), "command": results["command"],
+                                     "date": results["date"]})
         print(json.dumps({row["variant"]: row["top1"] for row in results["cases"][-1]["rows"]}), flush=True)
         results["cases"].sort(key=lambda c: CASES.index(c["case"]))
         path.write_text(json.dumps(results, indent=2) + "\n")
