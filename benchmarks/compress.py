@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import pathlib
-import sys
-import tempfile
 import time
 
 import numpy as np
@@ -283,28 +280,15 @@ def section(path: pathlib.Path) -> list[str]:
 def main(argv=None) -> int:
     import torch
 
-    from .__main__ import machine
+    from .runs import command_line, run_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--images", type=int, default=None, help="training images per case (default: IMAGES)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    path = HERE / "compress.json"
-    previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
-    results = {"command": "python -m benchmarks.compress " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": datetime.date.today().isoformat(), "machine": machine(),
-               "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
-    for name in args.only:
-        print(f"{name} ...", flush=True)
-        with tempfile.TemporaryDirectory() as folder:
-            results["cases"].append(run_case(name, args.images or IMAGES[name], pathlib.Path(folder)))
-        print(json.dumps({row["variant"]: row["top1"] for row in results["cases"][-1]["rows"]}), flush=True)
-        results["cases"].sort(key=lambda c: CASES.index(c["case"]))
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    from .report import render
-
-    render(json.loads((HERE / "results.json").read_text()), HERE)
+    run_cases(HERE / "compress.json", command_line("compress", argv), args.only, CASES,
+              lambda name, folder: run_case(name, args.images or IMAGES[name], folder))
     return 0
 
 

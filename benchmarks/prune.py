@@ -13,11 +13,8 @@ Writes benchmarks/prune.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import sys
-import tempfile
 import time
 
 import numpy as np
@@ -115,7 +112,7 @@ def section(path: pathlib.Path) -> list[str]:
         return []
     run = json.loads(path.read_text())
     lines = ["## One-shot pruning and clustering", "",
-             f"`{run['command'].strip()}`, {run['date']}: {run['machine']}. No fine-tuning: `edgeopt prune` or "
+             f"Each case's command and date are under its title; the last run's machine: {run['machine']}. No fine-tuning: `edgeopt prune` or "
              "`edgeopt cluster` on the float model (data-aware on the calibration images), then `edgeopt quantize` "
              "int8. gzip sizes against the dense int8 model's; zeros kept and distinct integers per channel read "
              "back from the int8 file; sign tests pair data-aware with data-free at the same setting.", ""]
@@ -139,27 +136,12 @@ def section(path: pathlib.Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from .__main__ import machine
+    from .runs import command_line, run_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
     args = parser.parse_args(argv)
-    path = HERE / "prune.json"
-    previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
-    results = {"command": "python -m benchmarks.prune " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": datetime.date.today().isoformat(), "machine": machine(),
-               "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
-    for name in args.only:
-        print(f"{name} ...", flush=True)
-        with tempfile.TemporaryDirectory() as folder:
-            results["cases"].append({**_prune_case(name, pathlib.Path(folder)), "command": results["command"],
-                                     "date": results["date"]})
-        print(json.dumps({row["variant"]: row["top1"] for row in results["cases"][-1]["rows"]}), flush=True)
-        results["cases"].sort(key=lambda c: CASES.index(c["case"]))
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    from .report import render
-
-    render(json.loads((HERE / "results.json").read_text()), HERE)
+    run_cases(HERE / "prune.json", command_line("prune", argv), args.only, CASES, _prune_case)
     return 0
 
 

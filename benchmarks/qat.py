@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import pathlib
-import sys
 import tempfile
 import time
 
@@ -85,7 +83,7 @@ def fine_tune(model, teacher, images: np.ndarray, preprocess) -> float:
                    seed=SEED, freeze_batch_norm=BATCH_NORM["mode"] == "frozen")
 
 
-def NNCFRoot(net):  # noqa: N802 - a class built lazily (torch is imported on use)
+def NNCFRoot(net):
     """``net`` wrapped: NNCF 3.4 registers its hook storage as a child of the root module, which an
     nn.Sequential root then runs as a layer."""
     import torch
@@ -222,7 +220,7 @@ def run_case(name: str, count: int, work: pathlib.Path, configs: tuple[str, ...]
 def main(argv=None) -> int:
     import torch
 
-    from .__main__ import machine
+    from .runs import command_line, run_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES))
@@ -234,25 +232,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     BATCH_NORM["mode"] = args.batch_norm
-    path = HERE / "qat.json"
-    previous = json.loads(path.read_text()) if path.exists() else {"cases": []}
-    results = {"command": "python -m benchmarks.qat " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": datetime.date.today().isoformat(), "machine": machine(),
-               "fine_tuning": {"batch": BATCH, "learning_rate": LEARNING_RATE, "epochs": EPOCHS, "optimizer": "Adam",
-                               "loss": "cross-entropy to the float model's probabilities", "seed": SEED,
-                               "batch_norm": args.batch_norm},
-               "cases": [c for c in previous["cases"] if c["case"] not in args.only]}
-    for name in args.only:
-        with tempfile.TemporaryDirectory() as folder:
-            print(f"{name} ...", flush=True)
-            case = run_case(name, args.images or IMAGES[name], pathlib.Path(folder), tuple(args.configs))
-        results["cases"].append({**case, "command": results["command"], "date": results["date"]})
-        print(json.dumps({row["variant"]: row["top1"] for row in case["rows"]}), flush=True)
-        results["cases"].sort(key=lambda c: CASES.index(c["case"]))
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    from .report import render
-
-    render(json.loads((HERE / "results.json").read_text()), HERE)
+    fine_tuning = {"batch": BATCH, "learning_rate": LEARNING_RATE, "epochs": EPOCHS, "optimizer": "Adam",
+                   "loss": "cross-entropy to the float model's probabilities", "seed": SEED,
+                   "batch_norm": args.batch_norm}
+    run_cases(HERE / "qat.json", command_line("qat", argv), args.only, CASES,
+              lambda name, folder: run_case(name, args.images or IMAGES[name], folder, tuple(args.configs)),
+              {"fine_tuning": fine_tuning})
     return 0
 
 

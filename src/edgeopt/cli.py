@@ -41,7 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edgeopt", description="Make ONNX models small and fast for edge devices, measured.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each step does")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _quantize_arguments(commands)
+    _prune_arguments(commands)
+    _cluster_arguments(commands)
+    _evaluate_and_demo_arguments(commands)
+    return parser
 
+
+def _quantize_arguments(commands) -> None:
     q = commands.add_parser("quantize", help="quantize an ONNX model")
     q.add_argument("model", help="float ONNX model")
     q.add_argument("-o", "--output", required=True, help="where to write the quantized model")
@@ -69,43 +76,47 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to keep float")
     q.add_argument("--report", help="write the quantization report (JSON) here")
 
-    p = commands.add_parser("prune", help="zero weights of an ONNX model in one shot (no training)")
-    p.add_argument("model", help="float ONNX model")
-    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+
+def _one_shot_arguments(commands, verb: str, done: str, help_text: str, method_help: str):
+    """A one-shot compression command's parser with the arguments prune and cluster share
+    (``done``: what the output is, "pruned")."""
+    c = commands.add_parser(verb, help=help_text)
+    c.add_argument("model", help="float ONNX model")
+    c.add_argument("-o", "--output", required=True, help=f"where to write the {done} model")
+    c.add_argument("--method", choices={"prune": PRUNE_METHODS, "cluster": CLUSTER_METHODS}[verb], default="auto",
+                   help=f"{method_help}; auto: data-aware when --data is given")
+    c.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
+    c.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
+                   help=f"node-name patterns or operator types to {verb} (default: every Conv, Gemm, MatMul)")
+    c.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave as is")
+    c.add_argument("--report", help=f"write what {verb} did (JSON: per-layer results, layers left as they were) here")
+    return c
+
+
+def _prune_arguments(commands) -> None:
+    p = _one_shot_arguments(commands, "prune", "pruned", "zero weights of an ONNX model in one shot (no training)",
+                            "magnitude, or data-aware (needs --data; compensates the weights that stay)")
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each weight set to zero (default 0.5)")
     p.add_argument("--pattern", default="unstructured",
                    help="unstructured (default), 1x4, 4x1, or N:M such as 2:4 (along input channels)")
-    p.add_argument("--method", choices=PRUNE_METHODS, default="auto",
-                   help="magnitude, or data-aware (needs --data; compensates the weights that stay); auto: "
-                        "data-aware when --data is given")
     p.add_argument("--ranking", choices=PRUNE_RANKINGS, default="layer",
                    help="magnitude: each layer its sparsity (layer) or one threshold for all (global)")
-    p.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
-    p.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
-                   help="node-name patterns or operator types to prune (default: every Conv, Gemm, MatMul)")
     p.add_argument("--depthwise", action="store_true", help="prune depthwise convolutions too (left dense by default)")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave dense")
-    p.add_argument("--report", help="write the pruning report (JSON) here")
 
-    c = commands.add_parser("cluster", help="share a few values per output channel of each weight, in one shot")
-    c.add_argument("model", help="float ONNX model")
-    c.add_argument("-o", "--output", required=True, help="where to write the clustered model")
+
+def _cluster_arguments(commands) -> None:
+    c = _one_shot_arguments(commands, "cluster", "clustered", "share a few values per output channel of each weight, in one shot",
+                            "nearest, or data-aware (needs --data; weighs and compensates on the layer inputs)")
     c.add_argument("--clusters", type=int, default=16, help="distinct values per output channel, 2 to 256 (default 16)")
     c.add_argument("--codebook", choices=CLUSTER_CODEBOOKS, default="scaled",
                    help="scaled: one codebook per layer times a scale per channel (default; the same integers in "
                         "every channel after int8, which compresses); channel: each channel its own centroids; "
                         "layer: one set of values per layer")
     c.add_argument("--init", choices=CLUSTER_INITS, default="kmeans++", help="where the centroids start")
-    c.add_argument("--method", choices=CLUSTER_METHODS, default="auto",
-                   help="nearest, or data-aware (needs --data; weighs and compensates on the layer inputs); auto: "
-                        "data-aware when --data is given")
-    c.add_argument("--data", help="representative inputs: .npz named by model input, or an image folder")
     c.add_argument("--no-preserve-sparsity", action="store_true", help="let zero weights join other clusters")
-    c.add_argument("--layers", nargs="+", default=[], metavar="PATTERN",
-                   help="node-name patterns or operator types to cluster (default: every Conv, Gemm, MatMul)")
-    c.add_argument("--exclude", nargs="+", default=[], metavar="NAME", help="node names or op types to leave as is")
-    c.add_argument("--report", help="write the clustering report (JSON) here")
 
+
+def _evaluate_and_demo_arguments(commands) -> None:
     e = commands.add_parser("evaluate", help="measure size, latency, accuracy and fidelity")
     e.add_argument("model", help="ONNX model to measure")
     e.add_argument("--data", required=True, help=".npz named by model input (optional 'labels'), or image folder")
@@ -121,7 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the rows that fine-tune (QAT, pruning, clustering: about 3 minutes)")
     d.add_argument("--json", help="also write the table (JSON) here")
     d.add_argument("--threads", type=int, default=1)
-    return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -239,14 +249,9 @@ def _prune(args) -> int:
 
     config = PruneConfig(sparsity=args.sparsity, pattern=args.pattern, method=args.method, ranking=args.ranking,
                          layers=tuple(args.layers), exclude=tuple(args.exclude), depthwise=args.depthwise)
-    _check_outputs(args, (args.model, args.data))
-    result = prune(args.model, config, calibration=args.data)
-    _write_outputs(args, result)
-    r = result.report
+    r = _run_one_shot(args, prune, config)
     print(f"{args.output}: {r['method']} pruning, {100 * r['sparsity']:.1f}% of {len(r['layers'])} layers' weights zero")
-    for name, reason in r["skipped"].items():
-        print(f"left dense: {name}: {reason}")
-    return 0
+    return _print_skipped(r, "left dense")
 
 
 def _cluster(args) -> int:
@@ -255,14 +260,23 @@ def _cluster(args) -> int:
     config = ClusterConfig(clusters=args.clusters, codebook=args.codebook, init=args.init, method=args.method,
                            preserve_sparsity=not args.no_preserve_sparsity, layers=tuple(args.layers),
                            exclude=tuple(args.exclude))
-    _check_outputs(args, (args.model, args.data))
-    result = cluster(args.model, config, calibration=args.data)
-    _write_outputs(args, result)
-    r = result.report
+    r = _run_one_shot(args, cluster, config)
     print(f"{args.output}: {r['method']} clustering, at most {r['max_distinct']} values per output channel in "
           f"{len(r['layers'])} layers ({args.codebook} codebook)")
-    for name, reason in r["skipped"].items():
-        print(f"left as is: {name}: {reason}")
+    return _print_skipped(r, "left as is")
+
+
+def _run_one_shot(args, verb, config) -> dict:
+    """Check the outputs, run ``verb`` (prune or cluster), write its model and report."""
+    _check_outputs(args, (args.model, args.data))
+    result = verb(args.model, config, calibration=args.data)
+    _write_outputs(args, result)
+    return result.report
+
+
+def _print_skipped(report: dict, what: str) -> int:
+    for name, reason in report["skipped"].items():
+        print(f"{what}: {name}: {reason}")
     return 0
 
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 
 from ..config import ClusterConfig
 from ..errors import EdgeoptError
-from ..model_io import load_model
-from ..quantization.graph import GraphView
-from ..quantization.prepare import name_nodes
 from ..quantization.structure import distinct_per_row
-from . import kmeans, recalibrate, surgeon
-from .layers import CompressionResult, Layer, input_moments, replace, select
+from . import kmeans, surgeon
+from .layers import CompressionResult, Layer, run, start
 
 logger = logging.getLogger(__name__)
 
@@ -32,44 +28,22 @@ logger = logging.getLogger(__name__)
 def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult:
     """Cluster ``model`` (a path or ``onnx.ModelProto``) as ``config`` says; ``calibration``
     (anything ``quantize`` reads) is needed by the data-aware method."""
-    if not isinstance(config, ClusterConfig):
-        raise EdgeoptError(f"config must be a ClusterConfig, got {type(config).__name__}")
-    method = config.method if config.method != "auto" else ("data-aware" if calibration is not None else "nearest")
-    if method == "data-aware" and calibration is None:
-        raise EdgeoptError("method 'data-aware' needs calibration data (--data DATA.npz or an image folder)")
-    source = load_model(model)
-    clustered = onnx.ModelProto()
-    clustered.CopyFrom(source)
-    name_nodes(clustered)  # layers are told apart by name, as quantize's plans do
-    view = GraphView(clustered)
-    layers, skipped = select(view, config, "cluster")
-    weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}
-    for layer in layers:
-        if config.clusters > weights[layer.weight].size:
+    job = start(model, config, ClusterConfig, "cluster", "nearest", calibration)
+    for layer in job.layers:
+        size = job.weights[layer.weight].size
+        if config.clusters > size:
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {layer.node.name!r} has weights "
-                               f"({weights[layer.weight].size}); expected at most that")
-    limit = config.max_calibration_samples
-    moments, targets = {}, {}
-    if method == "data-aware":
-        moments = input_moments(clustered, layers, calibration, limit)
-        if config.codebook != "layer":  # scaling a channel would give the layer more than one set of values
-            targets = recalibrate.output_statistics(clustered, recalibrate.correctable(layers, view), calibration,
-                                                    limit)
-    new = {}
-    for layer in layers:
-        if method == "data-aware" and layer.node.name not in moments:
-            skipped[layer.node.name] = "no input moments (too many inputs per output, or an unsupported geometry)"
-            continue
-        new[layer.weight] = _clustered(layer, weights[layer.weight], moments.get(layer.node.name), config)
-    for name, value in new.items():
-        replace(clustered, name, value)
-    if targets and config.codebook != "layer":  # a channel's scale changes, its codebook does not
-        recalibrate.recalibrate(clustered, [layer for layer in layers if layer.weight in new], targets, calibration,
-                                limit)
-    report = _report(layers, new, skipped, config, method)
+                               f"({size}); expected at most that")
+
+    def compute(layer, moments):
+        return _clustered(layer, job.weights[layer.weight], moments, config)
+
+    # restoring the output statistics scales each channel: a "layer" codebook would gain values
+    new = run(job, compute, calibration, config.max_calibration_samples, recalibrated=config.codebook != "layer")
+    report = _report(job.layers, new, job.skipped, config, job.method)
     logger.info("clustered %d weights to at most %d values per output channel (%s codebook)", len(new),
                 config.clusters, config.codebook)
-    return CompressionResult(clustered, report)
+    return CompressionResult(job.model, report)
 
 
 def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, config: ClusterConfig) -> np.ndarray:

@@ -136,7 +136,8 @@ def _nearest(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     order = np.argsort(centroids, axis=1, kind="stable")
     ordered = np.take_along_axis(centroids, order, axis=1)
     middles = (ordered[:, 1:] + ordered[:, :-1]) / 2
-    position = (rows[:, :, None] > middles[:, None, :]).sum(axis=2)
+    # per row, the number of midpoints below each weight (memory R x D, not R x D x K)
+    position = np.stack([np.searchsorted(middle, row, side="left") for middle, row in zip(middles, rows)])
     return np.take_along_axis(order, position, axis=1)
 
 

@@ -151,3 +151,70 @@ def replace(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(value, name))
             return
 
+
+
+NO_MOMENTS = "no input moments (too many inputs per output, or an unsupported geometry)"
+
+
+@dataclass
+class Job:
+    """One run of a one-shot verb: the copy being edited and its selected layers."""
+
+    model: onnx.ModelProto
+    view: GraphView
+    layers: list[Layer]
+    skipped: dict
+    #: weight name -> its float32 value before the verb
+    weights: dict
+    method: str
+    verb: str
+
+
+def start(model, config, config_type: type, verb: str, data_free: str, calibration) -> Job:
+    """Check ``config``, resolve its ``"auto"`` method (data-aware with data, ``data_free``
+    without), and select the layers of a copy of ``model`` (a path or ``onnx.ModelProto``) whose
+    nodes are all named (layers are told apart by name, as quantize's plans do)."""
+    from ..model_io import load_model
+    from ..quantization.prepare import name_nodes
+
+    if not isinstance(config, config_type):
+        raise EdgeoptError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    method = config.method if config.method != "auto" else ("data-aware" if calibration is not None else data_free)
+    if method == "data-aware" and calibration is None:
+        raise EdgeoptError("method 'data-aware' needs calibration data (--data DATA.npz or an image folder)")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(load_model(model))
+    name_nodes(copy)
+    view = GraphView(copy)
+    layers, skipped = select(view, config, verb)
+    weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}
+    return Job(copy, view, layers, skipped, weights, method, verb)
+
+
+def run(job: Job, compute, calibration, limit: int | None, recalibrated: bool) -> dict[str, np.ndarray]:
+    """Each layer's new weight, ``compute(layer, moments or None)`` (None: left as it was),
+    written into ``job.model``; data-aware: on the input moments measured in one pass, and, when
+    ``recalibrated``, each layer's output statistics restored afterwards (:mod:`.recalibrate`)."""
+    from ..progress import progress
+    from . import recalibrate
+
+    moments, targets = {}, {}
+    if job.method == "data-aware":
+        moments = input_moments(job.model, job.layers, calibration, limit)
+        if recalibrated:
+            targets = recalibrate.output_statistics(job.model, recalibrate.correctable(job.layers, job.view),
+                                                    calibration, limit)
+    new = {}
+    for layer in progress(job.layers, f"{job.verb} ({job.method})", len(job.layers), "layer"):
+        if job.method == "data-aware" and layer.node.name not in moments:
+            job.skipped[layer.node.name] = NO_MOMENTS
+            continue
+        value = compute(layer, moments.get(layer.node.name))
+        if value is not None:
+            new[layer.weight] = value
+    for name, value in new.items():
+        replace(job.model, name, value)
+    if targets:
+        recalibrate.recalibrate(job.model, [layer for layer in job.layers if layer.weight in new], targets,
+                                calibration, limit)
+    return new

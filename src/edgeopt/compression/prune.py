@@ -14,15 +14,11 @@ import fnmatch
 import logging
 
 import numpy as np
-import onnx
 
 from ..config import PruneConfig, n_of_m
 from ..errors import EdgeoptError
-from ..model_io import load_model
-from ..quantization.graph import GraphView
-from ..quantization.prepare import name_nodes
-from . import masks, recalibrate, surgeon
-from .layers import CompressionResult, input_moments, replace, select
+from . import masks, surgeon
+from .layers import CompressionResult, run, start
 
 logger = logging.getLogger(__name__)
 
@@ -30,48 +26,27 @@ logger = logging.getLogger(__name__)
 def prune(model, config: PruneConfig, calibration=None) -> CompressionResult:
     """Prune ``model`` (a path or ``onnx.ModelProto``) as ``config`` says; ``calibration``
     (anything ``quantize`` reads) is needed by the data-aware method."""
-    if not isinstance(config, PruneConfig):
-        raise EdgeoptError(f"config must be a PruneConfig, got {type(config).__name__}")
-    method = config.method if config.method != "auto" else ("data-aware" if calibration is not None else "magnitude")
-    if method == "data-aware" and calibration is None:
-        raise EdgeoptError("method 'data-aware' needs calibration data (--data DATA.npz or an image folder)")
-    if method == "data-aware" and config.ranking == "global":
+    job = start(model, config, PruneConfig, "prune", "magnitude", calibration)
+    if job.method == "data-aware" and config.ranking == "global":
         raise EdgeoptError("ranking='global' is for magnitude pruning; with data, pruning is data-aware per layer "
                            "(method='magnitude' for one global threshold)")
     if config.schedule is not None:
         raise EdgeoptError("schedule is for training-time pruning (edgeopt.torch.prepare_pruning); one-shot pruning "
                            "expects schedule=None")
-    source = load_model(model)
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(source)
-    name_nodes(pruned)  # layers are told apart by name, as quantize's plans do
-    view = GraphView(pruned)
-    layers, skipped = select(view, config, "prune")
-    weights = {layer.weight: view.constant(layer.weight).astype(np.float32) for layer in layers}
-    _check_targets(layers, config)
-    threshold = _global_threshold(layers, weights, float(config.sparsity)) if config.ranking == "global" else None
+    _check_targets(job.layers, config)
+    threshold = _global_threshold(job.layers, job.weights, float(config.sparsity)) \
+        if config.ranking == "global" else None
 
     def compute(layer, moments):
-        return _pruned(layer, weights[layer.weight], moments, config, method, threshold, skipped)
+        return _pruned(layer, job.weights[layer.weight], moments, config, job.method, threshold, job.skipped)
 
     # One pass on the float model measures every layer's input moments. Measuring each layer on
     # the model with the layers before it already pruned (SparseGPT's order) was tried and was
     # worse on MobileNetV2-Fashion at 50%: 31.9% top-1 against 39.6%.
-    limit = config.max_calibration_samples
-    moments, targets = {}, {}
-    if method == "data-aware":
-        moments = input_moments(pruned, layers, calibration, limit)
-        targets = recalibrate.output_statistics(pruned, recalibrate.correctable(layers, view), calibration, limit)
-    new = {layer.weight: value for layer in layers
-           if (value := compute(layer, moments.get(layer.node.name))) is not None}
-    for name, value in new.items():
-        replace(pruned, name, value)
-    if targets:
-        recalibrate.recalibrate(pruned, [layer for layer in layers if layer.weight in new], targets, calibration,
-                                limit)
-    report = _report(layers, weights, new, skipped, config, method)
+    new = run(job, compute, calibration, config.max_calibration_samples, recalibrated=True)
+    report = _report(job.layers, job.weights, new, job.skipped, config, job.method)
     logger.info("pruned %d weights to %.1f%% sparsity", len(new), 100 * report["sparsity"])
-    return CompressionResult(pruned, report)
+    return CompressionResult(job.model, report)
 
 
 def _check_targets(layers, config: PruneConfig) -> None:
@@ -90,9 +65,6 @@ def _pruned(layer, weight: np.ndarray, moments, config: PruneConfig, method: str
         skipped[layer.node.name] = f"pattern {config.pattern}: {reason}"
         return None
     if method == "data-aware":
-        if moments is None:
-            skipped[layer.node.name] = "no input moments (too many inputs per output, or an unsupported geometry)"
-            return None
         pruned, _ = surgeon.prune_rows(rows, moments, sparsity, config.pattern)
     elif threshold is not None:
         pruned = np.where(np.abs(rows) > threshold, rows, 0.0)

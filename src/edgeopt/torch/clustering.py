@@ -15,7 +15,6 @@ zeros of a pruned weight stay a cluster of their own fixed at zero.
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
@@ -25,7 +24,7 @@ from torch.nn.utils import parametrize
 from ..compression import kmeans
 from ..config import ClusterConfig
 from ..errors import EdgeoptError
-from .layers import select, unwrapped
+from .layers import selected_copy, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +80,7 @@ def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = No
     """A copy of ``model`` whose selected layers are clustered as ``config`` says (see the module
     docstring); ``model`` is left as it was."""
     config = ClusterConfig() if config is None else config
-    if not isinstance(config, ClusterConfig):
-        raise EdgeoptError(f"config must be a ClusterConfig, got {type(config).__name__}")
-    if not isinstance(model, torch.nn.Module):
-        raise EdgeoptError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if config.method == "data-aware":
-        raise EdgeoptError("method 'data-aware' is one-shot clustering of an ONNX model (edgeopt.cluster); training "
-                           "adapts the centroids instead: expected method 'auto' or 'nearest'")
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise EdgeoptError("the model already has parametrized weights (pruning, clustering or QAT); expected a "
-                           "plain model (edgeopt.torch.strip removes pruning and clustering)")
-    duplicate = copy.deepcopy(model)
-    chosen = select(duplicate, config.layers, config.exclude, "cluster")
+    duplicate, chosen = selected_copy(model, config, ClusterConfig, "cluster", "clustering", "nearest")
     for name, module in chosen.items():
         if config.clusters > module.weight.numel():
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {name!r} has weights "

@@ -19,7 +19,6 @@ import logging
 import pathlib
 import time
 
-import onnx
 import torch
 
 from ..api import quantize
@@ -63,10 +62,6 @@ class _Rows:
     def teacher(self) -> torch.nn.Module:
         return fashion_cnn(self.float_onnx)
 
-    def one_shot(self, compressed: onnx.ModelProto) -> torch.nn.Module:
-        """The default architecture with the weights of a one-shot pruned or clustered copy."""
-        return fashion_cnn(compressed)
-
     def train(self, model, label: str, learning_rate: float = LEARNING_RATE) -> float:
         return distill(model, self.teacher(), self.images, learning_rate=learning_rate, description=label)
 
@@ -88,7 +83,7 @@ def compression_rows(source, calibration, output_dir: pathlib.Path) -> list[tupl
     for label, config, learning_rate in PRUNED:
         started = time.perf_counter()
         one_shot = prune(rows.float_onnx, config, calibration=calibration).model
-        model = prepare_pruning(rows.one_shot(one_shot), config)  # the one-shot zeros are the smallest weights
+        model = prepare_pruning(fashion_cnn(one_shot), config)  # the one-shot zeros are the smallest weights
         seconds = time.perf_counter() - started + rows.train(model, label, learning_rate)
         model = strip(model)
         half = model if half is None else half
@@ -96,7 +91,7 @@ def compression_rows(source, calibration, output_dir: pathlib.Path) -> list[tupl
     clustering = ClusterConfig(clusters=16)
     started = time.perf_counter()
     one_shot = cluster(rows.float_onnx, clustering, calibration=calibration).model
-    clustered = prepare_clustering(rows.one_shot(one_shot), clustering)  # the k-means finds the same values
+    clustered = prepare_clustering(fashion_cnn(one_shot), clustering)  # the k-means finds the same values
     seconds = time.perf_counter() - started + rows.train(clustered, "clustered 16/channel", 1e-4)
     found.append(rows.finish("clustered 16/channel + int8", strip(clustered), seconds, {"learning_rate": 1e-4}))
     found.append(_collaborative(rows, half, clustering))

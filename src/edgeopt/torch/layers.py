@@ -5,9 +5,11 @@ out ONNX weights, so N:M groups and 1x4 blocks run along input channels)."""
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 
 import torch
+from torch.nn.utils import parametrize
 
 from ..errors import EdgeoptError
 
@@ -57,3 +59,22 @@ def from_rows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def input_channels(module: torch.nn.Module) -> int | None:
     """The innermost run pattern groups may not cross: a convolution's input channels per group."""
     return module.in_channels // module.groups if isinstance(module, torch.nn.Conv2d) else None
+
+
+def selected_copy(model: torch.nn.Module, config, config_type: type, verb: str, doing: str, free_method: str
+                  ) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The checks training-time pruning and clustering share, then a copy of ``model`` and its
+    selected layers (``model`` is left as it was). ``free_method``: the method that needs no data,
+    the only one that trains (``"data-aware"`` is the one-shot verbs' on ONNX)."""
+    if not isinstance(config, config_type):
+        raise EdgeoptError(f"config must be a {config_type.__name__}, got {type(config).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise EdgeoptError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config.method == "data-aware":
+        raise EdgeoptError(f"method 'data-aware' is one-shot {doing} of an ONNX model (edgeopt.{verb}); during "
+                           f"training expected method 'auto' or '{free_method}'")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise EdgeoptError("the model already has parametrized weights (pruning, clustering or QAT); expected a "
+                           "plain model (edgeopt.torch.strip removes pruning and clustering)")
+    duplicate = copy.deepcopy(model)
+    return duplicate, select(duplicate, config.layers, config.exclude, verb)

@@ -16,7 +16,6 @@ count optimizer steps under gradient accumulation).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from ..compression import masks
 from ..compression.schedules import ConstantSparsity
 from ..config import PruneConfig, n_of_m
 from ..errors import EdgeoptError
-from .layers import from_rows, input_channels, matches, select, to_rows, unwrapped
+from .layers import from_rows, input_channels, matches, selected_copy, to_rows, unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +69,7 @@ def prepare_pruning(model: torch.nn.Module, config: PruneConfig | None = None) -
     """A copy of ``model`` whose selected layers are pruned by magnitude as ``config`` and its
     schedule say (see the module docstring); ``model`` is left as it was."""
     config = PruneConfig() if config is None else config
-    if not isinstance(config, PruneConfig):
-        raise EdgeoptError(f"config must be a PruneConfig, got {type(config).__name__}")
-    if not isinstance(model, torch.nn.Module):
-        raise EdgeoptError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if config.method == "data-aware":
-        raise EdgeoptError("method 'data-aware' is one-shot pruning of an ONNX model (edgeopt.prune); training-time "
-                           "pruning ranks by magnitude: expected method 'auto' or 'magnitude'")
-    if hasattr(model, STATE) or any(parametrize.is_parametrized(m) for m in model.modules()):
-        raise EdgeoptError("the model already has parametrized weights (pruning, clustering or QAT); expected a "
-                           "plain model (edgeopt.torch.strip removes pruning and clustering)")
-    duplicate = copy.deepcopy(model)
-    chosen = select(duplicate, config.layers, config.exclude, "prune")
+    duplicate, chosen = selected_copy(model, config, PruneConfig, "prune", "pruning", "magnitude")
     _check_targets(chosen, config)
     state = PruningState(config, {})
     for name, module in chosen.items():
