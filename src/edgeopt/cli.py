@@ -114,6 +114,9 @@ def _cluster_arguments(commands) -> None:
                         "layer: one set of values per layer")
     c.add_argument("--init", choices=CLUSTER_INITS, default="kmeans++", help="where the centroids start")
     c.add_argument("--no-preserve-sparsity", action="store_true", help="let zero weights join other clusters")
+    c.add_argument("--bits", type=float, default=None,
+                   help="entropy-constrained: each layer's cluster indices hold at most this many bits per weight "
+                        "(below log2 of --clusters; scaled codebook), so gzip stores them in fewer")
 
 
 def _evaluate_and_demo_arguments(commands) -> None:
@@ -259,7 +262,7 @@ def _cluster(args) -> int:
 
     config = ClusterConfig(clusters=args.clusters, codebook=args.codebook, init=args.init, method=args.method,
                            preserve_sparsity=not args.no_preserve_sparsity, layers=tuple(args.layers),
-                           exclude=tuple(args.exclude))
+                           exclude=tuple(args.exclude), bits=args.bits)
     r = _run_one_shot(args, cluster, config)
     print(f"{args.output}: {r['method']} clustering, at most {r['max_distinct']} values per output channel in "
           f"{len(r['layers'])} layers ({args.codebook} codebook)")

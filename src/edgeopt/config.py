@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass
 
 from .compression.schedules import schedule_from
@@ -429,6 +430,9 @@ class ClusterConfig(_Config):
     layers: tuple[str, ...] = ()
     max_calibration_samples: int | None = 256
     seed: int = 0
+    #: entropy-constrained clustering (``codebook="scaled"``): each layer's cluster indices hold at
+    #: most this entropy, bits per weight, so that gzip stores them in fewer; None: plain k-means
+    bits: float | None = None
     mode = "cluster"
 
     def __post_init__(self):
@@ -449,6 +453,19 @@ class ClusterConfig(_Config):
             raise EdgeoptError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.preserve_sparsity, bool):
             raise EdgeoptError(f"preserve_sparsity must be True or False, got {self.preserve_sparsity!r}")
+        self._check_bits()
+
+    def _check_bits(self):
+        if self.bits is None:
+            return
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, float)) or not 0 < self.bits:
+            raise EdgeoptError(f"bits must be a positive number of bits per weight, got {self.bits!r}")
+        if self.bits >= math.log2(self.clusters):
+            raise EdgeoptError(f"bits must be below log2(clusters) = {math.log2(self.clusters):g} to constrain "
+                               f"anything, got {self.bits!r}")
+        if self.codebook != "scaled":
+            raise EdgeoptError(f"bits needs codebook 'scaled' (one codebook per layer), got {self.codebook!r}")
+        object.__setattr__(self, "bits", float(self.bits))
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "layers": list(self.layers)}

@@ -53,7 +53,7 @@ def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, con
     importance = None if moments is None else np.repeat(np.einsum("gii->gi", moments), outputs, axis=0)
     if config.codebook == "scaled":
         found = kmeans.cluster_scaled(flat, config.clusters, config.init, importance, config.preserve_sparsity,
-                                      config.seed)[0]
+                                      config.seed, config.bits)[0]
     elif config.codebook == "channel":
         found = kmeans.cluster_rows(flat, config.clusters, config.init, importance, config.preserve_sparsity,
                                     config.seed)
@@ -67,20 +67,24 @@ def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, con
     if moments is not None:
         # a scaled row's largest weight stays on its codebook end: its scale, which int8 reads back
         pinned = np.abs(flat).argmax(axis=1) if config.codebook == "scaled" else None
-        values = _compensated(rows, moments, found.centroids, config.preserve_sparsity, pinned, values)
+        values = _compensated(rows, moments, found, config.preserve_sparsity, pinned, values)
     return layer.weight_of(values.reshape(rows.shape), weight.shape).astype(np.float32)
 
 
-def _compensated(rows: np.ndarray, moments: np.ndarray, centroids: np.ndarray, keep_zeros: bool,
+def _compensated(rows: np.ndarray, moments: np.ndarray, found: kmeans.Clusters, keep_zeros: bool,
                  pinned: np.ndarray | None, nearest: np.ndarray) -> np.ndarray:
-    """Each input column in turn moved onto its row's ``centroids`` ((G R) x K), the error pushed
-    onward; the weights at ``pinned`` (a column per row) keep their ``nearest`` centroid."""
+    """Each input column in turn moved onto its row's centroids (``found``, (G R) x K), the error
+    pushed onward (an entropy-constrained codebook's penalty weighed against the input's second
+    moment, as its k-means did); the weights at ``pinned`` (a column per row) keep their
+    ``nearest`` centroid."""
     groups, outputs, _ = rows.shape
+    centroids = found.centroids
     zeros = ((rows == 0) if keep_zeros else np.zeros(rows.shape, dtype=bool)).reshape(groups * outputs, -1)
     every = np.arange(groups * outputs)
 
     def target(i, column):
-        snapped = kmeans.snap(column.reshape(-1), centroids, zeros[:, i])
+        snapped = kmeans.snap(column.reshape(-1), centroids, zeros[:, i], np.repeat(moments[:, i, i], outputs),
+                              found.penalty)
         if pinned is not None:
             snapped = np.where(pinned == i, nearest[every, i], snapped)
         return snapped.reshape(groups, outputs)

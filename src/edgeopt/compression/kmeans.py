@@ -41,15 +41,19 @@ class Clusters:
     centroids: np.ndarray
     assignment: np.ndarray
     fixed_zero: bool
+    #: entropy-constrained: ``rate * bits`` each index adds to a weight's error (K), see :mod:`.rate`
+    penalty: np.ndarray | None = None
 
     def values(self) -> np.ndarray:
         return np.take_along_axis(self.centroids, self.assignment, axis=1)
 
 
 def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
-                   keep_zeros: bool = True, seed: int = 0) -> tuple[Clusters, np.ndarray, np.ndarray]:
+                   keep_zeros: bool = True, seed: int = 0,
+                   bits: float | None = None) -> tuple[Clusters, np.ndarray, np.ndarray]:
     """Rows (R x D) as one codebook (K) times a scale per row (R): the :class:`Clusters`, the
-    codebook and the scales."""
+    codebook and the scales. With ``bits`` the indices' entropy is held to that many bits per
+    weight (:func:`.rate.for_entropy`; the codebook's ends and zero stay where they are)."""
     rows = np.asarray(rows, dtype=np.float64)
     scales = np.abs(rows).max(axis=1)
     safe = np.where(scales > 0, scales, 1.0)
@@ -67,10 +71,34 @@ def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", impo
         free[free.argmin()], free[free.argmax()] = -end, end
         nearest = _nearest((rows / safe[:, None]).reshape(1, -1), free[None]).reshape(rows.shape)
         assignment = np.where(rows == 0, 0, nearest + 1) if shared.fixed_zero else nearest
-    found = Clusters(scales[:, None] * codebook[None], assignment, shared.fixed_zero)
+    penalty = None
+    if bits is not None and end > 0:
+        codebook, assignment, penalty = _rate_constrained(rows / safe[:, None], weigh, codebook, shared.fixed_zero, bits)
+    found = Clusters(scales[:, None] * codebook[None], assignment, shared.fixed_zero, penalty)
     if end == 0:
         return found, codebook, scales
     return found, codebook / end, scales * end
+
+
+def _rate_constrained(normalized, weigh, codebook, fixed_zero: bool, bits: float):
+    """The scaled codebook's assignment at an index entropy of at most ``bits``; the two ends (and
+    the kept zero) stay put and each row's largest weight stays on its end, so every row keeps its
+    scale."""
+    from . import rate
+
+    fixed = np.zeros(codebook.size, dtype=bool)
+    fixed[[codebook.argmin(), codebook.argmax()]] = True
+    fixed[0] |= fixed_zero
+    coded = rate.for_entropy(normalized, weigh, codebook, bits, fixed)
+    assignment = coded.assignment.reshape(normalized.shape)
+    largest = np.abs(normalized).argmax(axis=1)
+    rows = np.arange(normalized.shape[0])
+    top = normalized[rows, largest]
+    ends = np.where(top > 0, coded.codebook.argmax(), coded.codebook.argmin())
+    assignment[rows, largest] = np.where(top == 0, assignment[rows, largest], ends)
+    if fixed_zero:
+        assignment = np.where(normalized == 0, 0, assignment)
+    return coded.codebook, assignment, coded.penalty()
 
 
 def cluster_rows(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
@@ -150,9 +178,13 @@ def _weighted_means(rows, weights, assignment, centroids) -> np.ndarray:
     return np.where(mass > 0, total / np.where(mass > 0, mass, 1.0), centroids)  # an empty cluster stays put
 
 
-def snap(values: np.ndarray, centroids: np.ndarray, zeros: np.ndarray | None = None) -> np.ndarray:
+def snap(values: np.ndarray, centroids: np.ndarray, zeros: np.ndarray | None = None,
+         importance: np.ndarray | float = 1.0, penalty: np.ndarray | None = None) -> np.ndarray:
     """``values`` (R) moved to the nearest of their row's ``centroids`` (R x K); ``zeros`` (R)
-    held at 0."""
-    nearest = np.abs(centroids - values[:, None]).argmin(axis=1)
+    held at 0. With a ``penalty`` (K) the least ``importance * error^2 + penalty`` instead."""
+    cost = (centroids - values[:, None]) ** 2
+    if penalty is not None:
+        cost = np.asarray(importance)[..., None] * cost + penalty[None]
+    nearest = cost.argmin(axis=1)
     snapped = centroids[np.arange(centroids.shape[0]), nearest]
     return snapped if zeros is None else np.where(zeros, 0.0, snapped)

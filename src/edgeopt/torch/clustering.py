@@ -99,7 +99,8 @@ def _clustered(weight: torch.Tensor, config: ClusterConfig) -> ClusteredWeight:
     rows = weight.detach().cpu().double().numpy().reshape(weight.shape[0], -1)
     keep = config.preserve_sparsity
     if config.codebook == "scaled":
-        found, codebook, scales = kmeans.cluster_scaled(rows, config.clusters, config.init, None, keep, config.seed)
+        found, codebook, scales = kmeans.cluster_scaled(rows, config.clusters, config.init, None, keep, config.seed,
+                                                         config.bits)
         return ClusteredWeight(codebook[None], scales, found.assignment, found.fixed_zero, True)
     if config.codebook == "channel":
         found = kmeans.cluster_rows(rows, config.clusters, config.init, None, keep, config.seed)
