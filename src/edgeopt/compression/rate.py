@@ -24,6 +24,9 @@ import numpy as np
 ITERATIONS = 30
 #: Bisection steps on log(rate): the entropy lands within a few hundredths of a bit of the target.
 SEARCH_STEPS = 24
+#: The rate is searched on at most this many of a layer's weights (seeded sample), then applied
+#: to all: a large layer costs the search no more than a small one.
+SEARCH_SAMPLE = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,13 @@ def assign(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, pen
 def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, bits: float,
                 fixed: np.ndarray | None = None) -> Coded:
     """The constrained clustering of the smallest rate whose index entropy is at most ``bits``
-    (the unconstrained one when that already is)."""
+    (the unconstrained one when that already is); the rate is searched on a sample of at most
+    ``SEARCH_SAMPLE`` values."""
     values, importance = np.ravel(values).astype(np.float64), np.ravel(importance).astype(np.float64)
+    if values.size > SEARCH_SAMPLE:
+        pick = np.sort(np.random.default_rng(0).choice(values.size, SEARCH_SAMPLE, replace=False))
+        found = for_entropy(values[pick], importance[pick], codebook, bits, fixed)
+        return constrained(values, importance, found.codebook, found.rate, fixed)
     plain = constrained(values, importance, codebook, 0.0, fixed)
     if plain.entropy() <= bits:
         return plain
