@@ -26,7 +26,7 @@ ITERATIONS = 30
 SEARCH_STEPS = 24
 #: The rate is searched on at most this many of a layer's weights (seeded sample), then applied
 #: to all: a large layer costs the search no more than a small one.
-SEARCH_SAMPLE = 1 << 15
+SEARCH_SAMPLE = 1 << 17
 
 
 @dataclass(frozen=True)
