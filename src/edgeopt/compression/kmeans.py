@@ -120,7 +120,7 @@ def cluster_rows(rows: np.ndarray, clusters: int, init: str = "kmeans++", import
     weights = np.where(zeros, 0.0, np.maximum(weights, 1e-30))
     for _ in range(ITERATIONS):
         assignment = _nearest(rows, centroids)
-        updated = _weighted_means(rows, weights, assignment, centroids)
+        updated = weighted_means(rows, weights, assignment, centroids)
         if np.array_equal(updated, centroids):
             break
         centroids = updated
@@ -169,7 +169,8 @@ def _nearest(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.take_along_axis(order, position, axis=1)
 
 
-def _weighted_means(rows, weights, assignment, centroids) -> np.ndarray:
+def weighted_means(rows, weights, assignment, centroids) -> np.ndarray:
+    """Each row's centroids (R x K) moved to the ``weights``-weighted mean of their members."""
     count = centroids.shape[1]
     index = assignment + np.arange(rows.shape[0])[:, None] * count
     mass = np.bincount(index.ravel(), weights=weights.ravel(), minlength=centroids.size).reshape(centroids.shape)

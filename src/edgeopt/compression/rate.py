@@ -45,7 +45,12 @@ class Coded:
 
     def penalty(self) -> np.ndarray:
         """``rate * bits`` per index, the term the assignment adds to a weight's error."""
-        return np.where(np.isfinite(self.lengths), self.rate * self.lengths, np.inf)
+        return _penalty(self.rate, self.lengths)
+
+
+def _penalty(rate: float, lengths: np.ndarray) -> np.ndarray:
+    """``rate * lengths``, with an empty cluster (``inf`` bits) out of reach at every rate, 0 too."""
+    return np.where(np.isfinite(lengths), rate * lengths, np.inf)
 
 
 def entropy_of(assignment: np.ndarray, count: int) -> float:
@@ -58,27 +63,27 @@ def constrained(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
                 fixed: np.ndarray | None = None) -> Coded:
     """Entropy-constrained Lloyd iterations from ``codebook`` (K) on ``values`` (N) weighed by
     ``importance`` (N); the entries where ``fixed`` (K, bool) is set do not move (a kept zero)."""
+    from .kmeans import weighted_means  # kmeans calls this module: imported here, not at the top
+
     codebook = np.array(codebook, dtype=np.float64)
     fixed = np.zeros(codebook.size, dtype=bool) if fixed is None else fixed
     lengths = np.full(codebook.size, np.log2(codebook.size))
     for _ in range(ITERATIONS):
-        assignment = assign(values, importance, codebook, rate * lengths)
-        mass = np.bincount(assignment, weights=importance, minlength=codebook.size)
-        total = np.bincount(assignment, weights=importance * values, minlength=codebook.size)
-        moved = np.where(fixed | (mass == 0), codebook, total / np.where(mass > 0, mass, 1.0))
+        assignment = assign(values, importance, codebook, _penalty(rate, lengths))
+        means = weighted_means(values[None], importance[None], assignment[None], codebook[None])[0]
+        moved = np.where(fixed, codebook, means)
         counts = np.bincount(assignment, minlength=codebook.size)
         updated = np.where(counts > 0, -np.log2(np.maximum(counts, 1) / values.size), np.inf)
         if np.array_equal(moved, codebook) and np.array_equal(updated, lengths):
             break
         codebook, lengths = moved, updated
-    assignment = assign(values, importance, codebook, rate * lengths)
+    assignment = assign(values, importance, codebook, _penalty(rate, lengths))
     return Coded(codebook, assignment, lengths, float(rate))
 
 
 def assign(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, penalty: np.ndarray) -> np.ndarray:
     """Each value's index of least ``importance * error^2 + penalty``, in chunks (memory N x K once
     per chunk)."""
-    penalty = np.where(np.isfinite(penalty), penalty, np.inf)
     out = np.empty(values.size, dtype=np.int64)
     step = max(1, (1 << 20) // max(codebook.size, 1))
     for start in range(0, values.size, step):
