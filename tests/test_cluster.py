@@ -258,6 +258,19 @@ def test_entropy_constrained_scaled_codebook_keeps_scales_zeros_and_shared_integ
     np.testing.assert_allclose(again.values(), values, rtol=1e-9, atol=1e-12)
 
 
+def test_entropy_constrained_entries_stay_inside_the_codebook_ends():
+    """conv_net's fc1 at 2.5 bits: without bounds an entry drifted to 1.15 times the end (its rows'
+    largest weights), so those rows' scales grew and the values read back held 3.50 bits, not 2.50."""
+    weights = {t.name: numpy_helper.to_array(t) for t in models.conv_net().graph.initializer}
+    rows = weights["fc1_w"].astype(np.float64)  # Gemm with transB: 128 output rows of 512
+    found, codebook, scales = kmeans.cluster_scaled(rows, 16, bits=2.5)
+    assert np.abs(codebook).max() == 1.0
+    np.testing.assert_allclose(np.abs(found.values()).max(axis=1), scales, rtol=1e-12)
+    assert shared_codebook(found.values().astype(np.float32), 0)
+    assert rate.index_entropy(found.values(), "scaled") == pytest.approx(rate.entropy_of(found.assignment, 16), abs=1e-6)
+    assert rate.index_entropy(found.values(), "scaled") <= 2.5
+
+
 def test_entropy_constrained_clustering_compresses_further_through_int8():
     """conv_net, 16 clusters, data-aware: at 2.5 bits the int8 file gzips at least 10% smaller than
     plain k-means' (``python -m benchmarks.prune`` on the default CNN, at 2.75 bits: 0.493x of the

@@ -265,7 +265,7 @@ def _cluster(args) -> int:
                            exclude=tuple(args.exclude), bits=args.bits)
     r = _run_one_shot(args, cluster, config)
     print(f"{args.output}: {r['method']} clustering, at most {r['max_distinct']} values per output channel in "
-          f"{len(r['layers'])} layers ({args.codebook} codebook)")
+          f"{len(r['layers'])} layers ({args.codebook} codebook), indices {r['index_bits']:.2f} bits per weight")
     return _print_skipped(r, "left as is")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..config import ClusterConfig
 from ..errors import EdgeoptError
 from ..quantization.structure import distinct_per_row
-from . import kmeans, surgeon
+from . import kmeans, rate, surgeon
 from .layers import CompressionResult, Layer, run, start
 
 logger = logging.getLogger(__name__)
@@ -93,10 +93,17 @@ def _compensated(rows: np.ndarray, moments: np.ndarray, found: kmeans.Clusters, 
 
 
 def _report(layers, new, skipped, config: ClusterConfig, method: str) -> dict:
-    per_layer = {}
+    """Per layer the most values an output channel holds and the index entropy (bits per weight,
+    what ``bits`` holds down; ``index_bits`` is their mean over all clustered weights)."""
+    per_layer, bits, sizes = {}, {}, {}
     for layer in layers:
         if layer.weight in new:
             rows = layer.rows(new[layer.weight])
-            per_layer[layer.node.name] = int(distinct_per_row(rows.reshape(-1, rows.shape[2])).max())
+            flat = rows.reshape(-1, rows.shape[2])
+            per_layer[layer.node.name] = int(distinct_per_row(flat).max())
+            bits[layer.node.name] = round(rate.index_entropy(flat, config.codebook), 4)
+            sizes[layer.node.name] = flat.size
+    mean = sum(bits[name] * sizes[name] for name in bits) / max(sum(sizes.values()), 1)
     return {"mode": "cluster", "config": config.to_dict(), "method": method,
-            "max_distinct": max(per_layer.values(), default=0), "layers": per_layer, "skipped": dict(skipped)}
+            "max_distinct": max(per_layer.values(), default=0), "layers": per_layer, "bits": bits,
+            "index_bits": round(mean, 4), "skipped": dict(skipped)}

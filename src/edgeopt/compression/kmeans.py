@@ -89,7 +89,8 @@ def _rate_constrained(normalized, weigh, codebook, fixed_zero: bool, bits: float
     fixed = np.zeros(codebook.size, dtype=bool)
     fixed[[codebook.argmin(), codebook.argmax()]] = True
     fixed[0] |= fixed_zero
-    coded = rate.for_entropy(normalized, weigh, codebook, bits, fixed)
+    # the free entries stay inside the ends: an entry beyond one would become its rows' scale
+    coded = rate.for_entropy(normalized, weigh, codebook, bits, fixed, (codebook.min(), codebook.max()))
     assignment = coded.assignment.reshape(normalized.shape)
     largest = np.abs(normalized).argmax(axis=1)
     rows = np.arange(normalized.shape[0])

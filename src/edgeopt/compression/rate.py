@@ -62,10 +62,38 @@ def entropy_of(assignment: np.ndarray, count: int) -> float:
     return float(-(used * np.log2(used)).sum())
 
 
+def index_entropy(rows: np.ndarray, codebook: str) -> float:
+    """Bits per weight of the indices behind clustered ``rows`` (R x D), read from the values: a
+    ``scaled`` codebook's index is a value over its row's largest magnitude, a ``layer`` one's the
+    value itself, a ``channel`` one's its rank among its row's values."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if codebook == "channel":
+        labels = np.concatenate([_labels(row) for row in rows])
+    elif codebook == "scaled":
+        scales = np.abs(rows).max(axis=1, keepdims=True)
+        labels = _labels(rows / np.where(scales > 0, scales, 1.0))
+    else:
+        labels = _labels(rows)
+    return entropy_of(labels, int(labels.max()) + 1 if labels.size else 0)
+
+
+def _labels(values: np.ndarray, tolerance: float = 1e-5) -> np.ndarray:
+    """An index per value, values closer than ``tolerance`` times the largest magnitude sharing one
+    (a float32 weight over its row's scale differs from its codebook entry in the 7th digit)."""
+    flat = np.ravel(values)
+    order = np.argsort(flat, kind="stable")
+    ordered = flat[order]
+    gap = tolerance * max(float(np.abs(flat).max(initial=0.0)), 1e-30)
+    labels = np.empty(flat.size, dtype=np.int64)
+    labels[order] = np.concatenate([[0], np.cumsum(np.diff(ordered) > gap)]) if flat.size else []
+    return labels
+
+
 def constrained(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, rate: float,
-                fixed: np.ndarray | None = None) -> Coded:
+                fixed: np.ndarray | None = None, bounds: tuple[float, float] | None = None) -> Coded:
     """Entropy-constrained Lloyd iterations from ``codebook`` (K) on ``values`` (N) weighed by
-    ``importance`` (N); the entries where ``fixed`` (K, bool) is set do not move (a kept zero)."""
+    ``importance`` (N); the entries where ``fixed`` (K, bool) is set do not move (a kept zero),
+    and with ``bounds`` (low, high) the others move no further out than those."""
     from .kmeans import weighted_means  # kmeans calls this module: imported here, not at the top
 
     codebook = np.array(codebook, dtype=np.float64)
@@ -74,7 +102,7 @@ def constrained(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
     for _ in range(ITERATIONS):
         assignment = assign(values, importance, codebook, _penalty(rate, lengths))
         means = weighted_means(values[None], importance[None], assignment[None], codebook[None])[0]
-        moved = np.where(fixed, codebook, means)
+        moved = np.where(fixed, codebook, means if bounds is None else np.clip(means, *bounds))
         counts = np.bincount(assignment, minlength=codebook.size)
         updated = np.where(counts > 0, -np.log2(np.maximum(counts, 1) / values.size), np.inf)
         if np.array_equal(moved, codebook) and np.array_equal(updated, lengths):
@@ -97,28 +125,28 @@ def assign(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, pen
 
 
 def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, bits: float,
-                fixed: np.ndarray | None = None) -> Coded:
+                fixed: np.ndarray | None = None, bounds: tuple[float, float] | None = None) -> Coded:
     """The constrained clustering of the smallest rate whose index entropy is at most ``bits``
     (the unconstrained one when that already is); the rate is searched on a sample of at most
     ``SEARCH_SAMPLE`` values."""
     values, importance = np.ravel(values).astype(np.float64), np.ravel(importance).astype(np.float64)
     if values.size > SEARCH_SAMPLE:
         pick = np.sort(np.random.default_rng(0).choice(values.size, SEARCH_SAMPLE, replace=False))
-        found = for_entropy(values[pick], importance[pick], codebook, bits, fixed)
-        return constrained(values, importance, found.codebook, found.rate, fixed)
-    plain = constrained(values, importance, codebook, 0.0, fixed)
+        found = for_entropy(values[pick], importance[pick], codebook, bits, fixed, bounds)
+        return constrained(values, importance, found.codebook, found.rate, fixed, bounds)
+    plain = constrained(values, importance, codebook, 0.0, fixed, bounds)
     if plain.entropy() <= bits:
         return plain
     error = float(np.sum(importance * (values - plain.codebook[plain.assignment]) ** 2)) / max(values.size, 1)
     low, high = 0.0, max(error, 1e-30)
-    found = constrained(values, importance, codebook, high, fixed)
+    found = constrained(values, importance, codebook, high, fixed, bounds)
     while found.entropy() > bits and high < 1e12 * max(error, 1e-30):
         low, high = high, high * 4
-        found = constrained(values, importance, codebook, high, fixed)
+        found = constrained(values, importance, codebook, high, fixed, bounds)
     best = found
     for _ in range(SEARCH_STEPS):
         middle = np.sqrt(low * high) if low > 0 else high / 4
-        trial = constrained(values, importance, codebook, middle, fixed)
+        trial = constrained(values, importance, codebook, middle, fixed, bounds)
         if trial.entropy() <= bits:
             high, best = middle, trial
         else:
