@@ -123,6 +123,7 @@ def _cases():
         "cluster bits not below log2 clusters": ["cluster", conv, *out, "--clusters", "16", "--bits", "4"],
         "cluster bits zero": ["cluster", conv, *out, "--bits", "0"],
         "cluster bits with channel codebook": ["cluster", conv, *out, "--bits", "2", "--codebook", "channel"],
+        "cluster global allocation without bits": ["cluster", conv, *out, "--allocation", "global"],
         "cluster layers match nothing": ["cluster", conv, *out, "--layers", "nope*"],
         "cluster exclude matches nothing": ["cluster", conv, *out, "--exclude", "nope"],
         "cluster nothing to cluster": ["cluster", "relu_only.onnx", *out],

@@ -143,6 +143,8 @@ def test_clustering_bad_inputs():
         et.prepare_clustering(PlainNet(), edgeopt.ClusterConfig(method="data-aware"))
     with pytest.raises(EdgeoptError, match="matches no module"):
         et.prepare_clustering(PlainNet(), edgeopt.ClusterConfig(exclude=("nothing",)))
+    with pytest.raises(EdgeoptError, match="allocation 'global' is one-shot"):
+        et.prepare_clustering(PlainNet(), edgeopt.ClusterConfig(bits=2.0, allocation="global"))
 
 
 def _pruned_clustered(build, clusters: int = 16):

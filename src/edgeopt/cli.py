@@ -10,6 +10,7 @@ import sys
 
 from .config import (
     ACTIVATION_GRANULARITIES,
+    BIT_ALLOCATIONS,
     CALIBRATION_CHOICES,
     CLUSTER_CODEBOOKS,
     CLUSTER_INITS,
@@ -117,6 +118,9 @@ def _cluster_arguments(commands) -> None:
     c.add_argument("--bits", type=float, default=None,
                    help="entropy-constrained: each layer's cluster indices hold at most this many bits per weight "
                         "(below log2 of --clusters; scaled codebook), so gzip stores them in fewer")
+    c.add_argument("--allocation", choices=BIT_ALLOCATIONS, default="layer",
+                   help="with --bits: layer (each layer at most B) or global (B on average over all clustered "
+                        "weights, one rate for the model: small sensitive layers keep more)")
 
 
 def _evaluate_and_demo_arguments(commands) -> None:
@@ -262,7 +266,8 @@ def _cluster(args) -> int:
 
     config = ClusterConfig(clusters=args.clusters, codebook=args.codebook, init=args.init, method=args.method,
                            preserve_sparsity=not args.no_preserve_sparsity, layers=tuple(args.layers),
-                           exclude=tuple(args.exclude), bits=args.bits)
+                           exclude=tuple(args.exclude), bits=args.bits,
+                           allocation=args.allocation)
     r = _run_one_shot(args, cluster, config)
     print(f"{args.output}: {r['method']} clustering, at most {r['max_distinct']} values per output channel in "
           f"{len(r['layers'])} layers ({args.codebook} codebook), indices {r['index_bits']:.2f} bits per weight")

@@ -407,6 +407,9 @@ CLUSTER_METHODS = ("auto", "nearest", "data-aware")
 #: values, and the same integers in every channel after per-channel int8, which gzip compresses);
 #: ``channel``: each output channel its own centroids; ``layer``: one set of values per layer
 CLUSTER_CODEBOOKS = ("scaled", "channel", "layer")
+#: how ``bits`` is spent: ``layer``, each layer at most ``bits``; ``global``, ``bits`` on average
+#: over all clustered weights, one rate for the model (:func:`edgeopt.compression.rate.allocate`)
+BIT_ALLOCATIONS = ("layer", "global")
 
 
 @dataclass(frozen=True)
@@ -433,6 +436,8 @@ class ClusterConfig(_Config):
     #: entropy-constrained clustering (``codebook="scaled"``): each layer's cluster indices hold at
     #: most this entropy, bits per weight, so that gzip stores them in fewer; None: plain k-means
     bits: float | None = None
+    #: ``BIT_ALLOCATIONS``; ``global`` is for ``edgeopt.cluster`` (one shot)
+    allocation: str = "layer"
     mode = "cluster"
 
     def __post_init__(self):
@@ -456,7 +461,11 @@ class ClusterConfig(_Config):
         self._check_bits()
 
     def _check_bits(self):
+        if self.allocation not in BIT_ALLOCATIONS:
+            raise EdgeoptError(f"allocation must be one of {', '.join(BIT_ALLOCATIONS)}, got {self.allocation!r}")
         if self.bits is None:
+            if self.allocation != "layer":
+                raise EdgeoptError(f"allocation {self.allocation!r} spends bits: expected bits too")
             return
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, float)) or not 0 < self.bits:
             raise EdgeoptError(f"bits must be a positive number of bits per weight, got {self.bits!r}")

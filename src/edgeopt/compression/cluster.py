@@ -35,25 +35,47 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {layer.node.name!r} has weights "
                                f"({size}); expected at most that")
 
+    rates = {}
+
+    def allocate(moments):
+        """One rate for the model (``allocation="global"``): each layer's rate, before any moves."""
+        parts = {}
+        for layer in job.layers:
+            if job.method != "data-aware" or layer.node.name in moments:
+                flat, importance = _flat(layer, job.weights[layer.weight], moments.get(layer.node.name))
+                parts[layer.node.name] = kmeans.scaled_rate_part(flat, config.clusters, config.init, importance,
+                                                                 config.preserve_sparsity, config.seed)
+        found = {name: part for name, part in parts.items() if part is not None}
+        rates.update(zip(found, rate.allocate(list(found.values()), config.bits)))
+        logger.debug("one rate for %d layers: %s", len(found), rates)
+
     def compute(layer, moments):
-        return _clustered(layer, job.weights[layer.weight], moments, config)
+        return _clustered(layer, job.weights[layer.weight], moments, config, rates.get(layer.node.name))
 
     # restoring the output statistics scales each channel: a "layer" codebook would gain values
-    new = run(job, compute, calibration, config.max_calibration_samples, recalibrated=config.codebook != "layer")
+    new = run(job, compute, calibration, config.max_calibration_samples, recalibrated=config.codebook != "layer",
+              prepare=allocate if config.bits is not None and config.allocation == "global" else None)
     report = _report(job.layers, new, job.skipped, config, job.method)
     logger.info("clustered %d weights to at most %d values per output channel (%s codebook)", len(new),
                 config.clusters, config.codebook)
     return CompressionResult(job.model, report)
 
 
-def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, config: ClusterConfig) -> np.ndarray:
+def _flat(layer: Layer, weight: np.ndarray, moments: np.ndarray | None):
+    """The weight's rows ((G R) x D) and each weight's importance (its input's second moment)."""
     rows = layer.rows(weight.astype(np.float64))  # G x R x D
-    groups, outputs, depth = rows.shape
-    flat = rows.reshape(groups * outputs, depth)
-    importance = None if moments is None else np.repeat(np.einsum("gii->gi", moments), outputs, axis=0)
+    importance = None if moments is None else np.repeat(np.einsum("gii->gi", moments), rows.shape[1], axis=0)
+    return rows.reshape(-1, rows.shape[2]), importance
+
+
+def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, config: ClusterConfig,
+               at_rate: float | None = None) -> np.ndarray:
+    rows = layer.rows(weight.astype(np.float64))  # G x R x D
+    flat, importance = _flat(layer, weight, moments)
     if config.codebook == "scaled":
+        bits = None if at_rate is not None else config.bits
         found = kmeans.cluster_scaled(flat, config.clusters, config.init, importance, config.preserve_sparsity,
-                                      config.seed, config.bits)[0]
+                                      config.seed, bits, at_rate)[0]
     elif config.codebook == "channel":
         found = kmeans.cluster_rows(flat, config.clusters, config.init, importance, config.preserve_sparsity,
                                     config.seed)

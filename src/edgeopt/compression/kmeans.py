@@ -49,17 +49,54 @@ class Clusters:
 
 
 def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
-                   keep_zeros: bool = True, seed: int = 0,
-                   bits: float | None = None) -> tuple[Clusters, np.ndarray, np.ndarray]:
+                   keep_zeros: bool = True, seed: int = 0, bits: float | None = None,
+                   at_rate: float | None = None) -> tuple[Clusters, np.ndarray, np.ndarray]:
     """Rows (R x D) as one codebook (K) times a scale per row (R): the :class:`Clusters`, the
     codebook and the scales. With ``bits`` the indices' entropy is held to that many bits per
-    weight (:func:`.rate.for_entropy`; the codebook's ends and zero stay where they are)."""
+    weight (:func:`.rate.for_entropy`; the codebook's ends and zero stay where they are); with
+    ``at_rate`` the entropy-constrained clustering runs at that rate (one :func:`.rate.allocate`
+    found for the whole model)."""
+    start = _scaled_start(rows, clusters, init, importance, keep_zeros, seed)
+    codebook, assignment, penalty = start.codebook, start.assignment, None
+    if (bits is not None or at_rate is not None) and start.end > 0:
+        codebook, assignment, penalty = _rate_constrained(start, bits, at_rate)
+    found = Clusters(start.scales[:, None] * codebook[None], assignment, start.fixed_zero, penalty)
+    if start.end == 0:
+        return found, codebook, start.scales
+    return found, codebook / start.end, start.scales * start.end
+
+
+@dataclass(frozen=True)
+class _ScaledStart:
+    """The plain k-means of a scaled codebook: rows over their largest magnitude, each one's
+    weight in the error (importance times its row's scale squared), codebook and assignment."""
+
+    normalized: np.ndarray
+    weigh: np.ndarray
+    codebook: np.ndarray
+    assignment: np.ndarray
+    scales: np.ndarray
+    end: float
+    fixed_zero: bool
+
+    def rate_part(self):
+        """This layer's part in a model-wide rate search (None: nothing to constrain)."""
+        from . import rate
+
+        if self.end == 0:
+            return None
+        fixed, bounds = _kept_entries(self.codebook, self.fixed_zero)
+        return rate.Part(self.normalized.ravel(), self.weigh.ravel(), self.codebook, fixed, bounds)
+
+
+def _scaled_start(rows, clusters, init, importance, keep_zeros, seed) -> _ScaledStart:
     rows = np.asarray(rows, dtype=np.float64)
     scales = np.abs(rows).max(axis=1)
     safe = np.where(scales > 0, scales, 1.0)
     weigh = np.ones(rows.shape) if importance is None else np.broadcast_to(importance, rows.shape)
     weigh = weigh * (safe ** 2)[:, None]  # a normalized weight's move costs its row's scale squared
-    shared = cluster_rows((rows / safe[:, None]).reshape(1, -1), clusters, init, weigh.reshape(1, -1), keep_zeros, seed)
+    normalized = rows / safe[:, None]
+    shared = cluster_rows(normalized.reshape(1, -1), clusters, init, weigh.reshape(1, -1), keep_zeros, seed)
     codebook = shared.centroids[0].copy()
     free = codebook[1:] if shared.fixed_zero else codebook
     assignment = shared.assignment.reshape(rows.shape)
@@ -69,37 +106,47 @@ def cluster_scaled(rows: np.ndarray, clusters: int, init: str = "kmeans++", impo
         # every weight to its nearest entry again (a tail the moved end no longer serves goes to
         # the entry next to it instead of being pushed out to the end)
         free[free.argmin()], free[free.argmax()] = -end, end
-        nearest = _nearest((rows / safe[:, None]).reshape(1, -1), free[None]).reshape(rows.shape)
+        nearest = _nearest(normalized.reshape(1, -1), free[None]).reshape(rows.shape)
         assignment = np.where(rows == 0, 0, nearest + 1) if shared.fixed_zero else nearest
-    penalty = None
-    if bits is not None and end > 0:
-        codebook, assignment, penalty = _rate_constrained(rows / safe[:, None], weigh, codebook, shared.fixed_zero, bits)
-    found = Clusters(scales[:, None] * codebook[None], assignment, shared.fixed_zero, penalty)
-    if end == 0:
-        return found, codebook, scales
-    return found, codebook / end, scales * end
+    return _ScaledStart(normalized, weigh, codebook, assignment, scales, end, shared.fixed_zero)
 
 
-def _rate_constrained(normalized, weigh, codebook, fixed_zero: bool, bits: float):
-    """The scaled codebook's assignment at an index entropy of at most ``bits``; the two ends (and
-    the kept zero) stay put and each row's largest weight stays on its end, so every row keeps its
-    scale."""
-    from . import rate
-
+def _kept_entries(codebook: np.ndarray, fixed_zero: bool):
+    """The entries a rate may not move (the two ends, the kept zero) and the bounds the others stay
+    within: an entry beyond an end would become its rows' scale."""
     fixed = np.zeros(codebook.size, dtype=bool)
     fixed[[codebook.argmin(), codebook.argmax()]] = True
     fixed[0] |= fixed_zero
-    # the free entries stay inside the ends: an entry beyond one would become its rows' scale
-    coded = rate.for_entropy(normalized, weigh, codebook, bits, fixed, (codebook.min(), codebook.max()))
+    return fixed, (float(codebook.min()), float(codebook.max()))
+
+
+def _rate_constrained(start: _ScaledStart, bits: float | None, at_rate: float | None):
+    """The scaled codebook's assignment at an index entropy of at most ``bits`` (or at the rate
+    ``at_rate``); the two ends (and the kept zero) stay put and each row's largest weight stays on
+    its end, so every row keeps its scale."""
+    from . import rate
+
+    normalized = start.normalized
+    fixed, bounds = _kept_entries(start.codebook, start.fixed_zero)
+    if at_rate is None:
+        coded = rate.for_entropy(normalized, start.weigh, start.codebook, bits, fixed, bounds)
+    else:
+        coded = rate.constrained(normalized.ravel(), start.weigh.ravel(), start.codebook, at_rate, fixed, bounds)
     assignment = coded.assignment.reshape(normalized.shape)
     largest = np.abs(normalized).argmax(axis=1)
     rows = np.arange(normalized.shape[0])
     top = normalized[rows, largest]
     ends = np.where(top > 0, coded.codebook.argmax(), coded.codebook.argmin())
     assignment[rows, largest] = np.where(top == 0, assignment[rows, largest], ends)
-    if fixed_zero:
+    if start.fixed_zero:
         assignment = np.where(normalized == 0, 0, assignment)
     return coded.codebook, assignment, coded.penalty()
+
+
+def scaled_rate_part(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
+                     keep_zeros: bool = True, seed: int = 0):
+    """The :class:`.rate.Part` of rows clustered on a scaled codebook (None: all zero)."""
+    return _scaled_start(rows, clusters, init, importance, keep_zeros, seed).rate_part()
 
 
 def cluster_rows(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,

@@ -191,10 +191,11 @@ def start(model, config, config_type: type, verb: str, data_free: str, calibrati
     return Job(copy, view, layers, skipped, weights, method, verb)
 
 
-def run(job: Job, compute, calibration, limit: int | None, recalibrated: bool) -> dict[str, np.ndarray]:
+def run(job: Job, compute, calibration, limit: int | None, recalibrated: bool, prepare=None) -> dict[str, np.ndarray]:
     """Each layer's new weight, ``compute(layer, moments or None)`` (None: left as it was),
     written into ``job.model``; data-aware: on the input moments measured in one pass, and, when
-    ``recalibrated``, each layer's output statistics restored afterwards (:mod:`.recalibrate`)."""
+    ``recalibrated``, each layer's output statistics restored afterwards (:mod:`.recalibrate`).
+    ``prepare(moments)`` runs once before the first layer (a decision over all of them)."""
     from ..progress import progress
     from . import recalibrate
 
@@ -204,6 +205,8 @@ def run(job: Job, compute, calibration, limit: int | None, recalibrated: bool) -
         if recalibrated:
             targets = recalibrate.output_statistics(job.model, recalibrate.correctable(job.layers, job.view),
                                                     calibration, limit)
+    if prepare is not None:
+        prepare(moments)
     new = {}
     for layer in progress(job.layers, f"{job.verb} ({job.method})", len(job.layers), "layer"):
         if job.method == "data-aware" and layer.node.name not in moments:

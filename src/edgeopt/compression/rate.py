@@ -11,7 +11,9 @@ assigns each weight to the centroid with the lowest
 and moves the centroids to the importance-weighted means of their members, alternating with the
 shares. A larger ``rate`` fills the popular clusters (near zero) and empties rare ones: a lower
 entropy for a larger weight error. :func:`for_entropy` finds the ``rate`` that brings one
-layer's index entropy down to a target number of bits per weight by bisection.
+layer's index entropy down to a target number of bits per weight by bisection;
+:func:`allocate` finds one rate for a whole model instead, so that a target holds on average
+over all its weights and each layer spends bits where they buy the most (below).
 """
 
 from __future__ import annotations
@@ -152,3 +154,61 @@ def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
         else:
             low = middle
     return best
+
+
+@dataclass(frozen=True)
+class Part:
+    """One layer in a model-wide rate search: its values (N), their importance (N), the starting
+    codebook (K), the entries that stay put and the bounds of the others (see :func:`constrained`)."""
+
+    values: np.ndarray
+    importance: np.ndarray
+    codebook: np.ndarray
+    fixed: np.ndarray
+    bounds: tuple[float, float]
+
+    def energy(self) -> float:
+        """The layer's output energy as its error is weighed: sum of importance x value^2."""
+        return float(np.sum(self.importance * self.values ** 2))
+
+    def sample(self) -> Part:
+        """At most ``SEARCH_SAMPLE`` of the values (seeded), for the search."""
+        if self.values.size <= SEARCH_SAMPLE:
+            return self
+        pick = np.sort(np.random.default_rng(0).choice(self.values.size, SEARCH_SAMPLE, replace=False))
+        return Part(self.values[pick], self.importance[pick], self.codebook, self.fixed, self.bounds)
+
+
+def allocate(parts: list[Part], bits: float) -> list[float]:
+    """Each part's rate for one model-wide trade: the smallest ``lam`` whose clustering holds the
+    index entropy, averaged over all the parts' values, at most ``bits``.
+
+    The trade minimises the sum over layers of each layer's relative error (its weighed squared
+    error over its :meth:`Part.energy` E) plus ``lam`` times the total bits; per layer that is
+    the constrained clustering at rate ``lam * E``. A layer of few weights, whose every weight is a
+    large share of its error, keeps more bits than a large one for about the same file size."""
+    energies = [max(part.energy(), 1e-30) for part in parts]
+    sizes = np.array([part.values.size for part in parts], dtype=np.float64)
+    samples = [part.sample() for part in parts]
+
+    def coded(lam: float) -> tuple[float, list[Coded]]:
+        found = [constrained(p.values, p.importance, p.codebook, lam * e, p.fixed, p.bounds)
+                 for p, e in zip(samples, energies)]
+        return float(np.dot(sizes, [c.entropy() for c in found]) / max(sizes.sum(), 1)), found
+
+    mean, plain = coded(0.0)
+    if mean <= bits:
+        return [0.0] * len(parts)
+    # a rate matters once lam * E is about a weight's error: the bracket starts there
+    errors = [float(np.mean(p.importance * (p.values - c.codebook[c.assignment]) ** 2)) / e
+              for p, c, e in zip(samples, plain, energies)]
+    low, high = 0.0, max(max(errors), 1e-30)
+    while coded(high)[0] > bits and high < 1e12 * max(max(errors), 1e-30):
+        low, high = high, high * 4
+    for _ in range(SEARCH_STEPS):
+        middle = np.sqrt(low * high) if low > 0 else high / 4
+        if coded(middle)[0] <= bits:
+            high = middle
+        else:
+            low = middle
+    return [high * e for e in energies]

@@ -80,6 +80,9 @@ def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = No
     """A copy of ``model`` whose selected layers are clustered as ``config`` says (see the module
     docstring); ``model`` is left as it was."""
     config = ClusterConfig() if config is None else config
+    if isinstance(config, ClusterConfig) and config.allocation != "layer":
+        raise EdgeoptError(f"allocation {config.allocation!r} is one-shot clustering of an ONNX model (edgeopt.cluster); "
+                           "prepare_clustering expects allocation='layer'")
     duplicate, chosen = selected_copy(model, config, ClusterConfig, "cluster", "clustering", "nearest")
     for name, module in chosen.items():
         if config.clusters > module.weight.numel():
