@@ -252,11 +252,15 @@ def test_entropy_constrained_scaled_codebook_keeps_scales_zeros_and_shared_integ
     assert shared_codebook(values.astype(np.float32), 0)
     plain = kmeans.cluster_scaled(rows, 16)[0]
     assert rate.entropy_of(plain.assignment, 16) > 2.4
-    # clustering the result again at the same bits finds the same values (what the demo relies on
-    # when edgeopt.torch.prepare_clustering takes over a one-shot clustered model); 1e-9 relative is
-    # float64 rounding of the scale division
-    again = kmeans.cluster_scaled(values, 16, bits=2.0)[0]
-    np.testing.assert_allclose(again.values(), values, rtol=1e-9, atol=1e-12)
+    # adopting them (what edgeopt.torch.prepare_clustering does with a one-shot result) keeps the
+    # values (1e-6: the codebook is read back as means of values divided by their row's scale) and
+    # the zeros; rows not on a codebook of at most 16 entries are not adopted. Clustering them again
+    # would not keep them: the pinned ends leave the entropy a little above 2.0, so the rate search
+    # squeezes it once more
+    adopted = kmeans.adopt_scaled(values, 16)[0]
+    np.testing.assert_allclose(adopted.values(), values, rtol=1e-6, atol=1e-12)
+    assert adopted.fixed_zero and np.all(adopted.assignment[rows == 0] == 0)
+    assert kmeans.adopt_scaled(rows, 16) is None
 
 
 def test_entropy_constrained_entries_stay_inside_the_codebook_ends():
@@ -321,3 +325,17 @@ def test_global_allocation_on_a_model_keeps_its_structure():
     assert min(bits["conv1"], bits["fc2"]) > bits["fc1"] + 0.5, bits
     int8 = edgeopt.quantize(report.model, edgeopt.Int8Config(fallback=False), calibration=calibration).model
     assert max(per_channel for per_channel, _ in _distinct_int8(int8).values()) <= 16
+
+
+def test_rate_search_constrains_values_already_on_their_codebook():
+    """Values exactly on their 16 entries, more of them near zero (3.5 bits): the plain clustering
+    has no error to start the rate search from; it still has to land on the target (it returned
+    them unchanged before)."""
+    codebook = np.linspace(-1.0, 1.0, 16)
+    values = np.repeat(codebook, np.round(400 * np.exp(-4 * codebook ** 2)).astype(int) + 10)
+    fixed, bounds = kmeans._kept_entries(codebook, False)
+    coded = rate.for_entropy(values, np.ones(values.size), codebook, 2.0, fixed, bounds)
+    assert 1.75 <= coded.entropy() <= 2.0, coded.entropy()
+    part = rate.Part(values, np.ones(values.size), codebook, fixed, bounds)
+    (lam_e,) = rate.allocate([part], 2.0)
+    assert rate.constrained(values, np.ones(values.size), codebook, lam_e, fixed, bounds).entropy() <= 2.0

@@ -134,6 +134,23 @@ def test_clustering_trains_the_centroids_and_keeps_zeros(codebook):
         assert len(np.unique(weight)) <= 8
 
 
+def test_a_weight_clustered_in_one_shot_keeps_its_values():
+    """prepare_clustering adopts a weight already on a scaled codebook (an edgeopt.cluster result,
+    whatever rate its layer got) instead of clustering it again: the same values before training.
+    float32 weights: 1e-6 relative."""
+    import edgeopt.torch as et
+    from edgeopt.compression import kmeans
+
+    model = PlainNet()
+    rows = model.fc1.weight.detach().double().numpy()
+    values = kmeans.cluster_scaled(rows, 16, bits=3.0)[0].values().astype(np.float32)
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.from_numpy(values))
+    # asked for fewer bits than the layer holds: clustering again would move its weights
+    clustered = et.prepare_clustering(model, edgeopt.ClusterConfig(clusters=16, bits=1.0))
+    np.testing.assert_allclose(clustered.fc1.weight.detach().numpy(), values, rtol=1e-6, atol=1e-8)
+
+
 def test_clustering_bad_inputs():
     import edgeopt.torch as et
 

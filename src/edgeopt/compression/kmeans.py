@@ -143,6 +143,33 @@ def _rate_constrained(start: _ScaledStart, bits: float | None, at_rate: float | 
     return coded.codebook, assignment, coded.penalty()
 
 
+def adopt_scaled(rows: np.ndarray, clusters: int, keep_zeros: bool = True):
+    """Rows already on one scaled codebook of at most ``clusters`` entries (a one-shot
+    ``edgeopt.cluster`` result) as :func:`cluster_scaled` returns them, with their own values and
+    assignment; None when they are not (more values, or ends that are not opposite)."""
+    from .rate import _labels
+
+    rows = np.asarray(rows, dtype=np.float64)
+    scales = np.abs(rows).max(axis=1)
+    normalized = rows / np.where(scales > 0, scales, 1.0)[:, None]
+    labels = _labels(normalized).reshape(rows.shape)
+    count = int(labels.max()) + 1 if labels.size else 0
+    if not 1 < count <= clusters:
+        return None
+    codebook = np.bincount(labels.ravel(), normalized.ravel(), count) / np.bincount(labels.ravel(), minlength=count)
+    if not np.isclose(codebook.min(), -codebook.max(), rtol=1e-5):
+        return None  # the trained codebook keeps its ends opposite: these rows' would move
+    fixed_zero = bool(keep_zeros and np.any(rows == 0))
+    order = np.argsort(codebook, kind="stable")
+    if fixed_zero:  # the kept zero is entry 0 (see Clusters)
+        zero = int(labels[rows == 0][0])
+        codebook[zero] = 0.0
+        order = np.concatenate([[zero], order[order != zero]])
+    codebook = codebook[order]
+    assignment = np.argsort(order)[labels]
+    return Clusters(scales[:, None] * codebook[None], assignment, fixed_zero), codebook, scales
+
+
 def scaled_rate_part(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
                      keep_zeros: bool = True, seed: int = 0):
     """The :class:`.rate.Part` of rows clustered on a scaled codebook (None: all zero)."""

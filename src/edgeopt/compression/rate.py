@@ -64,6 +64,12 @@ def entropy_of(assignment: np.ndarray, count: int) -> float:
     return float(-(used * np.log2(used)).sum())
 
 
+def _start(error: float, energy: float) -> float:
+    """Where the rate search starts: about a weight's error, or, when the plain clustering has
+    none (values already on the codebook), a millionth of a weight's energy."""
+    return max(error, 1e-6 * energy, 1e-30)
+
+
 def index_entropy(rows: np.ndarray, codebook: str) -> float:
     """Bits per weight of the indices behind clustered ``rows`` (R x D), read from the values: a
     ``scaled`` codebook's index is a value over its row's largest magnitude, a ``layer`` one's the
@@ -140,9 +146,10 @@ def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
     if plain.entropy() <= bits:
         return plain
     error = float(np.sum(importance * (values - plain.codebook[plain.assignment]) ** 2)) / max(values.size, 1)
-    low, high = 0.0, max(error, 1e-30)
+    start = _start(error, float(np.mean(importance * values ** 2)))
+    low, high = 0.0, start
     found = constrained(values, importance, codebook, high, fixed, bounds)
-    while found.entropy() > bits and high < 1e12 * max(error, 1e-30):
+    while found.entropy() > bits and high < 1e12 * start:
         low, high = high, high * 4
         found = constrained(values, importance, codebook, high, fixed, bounds)
     best = found
@@ -202,8 +209,9 @@ def allocate(parts: list[Part], bits: float) -> list[float]:
     # a rate matters once lam * E is about a weight's error: the bracket starts there
     errors = [float(np.mean(p.importance * (p.values - c.codebook[c.assignment]) ** 2)) / e
               for p, c, e in zip(samples, plain, energies)]
-    low, high = 0.0, max(max(errors), 1e-30)
-    while coded(high)[0] > bits and high < 1e12 * max(max(errors), 1e-30):
+    start = _start(max(errors), max(float(np.mean(p.importance * p.values ** 2)) / e for p, e in zip(samples, energies)))
+    low, high = 0.0, start
+    while coded(high)[0] > bits and high < 1e12 * start:
         low, high = high, high * 4
     for _ in range(SEARCH_STEPS):
         middle = np.sqrt(low * high) if low > 0 else high / 4

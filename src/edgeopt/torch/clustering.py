@@ -8,7 +8,9 @@
 weight is replaced (a parametrization) by its centroids gathered at each weight's cluster: the
 k-means of :mod:`edgeopt.compression.kmeans` gives the starting centroids and the assignment,
 which stays fixed; the centroids are parameters, so each gets the sum of its weights' gradients.
-A ``scaled`` codebook trains the shared codebook and the per-channel scales; ``channel`` the
+A ``scaled`` codebook trains the shared codebook and the per-channel scales (a weight already
+on one such codebook, from ``edgeopt.cluster``, keeps its values and assignment instead of being
+clustered again, whatever rate each layer got); ``channel`` the
 centroids of each output channel; ``layer`` one set per layer. With ``preserve_sparsity`` the
 zeros of a pruned weight stay a cluster of their own fixed at zero.
 """
@@ -102,8 +104,9 @@ def _clustered(weight: torch.Tensor, config: ClusterConfig) -> ClusteredWeight:
     rows = weight.detach().cpu().double().numpy().reshape(weight.shape[0], -1)
     keep = config.preserve_sparsity
     if config.codebook == "scaled":
-        found, codebook, scales = kmeans.cluster_scaled(rows, config.clusters, config.init, None, keep, config.seed,
-                                                         config.bits)
+        adopted = kmeans.adopt_scaled(rows, config.clusters, keep)  # clustered in one shot already: kept as is
+        found, codebook, scales = adopted or kmeans.cluster_scaled(rows, config.clusters, config.init, None, keep,
+                                                                   config.seed, config.bits)
         return ClusteredWeight(codebook[None], scales, found.assignment, found.fixed_zero, True)
     if config.codebook == "channel":
         found = kmeans.cluster_rows(rows, config.clusters, config.init, None, keep, config.seed)
