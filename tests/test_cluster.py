@@ -279,7 +279,7 @@ def test_entropy_constrained_entries_stay_inside_the_codebook_ends():
 def test_entropy_constrained_clustering_compresses_further_through_int8():
     """conv_net, 16 clusters, data-aware: at 2.5 bits the int8 file gzips at least 10% smaller than
     plain k-means' (``python -m benchmarks.prune`` on the default CNN, at 2.75 bits: 0.493x of the
-    dense int8 file against 0.630x, top-1 91.63% against 91.68%), still with at most 16 integers
+    dense int8 file against 0.630x, top-1 91.65% against 91.68%), still with at most 16 integers
     per channel."""
     model = models.conv_net()
     calibration = models.CASES["conv_net"].feeds(seed=1, count=64)
