@@ -42,7 +42,7 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
         parts = {}
         for layer in job.layers:
             if job.method != "data-aware" or layer.node.name in moments:
-                flat, importance = _flat(layer, job.weights[layer.weight], moments.get(layer.node.name))
+                _, flat, importance = _flat(layer, job.weights[layer.weight], moments.get(layer.node.name))
                 parts[layer.node.name] = kmeans.scaled_rate_part(flat, config.clusters, config.init, importance,
                                                                  config.preserve_sparsity, config.seed)
         found = {name: part for name, part in parts.items() if part is not None}
@@ -62,16 +62,16 @@ def cluster(model, config: ClusterConfig, calibration=None) -> CompressionResult
 
 
 def _flat(layer: Layer, weight: np.ndarray, moments: np.ndarray | None):
-    """The weight's rows ((G R) x D) and each weight's importance (its input's second moment)."""
-    rows = layer.rows(weight.astype(np.float64))  # G x R x D
+    """The weight's rows (G x R x D), the same as (G R) x D, and each weight's importance (its
+    input's second moment)."""
+    rows = layer.rows(weight.astype(np.float64))
     importance = None if moments is None else np.repeat(np.einsum("gii->gi", moments), rows.shape[1], axis=0)
-    return rows.reshape(-1, rows.shape[2]), importance
+    return rows, rows.reshape(-1, rows.shape[2]), importance
 
 
 def _clustered(layer: Layer, weight: np.ndarray, moments: np.ndarray | None, config: ClusterConfig,
                at_rate: float | None = None) -> np.ndarray:
-    rows = layer.rows(weight.astype(np.float64))  # G x R x D
-    flat, importance = _flat(layer, weight, moments)
+    rows, flat, importance = _flat(layer, weight, moments)
     if config.codebook == "scaled":
         bits = None if at_rate is not None else config.bits
         found = kmeans.cluster_scaled(flat, config.clusters, config.init, importance, config.preserve_sparsity,

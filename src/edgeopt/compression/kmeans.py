@@ -79,15 +79,6 @@ class _ScaledStart:
     end: float
     fixed_zero: bool
 
-    def rate_part(self):
-        """This layer's part in a model-wide rate search (None: nothing to constrain)."""
-        from . import rate
-
-        if self.end == 0:
-            return None
-        fixed, bounds = _kept_entries(self.codebook, self.fixed_zero)
-        return rate.Part(self.normalized.ravel(), self.weigh.ravel(), self.codebook, fixed, bounds)
-
 
 def _scaled_start(rows, clusters, init, importance, keep_zeros, seed) -> _ScaledStart:
     rows = np.asarray(rows, dtype=np.float64)
@@ -172,8 +163,15 @@ def adopt_scaled(rows: np.ndarray, clusters: int, keep_zeros: bool = True):
 
 def scaled_rate_part(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,
                      keep_zeros: bool = True, seed: int = 0):
-    """The :class:`.rate.Part` of rows clustered on a scaled codebook (None: all zero)."""
-    return _scaled_start(rows, clusters, init, importance, keep_zeros, seed).rate_part()
+    """The :class:`.rate.Part` of rows clustered on a scaled codebook, for a model-wide rate
+    search (None: all zero, nothing to constrain)."""
+    from . import rate
+
+    start = _scaled_start(rows, clusters, init, importance, keep_zeros, seed)
+    if start.end == 0:
+        return None
+    fixed, bounds = _kept_entries(start.codebook, start.fixed_zero)
+    return rate.Part(start.normalized.ravel(), start.weigh.ravel(), start.codebook, fixed, bounds)
 
 
 def cluster_rows(rows: np.ndarray, clusters: int, init: str = "kmeans++", importance: np.ndarray | None = None,

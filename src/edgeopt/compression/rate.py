@@ -139,7 +139,7 @@ def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
     ``SEARCH_SAMPLE`` values."""
     values, importance = np.ravel(values).astype(np.float64), np.ravel(importance).astype(np.float64)
     if values.size > SEARCH_SAMPLE:
-        pick = np.sort(np.random.default_rng(0).choice(values.size, SEARCH_SAMPLE, replace=False))
+        pick = _sample(values.size)
         found = for_entropy(values[pick], importance[pick], codebook, bits, fixed, bounds)
         return constrained(values, importance, found.codebook, found.rate, fixed, bounds)
     plain = constrained(values, importance, codebook, 0.0, fixed, bounds)
@@ -147,20 +147,35 @@ def for_entropy(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
         return plain
     error = float(np.sum(importance * (values - plain.codebook[plain.assignment]) ** 2)) / max(values.size, 1)
     start = _start(error, float(np.mean(importance * values ** 2)))
+
+    def trial(rate):
+        found = constrained(values, importance, codebook, rate, fixed, bounds)
+        return found.entropy(), found
+
+    return _smallest_rate(trial, start, bits)[1]
+
+
+def _sample(size: int) -> np.ndarray:
+    """The seeded, sorted indices of ``SEARCH_SAMPLE`` of ``size`` values."""
+    return np.sort(np.random.default_rng(0).choice(size, SEARCH_SAMPLE, replace=False))
+
+
+def _smallest_rate(trial, start: float, bits: float):
+    """(rate, result) of about the smallest rate at which ``trial(rate)`` -> (entropy, result)
+    holds the entropy at most ``bits``: widen from ``start`` by factors of 4, then bisect log(rate)."""
     low, high = 0.0, start
-    found = constrained(values, importance, codebook, high, fixed, bounds)
-    while found.entropy() > bits and high < 1e12 * start:
+    entropy, best = trial(high)
+    while entropy > bits and high < 1e12 * start:
         low, high = high, high * 4
-        found = constrained(values, importance, codebook, high, fixed, bounds)
-    best = found
+        entropy, best = trial(high)
     for _ in range(SEARCH_STEPS):
         middle = np.sqrt(low * high) if low > 0 else high / 4
-        trial = constrained(values, importance, codebook, middle, fixed, bounds)
-        if trial.entropy() <= bits:
-            high, best = middle, trial
+        entropy, found = trial(middle)
+        if entropy <= bits:
+            high, best = middle, found
         else:
             low = middle
-    return best
+    return high, best
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,7 @@ class Part:
         """At most ``SEARCH_SAMPLE`` of the values (seeded), for the search."""
         if self.values.size <= SEARCH_SAMPLE:
             return self
-        pick = np.sort(np.random.default_rng(0).choice(self.values.size, SEARCH_SAMPLE, replace=False))
+        pick = _sample(self.values.size)
         return Part(self.values[pick], self.importance[pick], self.codebook, self.fixed, self.bounds)
 
 
@@ -210,13 +225,5 @@ def allocate(parts: list[Part], bits: float) -> list[float]:
     errors = [float(np.mean(p.importance * (p.values - c.codebook[c.assignment]) ** 2)) / e
               for p, c, e in zip(samples, plain, energies)]
     start = _start(max(errors), max(float(np.mean(p.importance * p.values ** 2)) / e for p, e in zip(samples, energies)))
-    low, high = 0.0, start
-    while coded(high)[0] > bits and high < 1e12 * start:
-        low, high = high, high * 4
-    for _ in range(SEARCH_STEPS):
-        middle = np.sqrt(low * high) if low > 0 else high / 4
-        if coded(middle)[0] <= bits:
-            high = middle
-        else:
-            low = middle
-    return [high * e for e in energies]
+    lam = _smallest_rate(coded, start, bits)[0]
+    return [lam * e for e in energies]
