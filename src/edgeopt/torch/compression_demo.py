@@ -18,6 +18,7 @@ one pass, then trains it with QAT, zeros and clusters kept, for one more: 91.40%
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import time
@@ -46,12 +47,13 @@ LEARNING_RATE = 3e-4
 PRUNED = (("pruned 50% + int8", PruneConfig(sparsity=0.5), 3e-4), ("pruned 80% + int8", PruneConfig(sparsity=0.8), 1e-3),
           ("2:4 + int8", PruneConfig(pattern="2:4"), 3e-4))
 CHANNEL_RATIO = 0.25
-#: the clustered rows' codebooks: 16 values per channel, their indices held to an entropy a
-#: deflate stream stores in about that many bits (``edgeopt.compression.rate``)
-CLUSTERING = ClusterConfig(clusters=16, bits=2.75)
+#: the clustered rows' codebooks: 16 values per channel, their indices held to a mean entropy a
+#: deflate stream stores in about that many bits, shared out over the layers by their error
+#: (``edgeopt.compression.rate``, ``allocation="global"``)
+CLUSTERING = ClusterConfig(clusters=16, bits=2.5, allocation="global")
 #: the collaborative row: half the weights are zero already (1 bit of the entropy), the rest share
 #: the remaining bits
-COLLABORATIVE = ClusterConfig(clusters=16, bits=1.75)
+COLLABORATIVE = ClusterConfig(clusters=16, bits=1.75, allocation="global")
 
 
 def _stem(label: str) -> str:
@@ -108,9 +110,10 @@ def compression_rows(source, calibration, output_dir: pathlib.Path) -> list[tupl
 
 def _clustered(rows: _Rows, source, config: ClusterConfig) -> torch.nn.Module:
     """``source`` (ONNX) clustered in one shot on the calibration images, as PyTorch with its
-    centroids trainable (the k-means of ``prepare_clustering`` finds the same values again)."""
+    centroids trainable (``prepare_clustering`` adopts each layer's codebook and assignment as the
+    one-shot search left them, so the rate each layer was given holds)."""
     one_shot = cluster(source, config, calibration=rows.calibration).model
-    return prepare_clustering(fashion_cnn(one_shot), config)
+    return prepare_clustering(fashion_cnn(one_shot), dataclasses.replace(config, allocation="layer"))
 
 
 def _collaborative(rows: _Rows, pruned: torch.nn.Module):

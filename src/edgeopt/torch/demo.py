@@ -60,15 +60,19 @@ def training_images() -> tuple[np.ndarray, np.ndarray]:
 
 def distill(model: torch.nn.Module, teacher: torch.nn.Module, images: np.ndarray, preprocess=torch.from_numpy, *,
             epochs: int = EPOCHS, batch: int = BATCH, learning_rate: float = LEARNING_RATE, seed: int = SEED,
-            freeze_batch_norm: bool = False, description: str = "QAT fine-tuning") -> float:
+            freeze_batch_norm: bool = False, cosine: bool = False, description: str = "QAT fine-tuning") -> float:
     """A plain training loop (what a user writes): Adam on the cross-entropy to ``teacher``'s
     predicted probabilities, over ``images`` in a seeded order with seeded horizontal flips (the
     last axis), each batch made into the model's input by ``preprocess``; with
-    ``freeze_batch_norm`` the BatchNorm modules stay in eval mode. Returns the seconds it took."""
+    ``freeze_batch_norm`` the BatchNorm modules stay in eval mode; with ``cosine`` the learning
+    rate falls from ``learning_rate`` to 0 over all the steps along a half cosine (torch's
+    ``CosineAnnealingLR``), otherwise it stays constant. Returns the seconds it took."""
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    steps = epochs * max(1, len(images) // batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     model.train()
     if freeze_batch_norm:
         for module in model.modules():
@@ -87,6 +91,8 @@ def distill(model: torch.nn.Module, teacher: torch.nn.Module, images: np.ndarray
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
     model.eval()
     return time.perf_counter() - started
 
