@@ -134,7 +134,7 @@ def section(path: pathlib.Path) -> list[str]:
             kept = "" if row.get("zeros_kept") is None else f"{100 * row['zeros_kept']:.2f}%"
             lines.append(f"| {row['variant']} | {100 * row['top1']:.2f}% | {100 * (row['top1'] - base['top1']):+.2f} | "
                          f"{sparsity} | {kept} | {row.get('max_distinct_per_channel', '')} | "
-                         f"{row['prune_seconds'] or ''} | {row['gzip_bytes'] / 1000:.1f} | "
+                         f"{'' if row['prune_seconds'] is None else row['prune_seconds']} | {row['gzip_bytes'] / 1000:.1f} | "
                          f"{row['gzip_vs_dense_int8']:.3f}x | {split} |")
         lines.append("")
     return lines

@@ -61,10 +61,10 @@ def _check_compressed(rows: dict) -> None:
     """The structure each row promises, read from its int8 file by ``evaluate``, and accuracy
     within bounds set from the measured run (float 92.95%; one point is 20 of the 2,000 images;
     each bound is the measured change minus about half a point): 50% -0.65, 80% -6.45, 2:4
-    -0.50, 16 clusters at 2.75 bits -0.80, pruned + clustered at 1.75 bits + QAT -1.35, channel-pruned
-    -2.05."""
+    -0.50, 16 clusters at 2.5 bits on average -0.45, pruned + clustered at 1.75 bits on average +
+    QAT -0.70, channel-pruned -2.05."""
     change = {label: rows[label]["top1_change_points"] for label in COMPRESSED}
-    bounds = dict(zip(COMPRESSED, (-1.2, -7.5, -1.0, -1.3, -1.9, -2.5)))
+    bounds = dict(zip(COMPRESSED, (-1.2, -7.5, -1.0, -1.0, -1.2, -2.5)))
     assert all(change[label] >= bounds[label] for label in COMPRESSED), change
     assert rows["pruned 50% + int8"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert rows["pruned 80% + int8"]["sparsity"] == pytest.approx(0.8, abs=0.01)
@@ -72,11 +72,11 @@ def _check_compressed(rows: dict) -> None:
     for label in ("clustered 16/channel + int8", "pruned 50% + 16 clusters + QAT int8"):
         assert rows[label]["distinct_per_channel_max"] <= 16, label
     assert rows["pruned 50% + 16 clusters + QAT int8"]["sparsity"] >= 0.49
-    # compressed sizes against the dense int8 file (measured 0.729x, 0.393x, 0.495x, 0.343x: the
+    # compressed sizes against the dense int8 file (measured 0.729x, 0.393x, 0.460x, 0.348x: the
     # clustered rows' indices are entropy-constrained, see edgeopt.compression.rate)
     assert rows["pruned 50% + int8"]["gzip_vs_int8"] < 0.76
     assert rows["pruned 80% + int8"]["gzip_vs_int8"] < 0.42
-    assert rows["clustered 16/channel + int8"]["gzip_vs_int8"] < 0.53
+    assert rows["clustered 16/channel + int8"]["gzip_vs_int8"] < 0.50
     assert rows["pruned 50% + 16 clusters + QAT int8"]["gzip_vs_int8"] < 0.38
     # channels removed: a smaller file, not only a compressible one
     assert rows["channel-pruned 25% + int8"]["size_ratio"] < 0.7 * rows["int8"]["size_ratio"]
