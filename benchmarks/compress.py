@@ -349,7 +349,53 @@ def section(path: pathlib.Path) -> list[str]:
                          f"{row.get('seconds', '')} |")
         for label, error in case.get("failed", {}).items():
             lines.append(f"\n{label} failed: {error}")
-        lines.append("")
+        lines += ["", *_targets(case), ""]
+    return lines
+
+
+#: issue 10's targets: (row label's start, what is checked, the row's number, its bound, at most)
+TARGETS = (
+    ("pruned 50%", "top-1 change (points)", lambda r, b: 100 * (r["top1"] - b["top1"]), -0.3, False),
+    ("pruned 50%", "gzip vs dense int8", lambda r, b: r["gzip_vs_dense_int8"], 0.65, True),
+    ("pruned 80%", "top-1 change (points)", lambda r, b: 100 * (r["top1"] - b["top1"]), -1.0, False),
+    ("pruned 80%", "gzip vs dense int8", lambda r, b: r["gzip_vs_dense_int8"], 0.33, True),
+    ("2:4", "top-1 change (points)", lambda r, b: 100 * (r["top1"] - b["top1"]), -0.5, False),
+    ("16 clusters", "top-1 change (points)", lambda r, b: 100 * (r["top1"] - b["top1"]), -0.5, False),
+    ("16 clusters", "gzip vs dense int8", lambda r, b: r["gzip_vs_dense_int8"], 0.5, True),
+    ("16 clusters", "max distinct int8 per channel", lambda r, b: r["max_distinct_per_channel"], 16, True),
+    ("pruned 50% + 16", "top-1 change (points)", lambda r, b: 100 * (r["top1"] - b["top1"]), -0.5, False),
+    ("pruned 50% + 16", "gzip vs dense int8", lambda r, b: r["gzip_vs_dense_int8"], 0.40, True),
+    ("pruned 50% + 16", "zeros kept", lambda r, b: r["zeros_kept"], 1.0, False),
+    ("pruned 50% + 16", "max distinct int8 per channel", lambda r, b: r["max_distinct_per_channel"], 16, True),
+)
+#: MobileNetV2's channel pruning: float latency and int8 latency against dense float, and accuracy
+CHANNEL_TARGETS = (("(float)", "latency vs float", 0.5), ("+ int8", "latency vs float", 0.3))
+
+
+def _targets(case: dict) -> list[str]:
+    """The issue's targets for this case, each with the measured number and whether it holds."""
+    rows, base = case["rows"], case["rows"][0]
+    lines = ["Issue 10's targets on this case (changes against the float row):", "",
+             "| target | measured | met |", "|---|---|---|"]
+
+    def add(text, value, bound, at_most):
+        held = value is not None and (value <= bound if at_most else value >= bound)
+        shown = "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {text} {'<=' if at_most else '>='} {bound:g} | {shown} | {'yes' if held else '**no**'} |")
+
+    for start, what, measure, bound, at_most in TARGETS:
+        # the longest label start that matches: "pruned 50% + 16" before "pruned 50%"
+        row = next((r for r in rows if r["variant"].startswith(start) and not any(
+            r["variant"].startswith(other) and len(other) > len(start) for other, *_ in TARGETS)), None)
+        if row is not None:
+            add(f"{row['variant']}: {what}", measure(row, base), bound, at_most)
+    if case["case"] == "mobilenet-v2-fashion":
+        for suffix, what, bound in CHANNEL_TARGETS:
+            row = next((r for r in rows if r["variant"].startswith("channel-pruned") and r["variant"].endswith(suffix)),
+                       None)
+            if row is not None:
+                add(f"{row['variant']}: {what}", row["latency_vs_float"], bound, True)
+                add(f"{row['variant']}: top-1 change (points)", 100 * (row["top1"] - base["top1"]), -0.5, False)
     return lines
 
 

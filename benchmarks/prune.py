@@ -125,17 +125,17 @@ def section(path: pathlib.Path) -> list[str]:
         return []
     run = json.loads(path.read_text())
     lines = ["## One-shot pruning and clustering", "",
-             f"Each case's command and date are under its title; the last run's machine: {run['machine']}. No fine-tuning: `edgeopt prune` or "
+             (f"Each case's command and date are under its title; the last run's machine: {run['machine']}. No fine-tuning: `edgeopt prune` or "
              "`edgeopt cluster` on the float model (data-aware on the calibration images), then `edgeopt quantize` "
              "int8. gzip sizes against the dense int8 model's; zeros kept and distinct integers per channel read "
              "back from the int8 file; sign tests pair each data-aware row with the row before it (data-free at "
-             "the same setting, or, for an entropy-constrained row, the same method without the constraint).", ""]
+             "the same setting, or, for an entropy-constrained row, the same method without the constraint)."), ""]
     for case in run["cases"]:
         base = case["rows"][0]
         made = f"`{case['command'].strip()}`, {case['date']}" if "command" in case else ""
-        lines += [f"### {case['title']}", "", *([made, ""] if made else []), "| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
+        lines += [f"### {case['title']}", "", *([made, ""] if made else []), ("| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
                   "int8 per channel | seconds | gzip KB | gzip vs dense int8 | this row right only / the row before "
-                  "right only (p) |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "right only (p) |"), "|---|---|---|---|---|---|---|---|---|---|"]
         for row in case["rows"]:
             versus = row["versus_magnitude"]
             split = "" if versus is None else f"{versus['only_ours']} / {versus['only_theirs']} (p = {versus['p_value']:.2f})"
