@@ -151,6 +151,25 @@ def test_a_weight_clustered_in_one_shot_keeps_its_values():
     np.testing.assert_allclose(clustered.fc1.weight.detach().numpy(), values, rtol=1e-6, atol=1e-8)
 
 
+def test_prepare_clustering_takes_the_global_config_of_an_already_clustered_model():
+    """The config a one-shot global search ran with fine-tunes its result: every selected layer
+    is adopted as it is (same values, 1e-6 relative); a layer not on a scaled codebook is refused
+    by name."""
+    import edgeopt.torch as et
+    from edgeopt.compression import kmeans
+
+    model = PlainNet()
+    config = edgeopt.ClusterConfig(clusters=16, bits=2.0, allocation="global", layers=("fc1",))
+    values = kmeans.cluster_scaled(model.fc1.weight.detach().double().numpy(), 16, bits=3.0)[0].values()
+    with torch.no_grad():
+        model.fc1.weight.copy_(torch.from_numpy(values.astype(np.float32)))
+    clustered = et.prepare_clustering(model, config)
+    np.testing.assert_allclose(clustered.fc1.weight.detach().numpy(), values, rtol=1e-6, atol=1e-8)
+    with pytest.raises(EdgeoptError, match="layer 'fc2' is not clustered that way"):
+        et.prepare_clustering(model, edgeopt.ClusterConfig(clusters=16, bits=2.0, allocation="global",
+                                                           layers=("fc1", "fc2")))
+
+
 def test_clustering_bad_inputs():
     import edgeopt.torch as et
 

@@ -10,7 +10,8 @@ k-means of :mod:`edgeopt.compression.kmeans` gives the starting centroids and th
 which stays fixed; the centroids are parameters, so each gets the sum of its weights' gradients.
 A ``scaled`` codebook trains the shared codebook and the per-channel scales (a weight already
 on one such codebook, from ``edgeopt.cluster``, keeps its values and assignment instead of being
-clustered again, whatever rate each layer got); ``channel`` the
+clustered again, whatever rate each layer got; so the one-shot config, ``allocation="global"``
+included, fine-tunes its result); ``channel`` the
 centroids of each output channel; ``layer`` one set per layer. With ``preserve_sparsity`` the
 zeros of a pruned weight stay a cluster of their own fixed at zero.
 """
@@ -82,16 +83,19 @@ def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = No
     """A copy of ``model`` whose selected layers are clustered as ``config`` says (see the module
     docstring); ``model`` is left as it was."""
     config = ClusterConfig() if config is None else config
-    if isinstance(config, ClusterConfig) and config.allocation != "layer":
-        raise EdgeoptError(f"allocation {config.allocation!r} is one-shot clustering of an ONNX model (edgeopt.cluster); "
-                           "prepare_clustering expects allocation='layer'")
     duplicate, chosen = selected_copy(model, config, ClusterConfig, "cluster", "clustering", "nearest")
+    found = {}
     for name, module in chosen.items():
         if config.clusters > module.weight.numel():
             raise EdgeoptError(f"clusters ({config.clusters}) is more than layer {name!r} has weights "
                                f"({module.weight.numel()}); expected at most that")
-    for module in chosen.values():
-        parametrize.register_parametrization(module, "weight", _clustered(module.weight, config).to(module.weight.device))
+        found[name] = _clustered(module.weight, config)
+        if found[name] is None:  # a model-wide rate is found in one shot, on ONNX
+            raise EdgeoptError(f"allocation {config.allocation!r} is one-shot clustering of an ONNX model "
+                               f"(edgeopt.cluster), and layer {name!r} is not clustered that way; expected the "
+                               "weights of an edgeopt.cluster result, or allocation='layer'")
+    for name, module in chosen.items():
+        parametrize.register_parametrization(module, "weight", found[name].to(module.weight.device))
         # the weight is its centroids now: the original gets no gradient (DistributedDataParallel
         # would wait for one)
         module.parametrizations.weight.original.requires_grad_(False)
@@ -100,11 +104,15 @@ def prepare_clustering(model: torch.nn.Module, config: ClusterConfig | None = No
     return duplicate
 
 
-def _clustered(weight: torch.Tensor, config: ClusterConfig) -> ClusteredWeight:
+def _clustered(weight: torch.Tensor, config: ClusterConfig) -> ClusteredWeight | None:
+    """The weight's parametrization; None where ``config`` spends its bits model-wide and the
+    weight is not on a scaled codebook already (only a one-shot search can find that rate)."""
     rows = weight.detach().cpu().double().numpy().reshape(weight.shape[0], -1)
     keep = config.preserve_sparsity
     if config.codebook == "scaled":
         adopted = kmeans.adopt_scaled(rows, config.clusters, keep)  # clustered in one shot already: kept as is
+        if adopted is None and config.allocation != "layer":
+            return None
         found, codebook, scales = adopted or kmeans.cluster_scaled(rows, config.clusters, config.init, None, keep,
                                                                    config.seed, config.bits)
         return ClusteredWeight(codebook[None], scales, found.assignment, found.fixed_zero, True)

@@ -19,7 +19,6 @@ clusters kept, for one more: 92.25% at 0.348x (1.75 bits in every layer 91.60% a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import time
@@ -114,7 +113,7 @@ def _clustered(rows: _Rows, source, config: ClusterConfig) -> torch.nn.Module:
     centroids trainable (``prepare_clustering`` adopts each layer's codebook and assignment as the
     one-shot search left them, so the rate each layer was given holds)."""
     one_shot = cluster(source, config, calibration=rows.calibration).model
-    return prepare_clustering(fashion_cnn(one_shot), dataclasses.replace(config, allocation="layer"))
+    return prepare_clustering(fashion_cnn(one_shot), config)
 
 
 def _collaborative(rows: _Rows, pruned: torch.nn.Module):
