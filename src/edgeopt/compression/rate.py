@@ -121,13 +121,21 @@ def constrained(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray
 
 
 def assign(values: np.ndarray, importance: np.ndarray, codebook: np.ndarray, penalty: np.ndarray) -> np.ndarray:
-    """Each value's index of least ``importance * error^2 + penalty``, in chunks (memory N x K once
-    per chunk)."""
+    """Each value's index of least ``importance * error^2 + penalty``, in chunks of about 64 K
+    costs, computed in place (a third of the time of one expression over 1 M costs: the chunk
+    stays in cache and no temporaries are made). An entry out of reach (an infinite penalty: an
+    emptied cluster) is left out of the costs, which at a low rate is most of a large codebook."""
+    live = np.flatnonzero(np.isfinite(penalty))
+    if 0 < live.size < codebook.size:
+        return live[assign(values, importance, codebook[live], penalty[live])]
     out = np.empty(values.size, dtype=np.int64)
-    step = max(1, (1 << 20) // max(codebook.size, 1))
+    step = max(1, (1 << 16) // max(codebook.size, 1))
     for start in range(0, values.size, step):
         part = slice(start, start + step)
-        cost = importance[part, None] * (values[part, None] - codebook[None]) ** 2 + penalty[None]
+        cost = np.subtract.outer(values[part], codebook)
+        np.square(cost, out=cost)
+        cost *= importance[part, None]
+        cost += penalty
         out[part] = cost.argmin(axis=1)
     return out
 
