@@ -326,11 +326,13 @@ def run_case(name: str, count: int, work: pathlib.Path) -> dict:
                      "raw_bytes": size["raw_bytes"], "gzip_bytes": size["gzip_bytes"],
                      "gzip_vs_dense_int8": size["gzip_bytes"] / dense, **kept, **info})
     failed = {label: info["error"] for label, info in c.info.items() if "error" in info}
-    return {"case": name, "title": c.case.title, "training_images": len(c.images), "rows": rows, "failed": failed}
+    return {"case": name, "title": c.case.title, "model": str(c.case.model), "training_images": len(c.images),
+            "rows": rows, "failed": failed}
 
 
 def section(path: pathlib.Path) -> list[str]:
     """RESULTS.md's fine-tuned compression tables from compress.json."""
+    from .runs import heading
     if not path.exists():
         return []
     run = json.loads(path.read_text())
@@ -346,7 +348,7 @@ def section(path: pathlib.Path) -> list[str]:
              "71.78% -> 69.74% with 32 clusters on every convolution (12.38 -> 4.05 MB zipped)."), ""]
     for case in run["cases"]:
         base = case["rows"][0]
-        lines += [f"### {case['title']} ({case['training_images']} training images)", "",
+        lines += [heading(case, f"{case['training_images']} training images"), "",
                   ("| variant | top-1 | change | latency ms (x float) | gzip KB | gzip vs dense int8 | zeros kept "
                   "| max distinct int8 per channel | MACs | fine-tuning | seconds |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in case["rows"]:

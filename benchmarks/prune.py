@@ -92,7 +92,7 @@ def _prune_case(name: str, work: pathlib.Path) -> dict:
                      "prune_seconds": round(seconds[base], 1) if base in seconds else None,
                      "raw_bytes": size["raw_bytes"], "gzip_bytes": size["gzip_bytes"],
                      "gzip_vs_dense_int8": size["gzip_bytes"] / dense, "versus_magnitude": versus, **kept})
-    return {"case": name, "title": case.title, "evaluation_samples": len(labels), "rows": rows}
+    return {"case": name, "title": case.title, "model": str(case.model), "evaluation_samples": len(labels), "rows": rows}
 
 
 def _kept(float_path: str, int8_path: str) -> dict:
@@ -121,6 +121,8 @@ def _kept(float_path: str, int8_path: str) -> dict:
 
 def section(path: pathlib.Path) -> list[str]:
     """RESULTS.md's one-shot pruning tables from prune.json."""
+    from .runs import heading
+
     if not path.exists():
         return []
     run = json.loads(path.read_text())
@@ -133,7 +135,7 @@ def section(path: pathlib.Path) -> list[str]:
     for case in run["cases"]:
         base = case["rows"][0]
         made = f"`{case['command'].strip()}`, {case['date']}" if "command" in case else ""
-        lines += [f"### {case['title']}", "", *([made, ""] if made else []), ("| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
+        lines += [heading(case), "", *([made, ""] if made else []), ("| variant | top-1 | change | sparsity | zeros kept in int8 | max distinct "
                   "int8 per channel | seconds | gzip KB | gzip vs dense int8 | this row right only / the row before "
                   "right only (p) |"), "|---|---|---|---|---|---|---|---|---|---|"]
         for row in case["rows"]:

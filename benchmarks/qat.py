@@ -212,7 +212,8 @@ def run_case(name: str, count: int, work: pathlib.Path, configs: tuple[str, ...]
                      "latency_ms": latency.get(label), "size_bytes": pathlib.Path(paths[label]).stat().st_size,
                      "against": {other: paired(right[ours], right[other]) for other in paths if other != ours}
                      if label == ours else None})
-    return {"case": name, "title": case.title, "training_images": len(images), "evaluation_samples": len(labels),
+    return {"case": name, "title": case.title, "model": str(case.model), "training_images": len(images),
+            "evaluation_samples": len(labels),
             "rows": rows, "kernels": kernels, "same_kernels": kernels[ours] == kernels["edgeopt int8 (post-training)"],
             **extra}
 

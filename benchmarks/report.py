@@ -264,6 +264,8 @@ def large_model_section(path: pathlib.Path) -> list[str]:
 
 def qat_section(path: pathlib.Path) -> list[str]:
     """The tables ``python -m benchmarks.qat`` wrote: QAT against float, post-training int8, NNCF's QAT."""
+    from .runs import heading
+
     if not path.exists():
         return []
     run = json.loads(path.read_text())
@@ -277,7 +279,7 @@ def qat_section(path: pathlib.Path) -> list[str]:
     for case in run["cases"]:
         base = case["rows"][0]
         earlier = case.get("command", run["command"]).strip() != run["command"].strip()
-        lines += [f"### {case['title']}", "",
+        lines += [heading(case), "",
                   (f"Measured by `{case['command'].strip()}` on {case['date']}. " if earlier else "") +
                   f"{case['training_images']:,} training images, {case['evaluation_samples']:,} test images. "
                   f"The trained QAT model in PyTorch (eval mode, the integer kernels' arithmetic) against its "

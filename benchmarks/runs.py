@@ -6,6 +6,7 @@ after each case (a run cut short keeps what it finished), and render RESULTS.md 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import pathlib
 import sys
@@ -29,6 +30,8 @@ def run_cases(path: pathlib.Path, command: str, chosen: list[str], order: tuple[
         print(f"{name} ...", flush=True)
         with tempfile.TemporaryDirectory() as folder:
             case = run_one(name, pathlib.Path(folder))
+        if "model" in case:  # which file made the numbers: the fine-tuned cases are made again per machine
+            case["model_sha256"] = hashlib.sha256(pathlib.Path(case.pop("model")).read_bytes()).hexdigest()
         results["cases"].append({**case, "command": command, "date": results["date"]})
         print(json.dumps({row["variant"]: row["top1"] for row in case["rows"]}), flush=True)
         results["cases"].sort(key=lambda c: order.index(c["case"]))
@@ -36,3 +39,11 @@ def run_cases(path: pathlib.Path, command: str, chosen: list[str], order: tuple[
     here = path.parent
     render(json.loads((here / "results.json").read_text()), here)
     return results
+
+
+def heading(case: dict, detail: str = "") -> str:
+    """A case's table heading: its title, ``detail``, and the start of its model's sha256 when known
+    (benchmarks.models.finetune makes the fine-tuned models again on each machine, and not bit for bit)."""
+    notes = [part for part in (detail, case.get("model_sha256", "")[:12] and f"model sha256 {case['model_sha256'][:12]}")
+             if part]
+    return f"### {case['title']}" + (f" ({', '.join(notes)})" if notes else "")
