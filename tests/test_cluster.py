@@ -339,3 +339,17 @@ def test_rate_search_constrains_values_already_on_their_codebook():
     part = rate.Part(values, np.ones(values.size), codebook, fixed, bounds)
     (lam_e,) = rate.allocate([part], 2.0)
     assert rate.constrained(values, np.ones(values.size), codebook, lam_e, fixed, bounds).entropy() <= 2.0
+
+
+def test_assignment_is_the_least_cost_entry_with_unreachable_ones_left_out():
+    """``rate.assign`` against the whole cost matrix: the same index everywhere, including when
+    emptied entries (infinite penalty) are skipped and the chunks are smaller than the values."""
+    rng = np.random.default_rng(3)
+    values, importance = rng.normal(size=5000), rng.uniform(0.1, 2.0, size=5000)
+    codebook = np.sort(rng.normal(size=40))
+    penalty = rng.uniform(0.0, 0.5, size=40)
+    penalty[rng.choice(40, 25, replace=False)] = np.inf
+    expected = (importance[:, None] * (values[:, None] - codebook[None]) ** 2 + penalty[None]).argmin(axis=1)
+    found = rate.assign(values, importance, codebook, penalty)
+    assert np.array_equal(found, expected)
+    assert np.isfinite(penalty[found]).all()
