@@ -6,8 +6,9 @@ Adam, batch 32) over training images in a seeded order with seeded flips, by the
 for its step (RECIPES: learning rate, passes, which images, constant or cosine); the anchors get
 the 50% row's recipe. BatchNorm keeps its running statistics:
 
-* pruned 50% / 80% / 2:4: ``edgeopt.prune`` (data-aware, one shot, on the calibration images),
-  then ``edgeopt.torch.prepare_pruning`` holds those zeros while fine-tuning, ``strip``;
+* pruned 50% / 80% / 2:4: ``edgeopt.prune`` (data-aware, one shot, on the calibration images;
+  50% and 80% of all the weights with each layer's share from one model-wide ranking), then
+  ``edgeopt.torch.prepare_pruning`` holds those zeros while fine-tuning, ``strip``;
 * pruned 50% / 80% + 128 clusters: the fine-tuned pruned model clustered in one shot as the demo
   does (``edgeopt.torch.compression_demo.CODED``: 3 / 1.5 bits on average, zeros kept);
 * 16 clusters per channel: ``edgeopt.cluster`` (data-aware, entropy-constrained to the bits the
@@ -209,8 +210,7 @@ def _variants(c: _Case) -> None:
     c.paths["int8"] = str(c.work / "int8.onnx")
     c.info["int8"] = {"seconds": round(time.perf_counter() - started, 1)}
     half = None
-    for label, config, step in (("pruned 50% + int8", edgeopt.PruneConfig(sparsity=0.5), "pruned"),
-                                ("pruned 80% + int8", edgeopt.PruneConfig(sparsity=0.8), "pruned 80%"),
+    for label, config, step in (("pruned 50% + int8", _ranked(0.5), "pruned"), ("pruned 80% + int8", _ranked(0.8), "pruned 80%"),
                                 ("2:4 + int8", edgeopt.PruneConfig(pattern="2:4"), "pruned")):
         print(f"  {label}", flush=True)
         started = time.perf_counter()
@@ -248,6 +248,14 @@ def _variants(c: _Case) -> None:
                      "fine_tuning": c.take_recipes()}
     _channel_rows(c)
     _anchors(c)
+
+
+def _ranked(sparsity: float):
+    """Unstructured pruning at ``sparsity`` of all the weights, each layer's share from one
+    data-aware ranking (``edgeopt.prune``), held while fine-tuning (``prepare_pruning``)."""
+    import edgeopt
+
+    return edgeopt.PruneConfig(sparsity=sparsity, ranking="global", method="data-aware")
 
 
 def _clustered(c: _Case, source, config):

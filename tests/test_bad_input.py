@@ -115,7 +115,7 @@ def _cases():
         "prune data-aware without data": ["prune", conv, *out, "--method", "data-aware"],
         "prune data wrong shape": ["prune", conv, *out, "--data", "wrong_shape.npz"],
         "prune data wrong name": ["prune", conv, *out, "--data", "wrong_name.npz"],
-        "prune global data-aware": ["prune", conv, *out, "--ranking", "global", "--data", "calibration.npz"],
+        "prune global 2:4": ["prune", conv, *out, "--ranking", "global", "--pattern", "2:4"],
         "prune output equals the model": ["prune", conv, "-o", conv],
         "prune not an ONNX file": ["prune", "random.onnx", *out],
         "cluster one cluster": ["cluster", conv, *out, "--clusters", "1"],

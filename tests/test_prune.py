@@ -125,3 +125,20 @@ def test_bad_configs_are_one_line_errors():
         edgeopt.prune(models.conv_net(), edgeopt.Int8Config())
     assert edgeopt.PruneConfig.from_dict(edgeopt.PruneConfig(pattern="2:4").to_dict()) == \
         edgeopt.PruneConfig(pattern="2:4")
+
+
+def test_data_aware_global_ranking_shares_the_sparsity_by_relative_output_cost():
+    """``ranking="global"`` with data: 60% of all the weights go, layers at different shares, and
+    the output closer than with 60% of every layer (measured 15.4 dB against 9.2 dB on this model,
+    whose convolutions hold few weights and keep nearly all of them; 3 dB leaves a margin)."""
+    case = models.CASES["conv_net"]
+    model = case.build()
+    calibration, held_out = case.feeds(seed=1, count=64), case.feeds(seed=2, count=32)
+    reference = models.run(model, held_out)[0]
+    shared = edgeopt.prune(model, edgeopt.PruneConfig(sparsity=0.6, ranking="global"), calibration=calibration)
+    each = edgeopt.prune(model, edgeopt.PruneConfig(sparsity=0.6), calibration=calibration)
+    assert shared.report["method"] == "data-aware"
+    assert shared.report["sparsity"] == pytest.approx(0.6, abs=0.01)  # each row of a block rounds its share
+    assert len({round(v, 2) for v in shared.report["layers"].values()}) > 1
+    ours, theirs = (_sqnr(reference, models.run(r.model, held_out)[0]) for r in (shared, each))
+    assert ours > theirs + 3, (ours, theirs)

@@ -90,6 +90,26 @@ def test_two_of_four_and_global_ranking():
     assert len({round(float((w == 0).float().mean()), 2) for w in weights}) > 1
 
 
+def test_a_model_pruned_by_one_data_aware_ranking_keeps_each_layers_share():
+    """The one-shot config (``ranking="global"``, ``method="data-aware"``) fine-tunes the model it
+    made: each layer keeps the zeros it came with (its own share), none lost, none added."""
+    import edgeopt.torch as et
+
+    torch.manual_seed(0)
+    model = PlainNet()
+    with torch.no_grad():
+        for layer, share in ((model.conv2, 0.2), (model.fc1, 0.7), (model.fc2, 0.05)):
+            layer.weight.view(-1)[: round(share * layer.weight.numel())] = 0.0
+    zeros = {name: model.get_submodule(name).weight == 0 for name in ("conv1", "conv2", "fc1", "fc2")}
+    config = edgeopt.PruneConfig(sparsity=0.5, ranking="global", method="data-aware")
+    plain = et.strip(_steps(et.prepare_pruning(model, config), 3))
+    for name, before in zeros.items():
+        after = plain.get_submodule(name).weight == 0
+        assert torch.equal(after, before), name
+    with pytest.raises(EdgeoptError, match="no zero weights"):
+        et.prepare_pruning(PlainNet(), config)
+
+
 def test_training_pruning_bad_inputs():
     import edgeopt.torch as et
 

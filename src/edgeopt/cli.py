@@ -101,7 +101,8 @@ def _prune_arguments(commands) -> None:
     p.add_argument("--pattern", default="unstructured",
                    help="unstructured (default), 1x4, 4x1, or N:M such as 2:4 (along input channels)")
     p.add_argument("--ranking", choices=PRUNE_RANKINGS, default="layer",
-                   help="magnitude: each layer its sparsity (layer) or one threshold for all (global)")
+                   help="each layer its sparsity (layer, default) or --sparsity of all weights together (global: "
+                        "one magnitude threshold, or with --data each weight's cost relative to its layer's output)")
     p.add_argument("--depthwise", action="store_true", help="prune depthwise convolutions too (left dense by default)")
 
 

@@ -332,8 +332,9 @@ class PruneConfig(_Config):
     #: ``"unstructured"``, ``"1x4"``, ``"4x1"`` or ``"N:M"`` such as ``"2:4"`` (along input channels)
     pattern: str = "unstructured"
     method: str = "auto"
-    #: ``"layer"``: each weight gets ``sparsity``; ``"global"``: one magnitude threshold for all
-    #: (magnitude, unstructured)
+    #: ``"layer"``: each weight gets ``sparsity``; ``"global"`` (unstructured): ``sparsity`` of all
+    #: the weights together, by one magnitude threshold, or with data by each weight's output cost
+    #: relative to its layer's output (each layer then pruned data-aware at its share)
     ranking: str = "layer"
     #: node-name patterns (``fnmatch``) or operator types to prune; empty: every Conv, Gemm, MatMul
     #: (in PyTorch: module names or class names such as ``Conv2d``)
@@ -361,8 +362,9 @@ class PruneConfig(_Config):
             raise EdgeoptError(f"method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}")
         if self.ranking not in PRUNE_RANKINGS:
             raise EdgeoptError(f"ranking must be one of {', '.join(PRUNE_RANKINGS)}, got {self.ranking!r}")
-        if self.ranking == "global" and (self.pattern != "unstructured" or self.method == "data-aware"):
-            raise EdgeoptError("ranking='global' is for unstructured magnitude pruning; expected ranking='layer'")
+        if self.ranking == "global" and self.pattern != "unstructured":
+            raise EdgeoptError("ranking='global' is for unstructured pruning (an N:M or block pattern sets each "
+                               "group's share); expected ranking='layer'")
         if isinstance(self.layers, str) or not all(isinstance(item, str) for item in self.layers):
             raise EdgeoptError(f"layers must be a list of node-name patterns or operator types, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(self.layers))

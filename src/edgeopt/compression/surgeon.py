@@ -72,3 +72,27 @@ def _block_mask(saliency: np.ndarray, sparsity: float, pattern: str) -> np.ndarr
     if pattern in ("unstructured", "1x4"):
         return np.stack([keep_mask(row[None], sparsity, pattern)[0] for row in saliency])
     return keep_mask(saliency, sparsity, pattern)
+
+
+def allocate(parts: list[tuple[np.ndarray, np.ndarray]], sparsity: float) -> list[float]:
+    """Each layer's sparsity for one model-wide ranking: ``parts`` are the layers' (rows G x R x D,
+    moments G x D x D); ``sparsity`` of all their weights go, those of least relative cost first.
+
+    A weight's cost is its OBS saliency ``w_i^2 / [H^-1]_ii`` (the output error of removing it
+    alone, the others compensating) over its layer's output energy ``sum w H w^T``, so that a layer
+    whose every weight is a large share of its output keeps more of them; the sum of the removed
+    costs is then about the sum of the layers' relative output errors, the trade
+    :func:`edgeopt.compression.rate.allocate` makes for clustering."""
+    costs = []
+    for rows, moments in parts:
+        upper = inverse_factor(moments)
+        inverse_diagonal = np.einsum("gki,gki->gi", upper, upper)  # diag(U^T U) = diag(H^-1)
+        weights = np.asarray(rows, dtype=np.float64)
+        energy = max(float(np.einsum("grd,gde,gre->", weights, np.asarray(moments, dtype=np.float64), weights)), 1e-30)
+        costs.append((weights ** 2 / inverse_diagonal[:, None, :]).ravel() / energy)
+    every = np.concatenate(costs)
+    removed = round(sparsity * every.size)
+    if removed == 0:
+        return [0.0] * len(parts)
+    threshold = np.partition(every, removed - 1)[removed - 1]
+    return [float(np.mean(cost <= threshold)) for cost in costs]

@@ -12,10 +12,15 @@ schedule names, recomputes each mask from the weights' magnitudes at the schedul
 zeroes the removed weights in the parameter. Every process of a DistributedDataParallel run
 computes the same masks from the same weights. ``set_step`` sets the count (to resume, or to
 count optimizer steps under gradient accumulation).
+
+A model from ``edgeopt.prune(..., PruneConfig(ranking="global", method="data-aware"), calibration=...)``
+(each layer's sparsity from one model-wide ranking on data) is fine-tuned with that same config:
+each layer keeps the share of zeros it came with, the schedule rising to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -52,6 +57,9 @@ class PruningState:
     #: module name -> the reason it is left dense (the pattern does not fit it)
     skipped: dict
     layers: dict = field(default_factory=dict)
+    #: module name -> its target when the config's is a one-shot model-wide data-aware ranking
+    #: (the share of zeros its weight came with; training has no data to rank by)
+    adopted: dict = field(default_factory=dict)
     step: int = 0
     sparsity: float = 0.0
 
@@ -69,7 +77,10 @@ def prepare_pruning(model: torch.nn.Module, config: PruneConfig | None = None) -
     """A copy of ``model`` whose selected layers are pruned by magnitude as ``config`` and its
     schedule say (see the module docstring); ``model`` is left as it was."""
     config = PruneConfig() if config is None else config
-    duplicate, chosen = selected_copy(model, config, PruneConfig, "prune", "pruning", "magnitude")
+    # a model-wide data-aware ranking was made in one shot: training keeps its layers' shares
+    adopt = isinstance(config, PruneConfig) and config.ranking == "global" and config.method == "data-aware"
+    duplicate, chosen = selected_copy(model, dataclasses.replace(config, method="auto") if adopt else config,
+                                      PruneConfig, "prune", "pruning", "magnitude")
     _check_targets(chosen, config)
     state = PruningState(config, {})
     for name, module in chosen.items():
@@ -85,11 +96,24 @@ def prepare_pruning(model: torch.nn.Module, config: PruneConfig | None = None) -
     if not state.layers:
         raise EdgeoptError(f"nothing to prune: pattern {config.pattern} fits no selected layer "
                            f"({'; '.join(f'{k}: {v}' for k, v in list(state.skipped.items())[:3])})")
+    if adopt:
+        state.adopted = _adopted(state.layers)
     setattr(duplicate, STATE, state)
     duplicate.register_forward_pre_hook(_step_hook)
     logger.info("prepared %d layers for pruning to %s", len(state.layers), config.pattern if n_of_m(config.pattern)
                 else f"{100 * config.sparsity:.0f}%")
     return duplicate
+
+
+def _adopted(layers: dict) -> dict:
+    """Each layer's share of zero weights: a model pruned by ``edgeopt.prune`` with
+    ``ranking="global"`` and data keeps each layer's sparsity from that ranking while it trains."""
+    shares = {name: float((module.parametrizations.weight.original == 0).float().mean()) for name, module in layers.items()}
+    if not any(shares.values()):
+        raise EdgeoptError("ranking='global' with method='data-aware' fine-tunes a model edgeopt.prune pruned that way, "
+                           "keeping each layer's share of zeros; this model has no zero weights (expected the "
+                           "one-shot result, or method='magnitude' to rank by magnitude while training)")
+    return shares
 
 
 def _check_targets(chosen: dict, config: PruneConfig) -> None:
@@ -131,10 +155,12 @@ def update_masks(state: PruningState, schedule) -> None:
         if schedule.sparsity(state.step, 1.0) < 1.0:
             return
         targets = {name: 1 - nm[0] / nm[1] for name in state.layers}
+    elif state.adopted:
+        targets = {name: schedule.sparsity(state.step, share) for name, share in state.adopted.items()}
     else:
         targets = {name: schedule.sparsity(state.step, config.sparsity_for(name, type(holder).__name__))
                    for name, holder in state.layers.items()}
-    threshold = _global_threshold(state, targets) if config.ranking == "global" else None
+    threshold = _global_threshold(state, targets) if config.ranking == "global" and not state.adopted else None
     with torch.no_grad():
         for name, holder in state.layers.items():
             original = holder.parametrizations.weight.original
