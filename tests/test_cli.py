@@ -286,10 +286,11 @@ def test_int8_without_calibration_rebuilds_an_edgeopt_qdq_model_and_refuses_a_fl
 
 @pytest.mark.parametrize("command", [
     ["prune", "--sparsity", "0.5", "--data", "calibration.npz"],
+    ["prune", "--sparsity", "0.5", "--ranking", "global", "--data", "calibration.npz"],
     ["prune", "--pattern", "2:4"],
     ["cluster", "--clusters", "16", "--bits", "2.5", "--data", "calibration.npz"],
     ["cluster", "--clusters", "8", "--codebook", "channel"],
-], ids=["prune-data", "prune-2of4", "cluster-bits-data", "cluster-channel"])
+], ids=["prune-data", "prune-global-data", "prune-2of4", "cluster-bits-data", "cluster-channel"])
 def test_one_shot_commands_write_the_model_and_report(command, conv_files, capsys, monkeypatch, tmp_path):
     """``edgeopt prune`` and ``edgeopt cluster`` succeed: the model and the report are written, the
     inputs untouched, and the line printed says what the report holds."""
