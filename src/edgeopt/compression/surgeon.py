@@ -82,7 +82,8 @@ def allocate(parts: list[tuple[np.ndarray, np.ndarray]], sparsity: float) -> lis
     alone, the others compensating) over its layer's output energy ``sum w H w^T``, so that a layer
     whose every weight is a large share of its output keeps more of them; the sum of the removed
     costs is then about the sum of the layers' relative output errors, the trade
-    :func:`edgeopt.compression.rate.allocate` makes for clustering."""
+    :func:`edgeopt.compression.rate.allocate` makes for clustering. A layer loses at most
+    ``1 - (1 - sparsity) / 4`` of its weights (95% at 80%, 87.5% at 50%)."""
     costs = []
     for rows, moments in parts:
         upper = inverse_factor(moments)
@@ -90,9 +91,13 @@ def allocate(parts: list[tuple[np.ndarray, np.ndarray]], sparsity: float) -> lis
         weights = np.asarray(rows, dtype=np.float64)
         energy = max(float(np.einsum("grd,gde,gre->", weights, np.asarray(moments, dtype=np.float64), weights)), 1e-30)
         costs.append((weights ** 2 / inverse_diagonal[:, None, :]).ravel() / energy)
-    every = np.concatenate(costs)
-    removed = round(sparsity * every.size)
+    # no layer loses more than most_share of its weights (a layer emptied disconnects the model:
+    # MobileNetV2-Fashion at 80% without this bound fell to chance), the rest go elsewhere
+    most_share = 1.0 - (1.0 - sparsity) / 4
+    eligible = [np.sort(cost)[:int(most_share * cost.size)] for cost in costs]
+    every = np.concatenate(eligible)
+    removed = min(round(sparsity * sum(cost.size for cost in costs)), every.size)
     if removed == 0:
         return [0.0] * len(parts)
     threshold = np.partition(every, removed - 1)[removed - 1]
-    return [float(np.mean(cost <= threshold)) for cost in costs]
+    return [float(np.sum(kept <= threshold)) / cost.size for kept, cost in zip(eligible, costs)]
