@@ -19,6 +19,8 @@ from .masks import keep_mask
 
 #: Columns whose mask is chosen at once (SparseGPT's default).
 BLOCK = 128
+#: :func:`allocate` keeps at least ``(1 - sparsity) / KEPT_DIVISOR`` of each layer's weights
+KEPT_DIVISOR = 4
 
 
 def prune_rows(rows: np.ndarray, moments: np.ndarray, sparsity: float, pattern: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +95,7 @@ def allocate(parts: list[tuple[np.ndarray, np.ndarray]], sparsity: float) -> lis
         costs.append((weights ** 2 / inverse_diagonal[:, None, :]).ravel() / energy)
     # no layer loses more than most_share of its weights (a layer emptied disconnects the model:
     # MobileNetV2-Fashion at 80% without this bound fell to chance), the rest go elsewhere
-    most_share = 1.0 - (1.0 - sparsity) / 4
+    most_share = 1.0 - (1.0 - sparsity) / KEPT_DIVISOR
     eligible = [np.sort(cost)[:int(most_share * cost.size)] for cost in costs]
     every = np.concatenate(eligible)
     removed = min(round(sparsity * sum(cost.size for cost in costs)), every.size)
