@@ -137,7 +137,7 @@ def _evaluate_and_demo_arguments(commands) -> None:
     d = commands.add_parser("demo", help="quantize the embedded default model every way and measure it")
     d.add_argument("--output-dir", default="edgeopt-demo", help="where models, data and tables go")
     d.add_argument("--no-qat", action="store_true",
-                   help="skip the rows that fine-tune (QAT, pruning, clustering: about 3 minutes)")
+                   help="skip the rows that fine-tune (QAT, pruning, clustering: 3 to 5 minutes)")
     d.add_argument("--json", help="also write the table (JSON) here")
     d.add_argument("--threads", type=int, default=1)
 

@@ -52,7 +52,7 @@ def run_demo(output_dir: str | pathlib.Path = "edgeopt-demo", threads: int = 1, 
     """Quantize the default model every way, measure each, write models, data and tables to
     ``output_dir``; with ``qat`` (and PyTorch installed) also fine-tune it on the shipped training
     images: quantization-aware training, pruning, clustering, both with QAT, and channel pruning
-    (about 3 minutes on 2 cores)."""
+    (3 to 5 minutes on 2 cores)."""
     output_dir = pathlib.Path(output_dir)
     if threads < 1 or runs < 1:
         raise EdgeoptError(f"threads and runs must be >= 1, got {threads} and {runs}")
@@ -151,8 +151,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def markdown_table(table: list[dict]) -> str:
-    lines = ["| model | top-1 | change | latency ms (x float) | size KB (x float) | gzip KB (x float) | gzip x int8 "
-             "| sparsity | distinct weights / channel |",
+    lines = [("| model | top-1 | change | latency ms (x float) | size KB (x float) | gzip KB (x float) | gzip x int8 "
+              "| sparsity | distinct weights / channel |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         sparsity = "" if r.get("sparsity") is None else f"{100 * r['sparsity']:.1f}%"

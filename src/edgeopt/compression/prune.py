@@ -31,9 +31,10 @@ def prune(model, config: PruneConfig, calibration=None) -> CompressionResult:
         raise EdgeoptError("schedule is for training-time pruning (edgeopt.torch.prepare_pruning); one-shot pruning "
                            "expects schedule=None")
     _check_targets(job.layers, config)
-    magnitude_global = config.ranking == "global" and job.method == "magnitude"
-    threshold = _global_threshold(job.layers, job.weights, float(config.sparsity)) if magnitude_global else None
-    shares = {}  # data-aware, ranking="global": each layer's sparsity, decided on all the moments
+    ranked = config.ranking == "global"  # magnitude: one threshold; data-aware: each layer's share from all moments
+    threshold = _global_threshold(job.layers, job.weights, float(config.sparsity)) \
+        if ranked and job.method == "magnitude" else None
+    shares = {}
 
     def allocate(moments):
         found = [layer for layer in job.layers if layer.node.name in moments]
@@ -49,7 +50,7 @@ def prune(model, config: PruneConfig, calibration=None) -> CompressionResult:
     # the model with the layers before it already pruned (SparseGPT's order) was tried and was
     # worse on MobileNetV2-Fashion at 50%: 31.9% top-1 against 39.6%.
     new = run(job, compute, calibration, config.max_calibration_samples, recalibrated=True,
-              prepare=allocate if config.ranking == "global" and job.method == "data-aware" else None)
+              prepare=allocate if ranked and job.method == "data-aware" else None)
     report = _report(job.layers, job.weights, new, job.skipped, config, job.method)
     logger.info("pruned %d weights to %.1f%% sparsity", len(new), 100 * report["sparsity"])
     return CompressionResult(job.model, report)
