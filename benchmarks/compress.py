@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fnmatch
 import itertools
 import json
 import pathlib
@@ -49,13 +50,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 CASES = ("default-cnn", "mobilenet-v2-fashion")
 IMAGES = {"default-cnn": 10_000, "mobilenet-v2-fashion": 6_000}
 BATCH, SEED = 32, 0
-CHANNEL_RATIO = 0.5
-#: each case's channel pruning: half the channels. On MobileNetV2 one ranking over the layers
-#: (at most 90% from any one) and counts kept at multiples of 16: measured at 1 thread (ratios to
-#: dense float in one run), every layer at 50% and multiples of 8 ran 0.43x float / 0.35x int8
-#: (ONNX Runtime's int8 depthwise kernels are slower than float ones at 8 to 56 channels), one
-#: ranking at multiples of 16 0.36x / 0.29x at 0.30x the MACs.
-CHANNELS = {"default-cnn": {}, "mobilenet-v2-fashion": {"ranking": "global", "round_to": 16}}
+#: each case's channel pruning (``ChannelPruneConfig`` fields). MobileNetV2 loses 60% of each
+#: layer's channels, counts kept at multiples of 16: ONNX Runtime's int8 depthwise kernels are
+#: slower than its float ones at 8 to 56 channels, so the int8 model gains little on the float one
+#: once the layers are thin. Measured at 1 thread (ratios to dense float in one run; float / int8):
+#: every layer at 50%, multiples of 8: 0.43x / 0.35x; at multiples of 16 0.39x / 0.30x; one ranking
+#: at 50% 0.36x / 0.29x; 60% 0.31x / 0.29x (0.28x the MACs), top-1 91.47% float after two passes
+#: over every training image (float 91.66%, the model of 2026-12-04).
+CHANNELS = {"default-cnn": {"ratio": 0.5}, "mobilenet-v2-fashion": {"ratio": 0.6, "round_to": 16}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +92,13 @@ class Recipe:
 #: test images, float 92.65%): one shot 10.0% (BatchNorm statistics re-estimated 15.05%); two
 #: passes of 6,000 images at 3e-4 with BatchNorm frozen 83.05% (re-estimated first), with it
 #: training 77.55%; at 1e-3 cosine frozen 9.7% (diverged), training 90.15%, over 12,000 90.95%,
-#: one pass over all 59,500 91.80%.
+#: one pass over all 59,500 91.80%; at 60% (multiples of 16, CHANNELS) two passes over all 91.47%
+#: on the 10,000 (float 91.66%).
 RECIPES = {
     "default-cnn": {"pruned": Recipe(3e-4), "pruned 80%": Recipe(1e-3, 4, "all", True), "clusters": Recipe(1e-4),
                     "qat": Recipe(3e-5), "channels": Recipe(1e-3, 1, "all", True, "training")},
     "mobilenet-v2-fashion": {"pruned": Recipe(3e-5), "pruned 80%": Recipe(3e-4), "clusters": Recipe(3e-5),
-                             "qat": Recipe(3e-5), "channels": Recipe(1e-3, 1, "all", True, "training")},
+                             "qat": Recipe(3e-5), "channels": Recipe(1e-3, 2, "all", True, "training")},
 }
 
 #: the clustered row's codebook (16 values per channel, indices held to a mean of 2.5 bits of
@@ -315,13 +318,13 @@ def _channel_rows(c: _Case) -> None:
 
     print("  channels", flush=True)
     started = time.perf_counter()
-    pruned = et.prune_channels(c.teacher, c.example, edgeopt.ChannelPruneConfig(
-        ratio=CHANNEL_RATIO, **CHANNELS[c.name]))
+    config = edgeopt.ChannelPruneConfig(**CHANNELS[c.name])
+    pruned = et.prune_channels(c.teacher, c.example, config)
     c.tune(pruned.model, "channels")
-    label = f"channel-pruned {100 * CHANNEL_RATIO:.0f}% + int8"
+    label = f"channel-pruned {100 * config.ratio:.0f}% + int8"
     c.int8(label, pruned.model, time.perf_counter() - started, macs=pruned.report["macs"],
            parameters=pruned.report["parameters"])
-    c.paths[f"channel-pruned {100 * CHANNEL_RATIO:.0f}% (float)"] = c.info[label]["float_path"]
+    c.paths[f"channel-pruned {100 * config.ratio:.0f}% (float)"] = c.info[label]["float_path"]
 
 
 def _anchors(c: _Case) -> None:
@@ -415,7 +418,7 @@ def section(path: pathlib.Path) -> list[str]:
     return lines
 
 
-#: issue 10's targets: (the row's label starts with, what is checked, its bound, "at most" or
+#: issue 10's targets: (the row's label starts with, ``*`` for any text; what is checked, its bound, "at most" or
 #: "at least"); "change" is top-1 against the float row in points. Each target is checked on every
 #: row whose label starts so: the pruned rows' on the plain rows, on the same models with their
 #: weights coded to fewer bits, and on both trained with QAT.
@@ -436,8 +439,8 @@ TARGETS = (
 )
 #: MobileNetV2's channel pruning, float and int8: latency against dense float, and top-1
 CHANNEL_TARGETS = (
-    ("channel-pruned 50% (float)", "latency_vs_float", 0.5, "at most"), ("channel-pruned 50% (float)", "change", -0.5, "at least"),
-    ("channel-pruned 50% + int8", "latency_vs_float", 0.3, "at most"), ("channel-pruned 50% + int8", "change", -0.5, "at least"),
+    ("channel-pruned * (float)", "latency_vs_float", 0.5, "at most"), ("channel-pruned * (float)", "change", -0.5, "at least"),
+    ("channel-pruned * + int8", "latency_vs_float", 0.3, "at most"), ("channel-pruned * + int8", "change", -0.5, "at least"),
 )
 #: how the targets table names each checked number
 MEASURES = {"change": "top-1 change (points)", "gzip_vs_dense_int8": "gzip vs dense int8",
@@ -451,7 +454,8 @@ def _targets(case: dict) -> list[str]:
     lines = ["Issue 10's targets on this case (changes against the float row):", "",
              "| target | measured | met |", "|---|---|---|"]
     targets = TARGETS + (CHANNEL_TARGETS if case["case"] == "mobilenet-v2-fashion" else ())
-    for (start, key, bound, side), row in ((t, r) for t in targets for r in rows if r["variant"].startswith(t[0])):
+    for (start, key, bound, side), row in ((t, r) for t in targets for r in rows
+                                           if fnmatch.fnmatchcase(r["variant"], t[0] + "*")):
         value = 100 * (row["top1"] - base["top1"]) if key == "change" else row.get(key)
         held = value is not None and (value <= bound if side == "at most" else value >= bound)
         shown = "" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
