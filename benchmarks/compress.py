@@ -390,8 +390,9 @@ def section(path: pathlib.Path) -> list[str]:
         return []
     run = json.loads(path.read_text())
     lines = ["## Pruning and clustering, fine-tuned", "",
-             (f"`{run['command'].strip()}`, {run['date']}: {run['machine']}. Distillation from the float model "
-             "(Adam, batch 32, seeded; BatchNorm frozen), as each row's fine-tuning column says; see "
+             (f"Each case's command and date are under its title; the last run's machine: {run['machine']}. "
+             "Distillation from the float model (Adam, batch 32, seeded; BatchNorm frozen unless the fine-tuning "
+             "column says it trains), as each row's fine-tuning column says; see "
              "benchmarks/compress.py for each row's recipe. Latency: ONNX Runtime, 1 thread, interleaved, median; gzip against the dense "
              "int8 model's; zeros kept and distinct integers per channel read back from the int8 file."), "",
              ("TFMOT's numbers, quoted (not rerun here): with TFMOT 0.8.1 and the TFLite converter on a small "
@@ -402,6 +403,7 @@ def section(path: pathlib.Path) -> list[str]:
     for case in run["cases"]:
         base = case["rows"][0]
         lines += [heading(case, f"{case['training_images']} training images"), "",
+                  f"`{case.get('command', run['command']).strip()}`, {case.get('date', run['date'])}", "",
                   ("| variant | top-1 | change | latency ms (x float) | gzip KB | gzip vs dense int8 | zeros kept "
                   "| max distinct int8 per channel | MACs | fine-tuning | seconds |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in case["rows"]:
