@@ -74,6 +74,10 @@ class Recipe:
     cosine: bool = False
     batch_norm: str = "frozen"
 
+    def __post_init__(self):
+        if self.batch_norm not in ("frozen", "training"):
+            raise ValueError(f"batch_norm must be 'frozen' or 'training', got {self.batch_norm!r}")
+
     def describe(self, count: int) -> str:
         norm = ", BatchNorm training" if self.batch_norm == "training" else ""
         return f"{self.epochs} x {count:,} images at {self.learning_rate:g}{' cosine' if self.cosine else ''}{norm}"
@@ -157,10 +161,18 @@ class _Case:
         import edgeopt
         from edgeopt.model_io import save_model
 
-        stem = self.work / f"{len(self.paths)}"
+        stem = self.stem()
         save_model(self.onnx(model) if isinstance(model, torch.nn.Module) else model, f"{stem}.float.onnx")
         edgeopt.quantize(f"{stem}.float.onnx", edgeopt.Int8Config(), calibration=self.calibration).save(
             f"{stem}.int8.onnx")
+        self.record(label, stem, seconds, **info)
+
+    def stem(self) -> pathlib.Path:
+        """Where the next row's files go (``.float.onnx``, ``.int8.onnx``)."""
+        return self.work / f"{len(self.paths)}"
+
+    def record(self, label: str, stem: pathlib.Path, seconds: float, **info) -> None:
+        """The row ``label``: its int8 file, its float file (zeros to check), its fine-tuning."""
         self.paths[label] = f"{stem}.int8.onnx"
         self.info[label] = {"seconds": round(seconds, 1), "float_path": f"{stem}.float.onnx",
                             "fine_tuning": self.take_recipes(), **info}
@@ -253,16 +265,15 @@ def _variants(c: _Case) -> None:
             c.int8(coded_label(label, CODED[label]), coded, time.perf_counter() - started)
             c.info[coded_label(label, CODED[label])]["fine_tuning"] = recipe
             model = c.one_shot_start(coded)
-        c.recipes.append(recipe)  # then QAT keeping the zeros (and the clusters)
-        _qat_row(c, _qat_label(coded_label(label, CODED[label]) if label in CODED else label), model, started)
+        _qat_row(c, _qat_label(coded_label(label, CODED[label]) if label in CODED else label), model, started,
+                 recipe)
     print("  clusters", flush=True)
     started = time.perf_counter()
     model = _clustered(c, c.case.model, CLUSTERING)
     c.tune(model, "clusters")
     label, model = f"16 clusters/channel at {CLUSTERING.bits} bits + int8", et.strip(model)
     c.int8(label, model, time.perf_counter() - started)
-    c.recipes.append(c.info[label]["fine_tuning"])
-    _qat_row(c, _qat_label(label), model, started)
+    _qat_row(c, _qat_label(label), model, started, c.info[label]["fine_tuning"])
     print("  pruned + clusters + QAT", flush=True)
     started = time.perf_counter()
     model = _clustered(c, c.onnx(half), COLLABORATIVE)
@@ -277,24 +288,25 @@ def _qat_label(label: str) -> str:
     return label.removesuffix(" + int8") + " + QAT int8"
 
 
-def _qat_row(c: _Case, label: str, model, started: float) -> None:
+def _qat_row(c: _Case, label: str, model, started: float, fine_tuned: str = "") -> None:
     """``model`` (float PyTorch, pruned or clustered) through QAT keeping its zeros and clusters
-    (``prepare_qat`` reads them from the weights) for the case's "qat" step, then ``convert``."""
+    (``prepare_qat`` reads them from the weights) for the case's "qat" step, then ``convert``;
+    ``fine_tuned``: the fine-tuning of the row ``model`` comes from, shown before QAT's."""
     import edgeopt
     import edgeopt.torch as et
     from edgeopt.model_io import save_model
     from edgeopt.torch.qat import float_onnx
 
     print(f"  {label}", flush=True)
+    if fine_tuned:  # the row it starts from took its fine-tuning steps already
+        c.recipes.insert(0, fine_tuned)
     qat = et.prepare_qat(model, c.example, edgeopt.QATConfig(), calibration=c.calibration,
                          input_names=["image"], output_names=["logits"])
     c.tune(qat, "qat")
-    stem = c.work / f"{len(c.paths)}"
+    stem = c.stem()
     et.convert(qat, f"{stem}.int8.onnx")
-    save_model(float_onnx(qat), f"{stem}.float.onnx")  # the trained float weights: zeros to check
-    c.paths[label] = f"{stem}.int8.onnx"
-    c.info[label] = {"seconds": round(time.perf_counter() - started, 1), "float_path": f"{stem}.float.onnx",
-                     "fine_tuning": c.take_recipes()}
+    save_model(float_onnx(qat), f"{stem}.float.onnx")
+    c.record(label, stem, time.perf_counter() - started)
 
 
 def _ranked(sparsity: float):
@@ -423,8 +435,8 @@ def section(path: pathlib.Path) -> list[str]:
     return lines
 
 
-#: issue 10's targets: (the row's label starts with, ``*`` for any text; what is checked, its bound, "at most" or
-#: "at least"); "change" is top-1 against the float row in points. Each target is checked on every
+#: issue 10's targets: (what the row's label starts with, ``*`` standing for any text; what is
+#: checked; its bound; "at most" or "at least"); "change" is top-1 against the float row in points. Each target is checked on every
 #: row whose label starts so: the pruned rows' on the plain rows, on the same models with their
 #: weights coded to fewer bits, and on both trained with QAT.
 TARGETS = (
