@@ -1,0 +1,177 @@
+"""Operators with axis attributes: the axes are remapped to the input's layout, so they run in place
+(Concat, Softmax, reductions, Pad, Slice, Split, Gather)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import EdgeoptError
+from .. import layout as lay
+from . import converter
+from .common import attribute, constant_int_list
+from .elementwise import common_layout
+
+
+@converter("Concat")
+def concat(lowering, node) -> None:
+    out_name = node.output[0]
+    rank = lowering.rank(out_name)
+    layout = common_layout(lowering, node.input, rank)
+    axis = lay.tflite_axis(attribute(node, "axis"), layout)
+    sources = [lowering.value(name, layout) for name in node.input if name and 0 not in lowering.shape(name)]
+    b = lowering.builder
+    out = lowering.output(out_name, layout)
+    b.operator("CONCATENATION", sources, [out], b.options("ConcatenationOptions", axis=axis),
+               lowering.version("CONCATENATION", sources))
+
+
+@converter("Softmax", "LogSoftmax")
+def softmax(lowering, node) -> None:
+    """TFLite normalises over the last axis: the input is taken in a layout that puts ONNX's axis last."""
+    x, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(x)
+    axis = attribute(node, "axis", -1) % rank
+    layout = lowering.layout_of(x)
+    if layout[-1] != axis:
+        layout = tuple(a for a in lay.identity(rank) if a != axis) + (axis,)
+    source = lowering.value(x, layout)
+    b = lowering.builder
+    out = lowering.output(out_name, layout)
+    if node.op_type == "Softmax":
+        b.operator("SOFTMAX", [source], [out], b.options("SoftmaxOptions", beta=1.0), lowering.version("SOFTMAX", [source]))
+    else:
+        b.operator("LOG_SOFTMAX", [source], [out], None, lowering.version("LOG_SOFTMAX", [source]))
+
+
+_REDUCERS = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDUCE_MIN", "ReduceSum": "SUM",
+             "ReduceProd": "REDUCE_PROD"}
+
+
+@converter(*_REDUCERS)
+def reduce(lowering, node) -> None:
+    x, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(x)
+    axes = constant_int_list(lowering, node, 1, "axes")
+    if axes is None or not axes:
+        if attribute(node, "noop_with_empty_axes", 0):
+            lowering.alias(out_name, x)
+            return
+        axes = list(range(rank))
+    axes = sorted(a % rank for a in axes)
+    keep = bool(attribute(node, "keepdims", 1))
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    out_layout = layout if keep else lay.drop_axes(layout, axes)
+    b = lowering.builder
+    op = _REDUCERS[node.op_type]
+    out = lowering.output(out_name, out_layout)
+    b.operator(op, [source, lowering.int32("axes", [lay.tflite_axis(a, layout) for a in axes])], [out],
+               b.options("ReducerOptions", keepDims=keep), lowering.version(op, [source]))
+
+
+@converter("Pad")
+def pad(lowering, node) -> None:
+    x, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(x)
+    pads = constant_int_list(lowering, node, 1, "pads")
+    axes = constant_int_list(lowering, node, 3) or list(range(rank))
+    mode = (attribute(node, "mode", b"constant") or b"constant").decode()
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        value = float(np.asarray(lowering.constant(node.input[2])).reshape(-1)[0])
+    elif attribute(node, "value") is not None:
+        value = float(attribute(node, "value"))
+    if pads is None or any(p < 0 for p in pads):
+        raise EdgeoptError(f"Pad {node.name!r}: TFLite needs constant, non-negative pads")
+    full = [[0, 0] for _ in range(rank)]
+    for i, axis in enumerate(a % rank for a in axes):
+        full[axis] = [pads[i], pads[i + len(axes)]]
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    paddings = lowering.int32("paddings", [full[a] for a in layout])
+    b = lowering.builder
+    out = lowering.output(out_name, layout)
+    if mode == "constant":
+        inputs = [source, paddings]
+        if value:
+            inputs.append(lowering.scalar_like(x, value))
+        op = "PADV2" if value else "PAD"
+        b.operator(op, inputs, [out], None, lowering.version(op, [source]))
+    elif mode == "reflect":
+        b.operator("MIRROR_PAD", [source, paddings], [out], b.options("MirrorPadOptions", mode=b.schema.MirrorPadMode.REFLECT))
+    else:
+        raise EdgeoptError(f"Pad {node.name!r}: TFLite has no {mode} padding (constant and reflect are lowered)")
+
+
+@converter("Slice")
+def slice_(lowering, node) -> None:
+    x, out_name = node.input[0], node.output[0]
+    shape = lowering.shape(x)
+    rank = len(shape)
+    starts = constant_int_list(lowering, node, 1, "starts")
+    ends = constant_int_list(lowering, node, 2, "ends")
+    axes = constant_int_list(lowering, node, 3, "axes") or list(range(len(starts)))
+    steps = constant_int_list(lowering, node, 4) or [1] * len(starts)
+    begin, end, stride = [0] * rank, list(shape), [1] * rank
+    for start, stop, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        begin[axis], end[axis], stride[axis] = _slice_bounds(start, stop, step, shape[axis])
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    b = lowering.builder
+    out = lowering.output(out_name, layout)
+    mask = sum(1 << i for i, a in enumerate(layout) if stride[a] < 0 and end[a] < 0)
+    options = b.options("StridedSliceOptions", endMask=mask)
+    b.operator("STRIDED_SLICE", [source, lowering.int32("begin", [begin[a] for a in layout]),
+                                 lowering.int32("end", [max(end[a], 0) if stride[a] > 0 else end[a] for a in layout]),
+                                 lowering.int32("strides", [stride[a] for a in layout])], [out], options,
+               lowering.version("STRIDED_SLICE", [source]))
+
+
+def _slice_bounds(start: int, stop: int, step: int, size: int) -> tuple[int, int, int]:
+    """ONNX Slice bounds clamped as ONNX clamps them (``end`` -1 for a negative step running past 0)."""
+    if step == 0:
+        raise EdgeoptError("Slice: a step of 0 is invalid")
+    start = start + size if start < 0 else start
+    stop = stop + size if stop < 0 else stop
+    if step > 0:
+        return min(max(start, 0), size), min(max(stop, 0), size), step
+    return min(max(start, -1), size - 1), min(max(stop, -1), size - 1), step
+
+
+@converter("Split")
+def split(lowering, node) -> None:
+    x = node.input[0]
+    rank = lowering.rank(x)
+    axis = attribute(node, "axis", 0) % rank
+    sizes = [lowering.shape(name)[axis] for name in node.output]
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    outputs = [lowering.output(name, layout) for name in node.output]
+    b = lowering.builder
+    where = lowering.int32("axis", [lay.tflite_axis(axis, layout)])
+    b.operator("SPLIT_V", [source, lowering.int32("sizes", sizes), where], outputs,
+               b.options("SplitVOptions", numSplits=len(outputs)), lowering.version("SPLIT_V", [source]))
+
+
+@converter("Gather")
+def gather(lowering, node) -> None:
+    data, indices, out_name = node.input[0], node.input[1], node.output[0]
+    rank = lowering.rank(data)
+    axis = attribute(node, "axis", 0) % rank
+    index_rank = lowering.rank(indices)
+    # a scalar index drops the axis wherever it lies; index tensors put their axes in its place,
+    # which only ONNX's own layout keeps simple
+    layout = lowering.layout_of(data) if index_rank == 0 else lay.identity(rank)
+    source = lowering.value(data, layout)
+    if lowering.is_constant(indices):
+        values = np.asarray(lowering.constant(indices)).astype(np.int64)
+        values = np.where(values < 0, values + lowering.shape(data)[axis], values)
+        index = lowering.builder.constant(f"{indices}_i32", values.astype(np.int32))
+    else:
+        index = lowering.value(indices)
+    out_layout = lay.drop_axes(layout, [axis]) if index_rank == 0 else lay.identity(lowering.rank(out_name))
+    b = lowering.builder
+    out = lowering.output(out_name, out_layout)
+    b.operator("GATHER", [source, index], [out], b.options("GatherOptions", axis=lay.tflite_axis(axis, layout)),
+               lowering.version("GATHER", [source]))
