@@ -28,6 +28,7 @@ from .errors import EdgeoptError
 from .measure import evaluate
 from .quantization.plan import QuantizationPlan, QuantizedConstant
 from .quantization.read_plan import read_plan
+from .tflite.export import TFLiteConfig, TFLiteResult, export
 
 __version__ = "0.1.0"
 
@@ -53,8 +54,11 @@ __all__ = [
     "QuantizationPlan",
     "QuantizationResult",
     "QuantizedConstant",
+    "TFLiteConfig",
+    "TFLiteResult",
     "cluster",
     "evaluate",
+    "export",
     "prune",
     "quantize",
     "read_plan",

@@ -45,8 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     _quantize_arguments(commands)
     _prune_arguments(commands)
     _cluster_arguments(commands)
+    _export_arguments(commands)
     _evaluate_and_demo_arguments(commands)
     return parser
+
+
+def _export_arguments(commands) -> None:
+    x = commands.add_parser("export", help="write an ONNX model as a .tflite file (no TensorFlow needed)")
+    x.add_argument("model", help="ONNX model")
+    x.add_argument("-o", "--output", required=True, help="where to write the .tflite file")
+    x.add_argument("--io-layout", choices=("nchw", "nhwc"), default="nchw",
+                   help="layout of 3-D to 5-D inputs and outputs (default nchw: as the ONNX model has them)")
+    x.add_argument("--input-shape", action="append", default=[], metavar="NAME:D1,D2,...",
+                   help="fixed shape of an input with dynamic dimensions (a dynamic batch alone becomes 1)")
+    x.add_argument("--report", help="write what was done (JSON) here")
 
 
 def _quantize_arguments(commands) -> None:
@@ -198,6 +210,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"kept float: {name}: {reason}")
         return 0
 
+    if args.command == "export":
+        return _export(args)
     if args.command == "prune":
         return _prune(args)
     if args.command == "cluster":
@@ -250,6 +264,21 @@ def _write_outputs(args, result) -> None:
     result.save(args.output)
     if args.report:
         write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+
+
+def _export(args) -> int:
+    from .tflite.export import TFLiteConfig, export
+    from .tflite.static import parse_input_shapes
+
+    if pathlib.Path(args.output).suffix.lower() != ".tflite":
+        raise EdgeoptError(f"--output {args.output}: export writes .tflite files; expected a name ending in .tflite")
+    config = TFLiteConfig(io_layout=args.io_layout, input_shapes=parse_input_shapes(args.input_shape))
+    _check_outputs(args, (args.model,))
+    result = export(args.model, config)
+    _write_outputs(args, result)
+    operators = ", ".join(f"{op} x{count}" for op, count in result.report["operators"].items())
+    print(f"{args.output}: {result.report['size_bytes']:,} bytes, {operators}")
+    return 0
 
 
 def _prune(args) -> int:

@@ -65,3 +65,7 @@ def _register_builtin() -> None:
         from .onnxruntime import OnnxRuntimeRunner
 
         register_runtime("onnxruntime", (".onnx",), OnnxRuntimeRunner.open)
+    if "litert" not in _RUNTIMES:
+        from .litert import LiteRTRunner
+
+        register_runtime("litert", (".tflite",), LiteRTRunner.open)

@@ -49,10 +49,16 @@ class TFLiteResult:
         write_bytes_atomic(path, self.data)
 
 
-def to_tflite(model: onnx.ModelProto, config: TFLiteConfig | None = None) -> TFLiteResult:
-    """Lower a float ONNX model to TFLite bytes (the same model gives the same bytes)."""
+def export(model, config: TFLiteConfig | None = None) -> TFLiteResult:
+    """Lower an ONNX model (path or ``onnx.ModelProto``) to a TFLite model; ``result.save(path)``
+    writes it. The same model and config give byte-identical files."""
+    from ..model_io import load_model
+
     config = config or TFLiteConfig()
+    if not isinstance(config, TFLiteConfig):
+        raise EdgeoptError(f"config must be a TFLiteConfig; got {type(config).__name__}")
     fb.module()  # the extra's absence is an error before any work
+    model = load_model(model)
     started = time.perf_counter()
     static = static_model(model, {k: tuple(v) for k, v in dict(config.input_shapes).items()})
     lowering = Lowering(static, config.io_layout)

@@ -80,10 +80,15 @@ class Lowering:
         else:
             source = self.value(name, current)
             perm = lay.transpose_between(current, layout)
-            index = self._new_tensor(f"{name}_{''.join(map(str, layout))}", lay.permute_shape(self.shape(name), layout),
+            shape = lay.permute_shape(self.shape(name), layout)
+            index = self._new_tensor(f"{name}_{''.join(map(str, layout))}", shape,
                                      self.builder.info(source).dtype, self.builder.info(source).quantization)
-            self.builder.operator("TRANSPOSE", [source, self.builder.constant(f"{name}_perm", np.array(perm, np.int32))],
-                                  [index])
+            if lay.is_free_reshape(self.builder.info(source).shape, perm):  # only unit axes move
+                self.builder.operator("RESHAPE", [source, self.int32("shape", shape)], [index],
+                                      self.builder.options("ReshapeOptions", newShape=list(shape)))
+            else:
+                self.builder.operator("TRANSPOSE", [source, self.int32(f"{name}_perm", perm)], [index],
+                                      None, self.version("TRANSPOSE", [source]))
         self._tensors[key] = index
         return index
 
