@@ -110,19 +110,30 @@ def conv_transpose(lowering, node) -> None:
     source = lowering.value(x, lay.channels_last(4))
     filters = lowering.weight_tensor(node.input[1], weight.transpose(1, 2, 3, 0), 0)  # [cout, kh, kw, cin]
     bias = lowering.bias(node, cout)
-    # TFLite crops max(full - out, 0) // 2 at the start with SAME and nothing with VALID; the end
-    # follows from the output shape (ONNX's end pads and output_padding alike).
+    # TFLite crops max(full - out, 0) // 2 at the start with SAME and nothing with VALID, the end
+    # following from the output shape; other crops (PyTorch's padding=1, output_padding=1) run
+    # VALID to the needed size, then slice.
     begin = (int(pads[0]), int(pads[1]))
+    crop = None
     if begin == (0, 0):
         mode = "VALID"
     elif begin == (max(full_h - oh, 0) // 2, max(full_w - ow, 0) // 2):
         mode = "SAME"
     else:
-        raise EdgeoptError(f"ConvTranspose {node.name!r}: pads {list(pads)} crop neither as TFLite's SAME nor VALID")
+        mode, crop = "VALID", begin
     kind, output = fuse_activation(lowering, out_name)
-    out = lowering.output(output, lay.channels_last(4))
     options = b.options("TransposeConvOptions", padding=getattr(b.schema.Padding, mode), strideH=attrs["strides"][0],
                         strideW=attrs["strides"][1], fusedActivationFunction=activation_code(lowering, kind))
-    version = 4 if kind != "NONE" else 3
-    b.operator("TRANSPOSE_CONV", [lowering.int32("output_shape", (n, oh, ow, cout)), filters, source, bias], [out],
-               options, version)
+    if crop is None:
+        out, size = lowering.output(output, lay.channels_last(4)), (n, oh, ow, cout)
+    else:
+        size = (n, crop[0] + oh, crop[1] + ow, cout)
+        out = lowering.activation_tensor(f"{output}_uncropped", size, output)
+    inputs = [lowering.int32("output_shape", size), filters, source, bias]
+    b.operator("TRANSPOSE_CONV", inputs, [out], options, 4 if kind != "NONE" else 3)
+    if crop is not None:
+        final = lowering.output(output, lay.channels_last(4))
+        b.operator("STRIDED_SLICE", [out, lowering.int32("begin", (0, crop[0], crop[1], 0)),
+                                     lowering.int32("end", (n, crop[0] + oh, crop[1] + ow, cout)),
+                                     lowering.int32("strides", (1, 1, 1, 1))], [final],
+                   b.options("StridedSliceOptions"), lowering.version("STRIDED_SLICE", [out]))
