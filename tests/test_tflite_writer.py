@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from models import run
+from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("ai_edge_litert")
 
-from edgeopt.runtimes.litert import LiteRTRunner  # noqa: E402
-from edgeopt.tflite import schema as fb  # noqa: E402
-from edgeopt.tflite.export import TFLiteConfig, export  # noqa: E402
+from edgeopt.runtimes.litert import LiteRTRunner
+from edgeopt.tflite import schema as fb
+from edgeopt.tflite.export import TFLiteConfig, export
 
 TOLERANCE = 1e-4
 

@@ -50,6 +50,12 @@ class QuantizationResult:
     plan: QuantizationPlan | None = None
 
     def save(self, path) -> None:
+        """Write the model: ONNX, or TFLite when ``path`` ends in ``.tflite`` (the tflite extra)."""
+        if str(path).lower().endswith(".tflite"):
+            from .tflite.export import export
+
+            export(self.model).save(path)
+            return
         save_model(self.model, path)
 
 

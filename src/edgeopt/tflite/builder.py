@@ -102,12 +102,21 @@ class ModelBuilder:
             setattr(options, key, value)
         return options
 
+    def operator_counts(self) -> dict[str, int]:
+        """How many operators of each builtin the model holds, by name."""
+        codes = {index: code for (code, _), index in self._codes.items()}
+        counts: dict[str, int] = {}
+        for operator in self.operators:
+            name = fb.builtin_name(codes[operator.opcodeIndex])
+            counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
+
     def finish(self, inputs: list[int], outputs: list[int], description: str = "edgeopt"):
         subgraph = self.schema.SubGraphT()
         subgraph.tensors = self.tensors
         subgraph.inputs = list(inputs)
         subgraph.outputs = list(outputs)
-        subgraph.operators = self.operators
+        subgraph.operators = self._in_execution_order()
         subgraph.name = "main"
         model = self.schema.ModelT()
         model.version = fb.SCHEMA_VERSION
@@ -117,6 +126,34 @@ class ModelBuilder:
         codes = sorted(self._codes.items(), key=lambda item: item[1])
         model.operatorCodes = [self._code_entry(code, version) for (code, version), _ in codes]
         return model
+
+    def _in_execution_order(self) -> list:
+        """The operators sorted so each runs after the producers of its inputs (TFLite runs them
+        in list order; converters may add a rescaling QUANTIZE before the operator it follows).
+        Stable: operators already in order keep it."""
+        import heapq
+
+        producer = {t: i for i, op in enumerate(self.operators) for t in op.outputs}
+        waiting = [0] * len(self.operators)
+        readers: list[list[int]] = [[] for _ in self.operators]
+        for i, op in enumerate(self.operators):
+            sources = {producer[t] for t in op.inputs if t in producer and producer[t] != i}
+            waiting[i] = len(sources)
+            for source in sources:
+                readers[source].append(i)
+        ready = [i for i, count in enumerate(waiting) if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(i)
+            for reader in readers[i]:
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    heapq.heappush(ready, reader)
+        if len(order) != len(self.operators):
+            raise RuntimeError("internal: the TFLite operators form a cycle")
+        return [self.operators[i] for i in order]
 
     def _code_entry(self, code: int, version: int):
         entry = self.schema.OperatorCodeT()

@@ -6,8 +6,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import onnx
-
 from ..errors import EdgeoptError
 from . import schema as fb
 from .lower import Lowering
@@ -29,6 +27,8 @@ class TFLiteConfig:
 
     io_layout: str = "nchw"
     input_shapes: dict = field(default_factory=dict)
+    #: an int8 model's inputs and outputs become int8 too (a plan made integer-only always does)
+    integer_only: bool = False
 
     def __post_init__(self):
         if self.io_layout not in IO_LAYOUTS:
@@ -60,15 +60,63 @@ def export(model, config: TFLiteConfig | None = None) -> TFLiteResult:
     fb.module()  # the extra's absence is an error before any work
     model = load_model(model)
     started = time.perf_counter()
-    static = static_model(model, {k: tuple(v) for k, v in dict(config.input_shapes).items()})
-    lowering = Lowering(static, config.io_layout)
+    shapes = {k: tuple(v) for k, v in dict(config.input_shapes).items()}
+    plan = _plan_of(model)
+    if plan is not None:
+        lowering = _quantized_lowering(model, plan, shapes, config)
+    else:
+        float16 = float16_weights(model)
+        lowering = Lowering(static_model(model, shapes), config.io_layout)
+        lowering.float16_weights = float16
     data = fb.serialize(lowering.run())
     fb.parse(data, "the TFLite model edgeopt wrote")
-    counts: dict[str, int] = {}
-    for operator in lowering.builder.operators:
-        code = [c for c, i in lowering.builder._codes.items() if i == operator.opcodeIndex][0][0]
-        counts[fb.builtin_name(code)] = counts.get(fb.builtin_name(code), 0) + 1
-    report = {"format": "tflite", "io_layout": config.io_layout, "operators": dict(sorted(counts.items())),
+    counts = lowering.builder.operator_counts()
+    report = {"format": "tflite", "io_layout": config.io_layout, "operators": counts,
+              "quantized": plan is not None, "integer_only": lowering.integer_only,
               "size_bytes": len(data), "seconds": round(time.perf_counter() - started, 3)}
     logger.info("wrote a TFLite model of %d operators (%d bytes)", sum(counts.values()), len(data))
     return TFLiteResult(data, report)
+
+
+def _plan_of(model):
+    """The plan of a QDQ model edgeopt wrote (None for a float model); other quantized models are
+    refused with what was found."""
+    from ..api import QUANTIZED_OPERATORS, _is_qdq
+    from ..quantization.read_plan import read_plan
+
+    if _is_qdq(model):
+        return read_plan(model)
+    found = sorted({node.op_type for node in model.graph.node} & QUANTIZED_OPERATORS)
+    if found:
+        raise EdgeoptError(f"the model is quantized ({', '.join(found)}) but not by edgeopt; the TFLite writer takes "
+                           "float models and edgeopt's QDQ models (quantize the float model with edgeopt)")
+    return None
+
+
+def _quantized_lowering(model, plan, shapes, config: TFLiteConfig) -> Lowering:
+    """The lowering of an edgeopt QDQ model: its float graph, and the plan its pairs describe."""
+    import onnx
+
+    from ..quantization.strip import strip_qdq
+    from .quantized import QuantizedTensors
+
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    if plan.integer_only:
+        from .integer_io import as_float_io
+
+        as_float_io(stripped)
+    strip_qdq(stripped)
+    static = static_model(stripped, shapes, fold_float=False)
+    return Lowering(static, config.io_layout, QuantizedTensors(plan), integer_only=config.integer_only or plan.integer_only)
+
+
+def float16_weights(model) -> set[str]:
+    """Tensors edgeopt's float16 mode stores as float16 initializers read through a Cast to float:
+    they stay float16 in the TFLite file (read through DEQUANTIZE)."""
+    import onnx
+
+    halves = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16}
+    return {node.output[0] for node in model.graph.node
+            if node.op_type == "Cast" and node.input and node.input[0] in halves
+            and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)}

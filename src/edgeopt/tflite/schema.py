@@ -86,7 +86,7 @@ def tensor_type_name(code: int) -> str:
     return _enum_names(module().TensorType).get(code, f"type {code}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _enum_names(enum) -> dict[int, str]:
     return {value: name for name, value in vars(enum).items() if not name.startswith("_")}
 

@@ -8,7 +8,7 @@ error naming it and listing those that have one.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ...errors import EdgeoptError
 

@@ -9,7 +9,7 @@ from ...errors import EdgeoptError
 from .. import layout as lay
 from . import converter
 from .common import attribute, constant_int_list
-from .elementwise import common_layout
+from .elementwise import common_layout, fixed_output
 
 
 @converter("Concat")
@@ -21,8 +21,21 @@ def concat(lowering, node) -> None:
     sources = [lowering.value(name, layout) for name in node.input if name and 0 not in lowering.shape(name)]
     b = lowering.builder
     out = lowering.output(out_name, layout)
+    sources = [_rescaled(lowering, source, b.info(out).quantization) for source in sources]
     b.operator("CONCATENATION", sources, [out], b.options("ConcatenationOptions", axis=axis),
                lowering.version("CONCATENATION", sources))
+
+
+def _rescaled(lowering, source: int, quantization) -> int:
+    """``source`` with ``quantization`` (a QUANTIZE between them when its own differs): XNNPACK
+    concatenates only inputs that share the output's parameters."""
+    info = lowering.builder.info(source)
+    if quantization is None or info.quantization is None or info.quantization == quantization:
+        return source
+    index = lowering.builder.tensor(f"{lowering.builder.tensors[source].name}_rescaled", info.shape, info.dtype,
+                                    quantization=quantization)
+    lowering.builder.operator("QUANTIZE", [source], [index], None, lowering.version("QUANTIZE", [source], out=index))
+    return index
 
 
 @converter("Softmax", "LogSoftmax")
@@ -36,7 +49,7 @@ def softmax(lowering, node) -> None:
         layout = tuple(a for a in lay.identity(rank) if a != axis) + (axis,)
     source = lowering.value(x, layout)
     b = lowering.builder
-    out = lowering.output(out_name, layout)
+    out = lowering.output_with(out_name, layout, fixed_output(lowering, "SOFTMAX"))
     if node.op_type == "Softmax":
         b.operator("SOFTMAX", [source], [out], b.options("SoftmaxOptions", beta=1.0), lowering.version("SOFTMAX", [source]))
     else:
@@ -90,7 +103,7 @@ def pad(lowering, node) -> None:
     source = lowering.value(x, layout)
     paddings = lowering.int32("paddings", [full[a] for a in layout])
     b = lowering.builder
-    out = lowering.output(out_name, layout)
+    out = lowering.output_like(out_name, layout, source)
     if mode == "constant":
         inputs = [source, paddings]
         if value:
@@ -119,7 +132,7 @@ def slice_(lowering, node) -> None:
     layout = lowering.layout_of(x)
     source = lowering.value(x, layout)
     b = lowering.builder
-    out = lowering.output(out_name, layout)
+    out = lowering.output_like(out_name, layout, source)
     mask = sum(1 << i for i, a in enumerate(layout) if stride[a] < 0 and end[a] < 0)
     options = b.options("StridedSliceOptions", endMask=mask)
     b.operator("STRIDED_SLICE", [source, lowering.int32("begin", [begin[a] for a in layout]),
@@ -147,7 +160,7 @@ def split(lowering, node) -> None:
     sizes = [lowering.shape(name)[axis] for name in node.output]
     layout = lowering.layout_of(x)
     source = lowering.value(x, layout)
-    outputs = [lowering.output(name, layout) for name in node.output]
+    outputs = [lowering.output_like(name, layout, source) for name in node.output]
     b = lowering.builder
     where = lowering.int32("axis", [lay.tflite_axis(axis, layout)])
     b.operator("SPLIT_V", [source, lowering.int32("sizes", sizes), where], outputs,
@@ -172,6 +185,6 @@ def gather(lowering, node) -> None:
         index = lowering.value(indices)
     out_layout = lay.drop_axes(layout, [axis]) if index_rank == 0 else lay.identity(lowering.rank(out_name))
     b = lowering.builder
-    out = lowering.output(out_name, out_layout)
+    out = lowering.output_like(out_name, out_layout, source)
     b.operator("GATHER", [source, index], [out], b.options("GatherOptions", axis=lay.tflite_axis(axis, layout)),
                lowering.version("GATHER", [source]))

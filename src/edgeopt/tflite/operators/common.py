@@ -9,7 +9,7 @@ import numpy as np
 from ...errors import EdgeoptError
 from ...quantization.graph import attribute
 
-__all__ = ["attribute", "activation_of", "fuse_activation", "padding", "spatial_attributes", "ceil_extra"]
+__all__ = ["activation_of", "attribute", "ceil_extra", "fuse_activation", "padding", "spatial_attributes"]
 
 
 def activation_of(lowering, node) -> str | None:

@@ -10,16 +10,19 @@ from . import converter
 from .common import activation_code, attribute, fuse_activation, padding, spatial_attributes
 
 
-def explicit_pad(lowering, source: int, shape_nhwc, explicit, value: float = 0.0) -> tuple[int, tuple]:
-    """PAD (PADV2 when ``value`` is not 0) an NHWC tensor on its spatial axes; returns it and its shape."""
+def explicit_pad(lowering, source: int, shape_nhwc, explicit, lowest: bool = False) -> tuple[int, tuple]:
+    """PAD an NHWC tensor on its spatial axes with zeros (PADV2 with the type's lowest value for a
+    max pool); returns it and its shape. A quantized PAD pads with the zero point: real 0."""
     pads = [(0, 0)] + [tuple(p) for p in explicit] + [(0, 0)]
     shape = tuple(int(n + b + a) for n, (b, a) in zip(shape_nhwc, pads))
     info = lowering.builder.info(source)
     padded = lowering.builder.tensor("padded", shape, info.dtype, quantization=info.quantization)
     inputs = [source, lowering.int32("paddings", pads)]
-    if value:
-        inputs.append(lowering.builder.constant("pad_value", np.array([value], dtype=info.dtype)))
-    lowering.builder.operator("PADV2" if value else "PAD", inputs, [padded])
+    if lowest:
+        low = np.iinfo(info.dtype).min if info.dtype.kind == "i" else np.finfo(info.dtype).min
+        inputs.append(lowering.builder.constant("pad_value", np.array([low], dtype=info.dtype), info.quantization))
+    op = "PADV2" if lowest else "PAD"
+    lowering.builder.operator(op, inputs, [padded], None, lowering.version(op, [source]))
     return padded, shape
 
 
@@ -39,27 +42,30 @@ def conv(lowering, node) -> None:
 
 
 def _conv_2d(lowering, node, source, in_shape, weight, attrs, group, one_d: bool = False) -> None:
-    cout, cin_per_group, kh, kw = weight.shape
+    cout, cin_per_group, kh, kw = weight.shape if weight.ndim == 4 else (*weight.shape[:2], 1, weight.shape[2])
     cin = in_shape[3]
     kernel = attrs["kernel"] or [kh, kw]
     mode, explicit = padding(in_shape[1:3], kernel, attrs["strides"], attrs["dilations"], attrs["pads"],
                              attrs["auto_pad"])
     if explicit:
         source, in_shape = explicit_pad(lowering, source, in_shape, explicit)
-    bias = lowering.bias(node, cout)
     kind, output = fuse_activation(lowering, node.output[0])
     b = lowering.builder
     common = dict(padding=getattr(b.schema.Padding, mode), strideH=attrs["strides"][0], strideW=attrs["strides"][1],
                   dilationHFactor=attrs["dilations"][0], dilationWFactor=attrs["dilations"][1],
                   fusedActivationFunction=activation_code(lowering, kind))
     depthwise = group == cin and group > 1 and cin_per_group == 1
+    one_d_weight = weight.ndim == 3
     if depthwise:
-        filters = weight.reshape(cout, kh, kw).transpose(1, 2, 0)[None]  # [1, kh, kw, cout]
+        def transform(w):  # [cout, 1, (kh,) kw] -> [1, kh, kw, cout]
+            return w.reshape(cout, kh, kw).transpose(1, 2, 0)[None]
         op, options = "DEPTHWISE_CONV_2D", b.options("DepthwiseConv2DOptions", depthMultiplier=cout // cin, **common)
     else:
-        filters = weight.transpose(0, 2, 3, 1)  # [cout, kh, kw, cin / group]
+        def transform(w):  # [cout, cin / group, (kh,) kw] -> [cout, kh, kw, cin / group]
+            return (w[:, :, None, :] if one_d_weight else w).transpose(0, 2, 3, 1)
         op, options = "CONV_2D", b.options("Conv2DOptions", **common)
-    weights = lowering.weight_tensor(node.input[1], filters, 3 if depthwise else 0)
+    weights = lowering.weight_tensor(node, 1, transform, 3 if depthwise else 0)
+    bias = lowering.bias(node, cout, source, weights)
     if one_d:
         n, c, w = lowering.shape(output)
         out = lowering.activation_tensor(f"{output}_2d", (n, 1, w, c), output)
@@ -87,8 +93,7 @@ def _conv_1d(lowering, node, weight) -> None:
     attrs2 = {"kernel": [1] + (attrs["kernel"] or [weight.shape[2]]), "strides": [1] + attrs["strides"],
               "dilations": [1] + attrs["dilations"], "pads": [0, attrs["pads"][0], 0, attrs["pads"][1]],
               "auto_pad": attrs["auto_pad"]}
-    _conv_2d(lowering, node, as_2d, (n, 1, w, c), weight[:, :, None, :], attrs2, attribute(node, "group", 1),
-             one_d=True)
+    _conv_2d(lowering, node, as_2d, (n, 1, w, c), weight, attrs2, attribute(node, "group", 1), one_d=True)
 
 
 @converter("ConvTranspose")
@@ -100,7 +105,7 @@ def conv_transpose(lowering, node) -> None:
     if attribute(node, "group", 1) != 1 or max(attrs["dilations"]) > 1:
         raise EdgeoptError(f"ConvTranspose {node.name!r}: TFLite's TRANSPOSE_CONV has no groups or dilation")
     weight = lowering.weight(node.input[1], node)  # [cin, cout, kh, kw]
-    cin, cout, kh, kw = weight.shape
+    _, cout, kh, kw = weight.shape
     out_name = node.output[0]
     n, _, oh, ow = lowering.shape(out_name)
     full_h = (lowering.shape(x)[2] - 1) * attrs["strides"][0] + kh
@@ -108,8 +113,8 @@ def conv_transpose(lowering, node) -> None:
     pads = attrs["pads"]
     b = lowering.builder
     source = lowering.value(x, lay.channels_last(4))
-    filters = lowering.weight_tensor(node.input[1], weight.transpose(1, 2, 3, 0), 0)  # [cout, kh, kw, cin]
-    bias = lowering.bias(node, cout)
+    filters = lowering.weight_tensor(node, 1, lambda w: w.transpose(1, 2, 3, 0), 0, onnx_axis=1)  # [cout, kh, kw, cin]
+    bias = lowering.bias(node, cout, source, filters)
     # TFLite crops max(full - out, 0) // 2 at the start with SAME and nothing with VALID, the end
     # following from the output shape; other crops (PyTorch's padding=1, output_padding=1) run
     # VALID to the needed size, then slice.

@@ -19,6 +19,17 @@ _UNARY = {"Sigmoid": "LOGISTIC", "Tanh": "TANH", "Exp": "EXP", "Log": "LOG", "Sq
           "Reciprocal": None, "Erf": None, "Not": "LOGICAL_NOT"}
 
 
+def fixed_output(lowering, op: str):
+    """The output parameters TFLite's integer kernels of ``op`` require (None: any)."""
+    if not lowering.node_quantized or op not in ("LOGISTIC", "TANH", "SOFTMAX"):
+        return None
+    from ..builder import Quantization
+
+    if lowering.quantized.dtype == np.int16:
+        return Quantization((1.0 / 32768,), (0,))
+    return Quantization((1.0 / 128,), (0,)) if op == "TANH" else Quantization((1.0 / 256,), (-128,))
+
+
 def common_layout(lowering, names, rank: int):
     """The layout of the first computed input of full rank (the identity when there is none)."""
     for name in names:
@@ -62,7 +73,7 @@ def unary(lowering, node) -> None:
         raise EdgeoptError(f"Erf {node.name!r}: TFLite has no ERF operator; the writer lowers Erf only inside "
                            "x * 0.5 * (1 + erf(x / sqrt(2))), which becomes GELU")
     op = _UNARY[node.op_type]
-    out = lowering.output(out_name, layout)
+    out = lowering.output_with(out_name, layout, fixed_output(lowering, op))
     b.operator(op, [source], [out], None, lowering.version(op, [source]))
 
 
@@ -140,7 +151,7 @@ def batch_norm(lowering, node) -> None:
 
 @converter("Identity", "Dropout")
 def identity(lowering, node) -> None:
-    lowering.alias(node.output[0], node.input[0])
+    lowering.bind_rescaled(node.output[0], lowering.layout_of(node.input[0]), lowering.value(node.input[0]))
 
 
 @converter("Gelu")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...errors import EdgeoptError
 from . import converter
 from .common import activation_code, attribute, fuse_activation
@@ -14,15 +12,15 @@ def gemm(lowering, node) -> None:
     a, weight_name = node.input[0], node.input[1]
     if attribute(node, "transA", 0):
         raise EdgeoptError(f"Gemm {node.name!r}: transA=1 is not lowered (TFLite's FULLY_CONNECTED takes [M, K])")
-    weight = lowering.weight(weight_name, node).astype(np.float64) * attribute(node, "alpha", 1.0)
-    weight = weight if attribute(node, "transB", 0) else weight.T  # [N, K]
+    weight = lowering.weight(weight_name, node)
+    trans_b = attribute(node, "transB", 0)
+    channels = weight.shape[0 if trans_b else 1]
     bias_name = node.input[2] if len(node.input) > 2 else ""
-    bias = None
-    if bias_name:
-        if not lowering.is_constant(bias_name) or lowering.constant(bias_name).size not in (1, weight.shape[0]):
-            raise EdgeoptError(f"Gemm {node.name!r}: the TFLite writer needs C to be a constant of N or 1 values")
-        bias = np.broadcast_to(lowering.constant(bias_name).reshape(-1) * attribute(node, "beta", 1.0), weight.shape[0])
-    _fully_connected(lowering, node, lowering.value(a, lowering.ordered_layout(a)), weight, bias, keep=False)
+    if bias_name and (not lowering.is_constant(bias_name) or lowering.constant(bias_name).size not in (1, channels)):
+        raise EdgeoptError(f"Gemm {node.name!r}: the TFLite writer needs C to be a constant of N or 1 values")
+    _fully_connected(lowering, node, lowering.value(a, lowering.ordered_layout(a)), channels,
+                     (lambda w: w) if trans_b else (lambda w: w.T), 0 if trans_b else 1, keep=False,
+                     alpha=attribute(node, "alpha", 1.0), beta=attribute(node, "beta", 1.0))
 
 
 @converter("MatMul")
@@ -32,7 +30,8 @@ def matmul(lowering, node) -> None:
         weight = lowering.weight(b_name, node)
         if weight.ndim == 2:
             keep = lowering.rank(a) > 2
-            _fully_connected(lowering, node, lowering.value(a, lowering.ordered_layout(a)), weight.T, None, keep=keep)
+            _fully_connected(lowering, node, lowering.value(a, lowering.ordered_layout(a)), weight.shape[1],
+                             lambda w: w.T, 1, keep=keep)
             return
     b = lowering.builder
     sources = [lowering.value(name, lowering.ordered_layout(name)) for name in node.input]
@@ -40,11 +39,12 @@ def matmul(lowering, node) -> None:
     b.operator("BATCH_MATMUL", sources, [out], b.options("BatchMatMulOptions"), lowering.version("BATCH_MATMUL", sources))
 
 
-def _fully_connected(lowering, node, source, weight: np.ndarray, bias, keep: bool) -> None:
-    """FULLY_CONNECTED of ``source`` [..., K] with ``weight`` [N, K] (and ``bias`` [N] or None)."""
+def _fully_connected(lowering, node, source, channels: int, transform, onnx_axis: int, keep: bool,
+                     alpha: float = 1.0, beta: float = 1.0) -> None:
+    """FULLY_CONNECTED of ``source`` [..., K] with ``node``'s weights made [N, K] by ``transform``."""
     b = lowering.builder
-    weights = lowering.weight_tensor(node.input[1], weight, 0)
-    bias_index = lowering.bias(node, weight.shape[0], values=bias)
+    weights = lowering.weight_tensor(node, 1, transform, 0, scale=alpha, onnx_axis=onnx_axis)
+    bias_index = lowering.bias(node, channels, source, weights, scale=beta)
     kind, output = fuse_activation(lowering, node.output[0])
     out = lowering.output(output)
     options = b.options("FullyConnectedOptions", fusedActivationFunction=activation_code(lowering, kind), keepNumDims=keep)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...errors import EdgeoptError
 from .. import layout as lay
 from . import converter
@@ -39,15 +37,14 @@ def pool(lowering, node) -> None:
         raise EdgeoptError(f"AveragePool {node.name!r}: padding that excludes the padded elements from the average "
                            "and is not TFLite's SAME cannot be lowered")
     if explicit:
-        lowest = float(np.finfo(np.float32).min) if is_max else 0.0
-        source, in_shape = explicit_pad(lowering, source, in_shape, explicit, value=lowest)
+        source, in_shape = explicit_pad(lowering, source, in_shape, explicit, lowest=is_max)
     kind, output = fuse_activation(lowering, node.output[0])
     b = lowering.builder
     op = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
     options = b.options("Pool2DOptions", padding=getattr(b.schema.Padding, mode), strideH=attrs["strides"][0],
                         strideW=attrs["strides"][1], filterHeight=attrs["kernel"][0], filterWidth=attrs["kernel"][1],
                         fusedActivationFunction=activation_code(lowering, kind))
-    out = lowering.output(output, lay.channels_last(4))
+    out = lowering.output_like(output, lay.channels_last(4), source)
     b.operator(op, [source], [out], options, lowering.version(op, [source]))
 
 

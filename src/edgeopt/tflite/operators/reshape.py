@@ -17,7 +17,7 @@ def reshape(lowering, node) -> None:
     source = lowering.value(x, lowering.ordered_layout(x))
     shape = list(lowering.shape(out_name))
     b = lowering.builder
-    out = lowering.output(out_name)
+    out = lowering.output_like(out_name, lay.identity(len(shape)), source)
     b.operator("RESHAPE", [source, lowering.int32("shape", shape)], [out], b.options("ReshapeOptions", newShape=shape),
                lowering.version("RESHAPE", [source]))
 
@@ -31,4 +31,4 @@ def transpose(lowering, node) -> None:
     if lowering.is_constant(x):
         lowering.add_constant(out_name, lowering.constant(x).transpose(perm))
         return
-    lowering.bind(out_name, lay.compose(lay.inverse(perm), lowering.layout_of(x)), lowering.value(x))
+    lowering.bind_rescaled(out_name, lay.compose(lay.inverse(perm), lowering.layout_of(x)), lowering.value(x))

@@ -46,7 +46,7 @@ def resize(lowering, node) -> None:
     align, half = table[key]
     source = lowering.value(x, lay.channels_last(4))
     b = lowering.builder
-    out = lowering.output(out_name, lay.channels_last(4))
+    out = lowering.output_like(out_name, lay.channels_last(4), source)
     options = b.options(options_name, alignCorners=align, halfPixelCenters=half)
     b.operator(op, [source, lowering.int32("size", out_shape[2:])], [out], options,
                lowering.version(op, [source], half_pixel=half, align_corners=align))
