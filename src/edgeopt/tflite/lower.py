@@ -276,10 +276,12 @@ class Lowering:
         return constants.bias_tensor(self, node, channels, source, weights, values, scale)
 
     def can_fuse(self, name: str, activation) -> bool:
-        """A Relu/Clip folds into its producer (quantized, the producer then writes the
-        activation's parameters, as TFLite's own converter does) unless it runs float while the
-        producer runs quantized."""
-        return not (self.node_quantized and self.params(activation.output[0]) is None)
+        """A Relu/Clip folds into its producer, except in a quantized graph whose plan quantizes
+        the tensor between them (int16, where zero points are 0 and cannot clamp): the plan's
+        rounding is kept as it is, and the activation runs as its own operator."""
+        if not self.node_quantized:
+            return self.quantized is None or activation.name not in self.quantized.nodes
+        return self.params(name) is None and self.params(activation.output[0]) is not None
 
     def version(self, op: str, inputs: list[int], out: int | None = None, **flags) -> int:
         from .versions import Signature, version
