@@ -177,6 +177,9 @@ def gather(lowering, node) -> None:
     # which only ONNX's own layout keeps simple
     layout = lowering.layout_of(data) if index_rank == 0 else lay.identity(rank)
     source = lowering.value(data, layout)
+    if lowering.is_constant(indices) and index_rank == 0:
+        _gather_as_slice(lowering, node, data, int(lowering.constant(indices)), axis)
+        return
     if lowering.is_constant(indices):
         values = np.asarray(lowering.constant(indices)).astype(np.int64)
         values = np.where(values < 0, values + lowering.shape(data)[axis], values)
@@ -188,3 +191,37 @@ def gather(lowering, node) -> None:
     out = lowering.output_like(out_name, out_layout, source)
     b.operator("GATHER", [source, index], [out], b.options("GatherOptions", axis=lay.tflite_axis(axis, layout)),
                lowering.version("GATHER", [source]))
+
+
+def _gather_as_slice(lowering, node, data: str, index: int, axis: int) -> None:
+    """A constant scalar index: SLICE one element along the axis, RESHAPE the axis away (XNNPACK
+    delegates both; it has no GATHER)."""
+    layout = lowering.layout_of(data)
+    shape = lowering.shape(data)
+    index = index + shape[axis] if index < 0 else index
+    source = lowering.value(data, layout)
+    where = lay.tflite_axis(axis, layout)
+    stored = lowering.builder.info(source).shape
+    begin = [index if i == where else 0 for i in range(len(stored))]
+    size = [1 if i == where else d for i, d in enumerate(stored)]
+    b = lowering.builder
+    sliced = b.tensor(f"{node.output[0]}_slice", size, b.info(source).dtype, quantization=b.info(source).quantization)
+    b.operator("SLICE", [source, lowering.int32("begin", begin), lowering.int32("size", size)], [sliced], None,
+               lowering.version("SLICE", [source]))
+    out_layout = lay.drop_axes(layout, [axis])
+    out_shape = [d for i, d in enumerate(size) if i != where]
+    out = lowering.output_like(node.output[0], out_layout, sliced)
+    b.operator("RESHAPE", [sliced, lowering.int32("shape", out_shape)], [out],
+               b.options("ReshapeOptions", newShape=out_shape))
+
+
+@converter("Expand")
+def expand(lowering, node) -> None:
+    x, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(out_name)
+    layout = lowering.layout_of(x) if lowering.rank(x) == rank else lay.identity(rank)
+    source = lowering.broadcast(x, layout, rank, like=out_name)
+    shape = lay.permute_shape(lowering.shape(out_name), layout)
+    b = lowering.builder
+    out = lowering.output_like(out_name, layout, source)
+    b.operator("BROADCAST_TO", [source, lowering.int32("shape", shape)], [out], None, 2)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ...errors import EdgeoptError
+from ..constants import scalar
 from . import converter
 from .common import activation_code, activation_of, attribute, clip_bounds, fuse_activation
 
@@ -164,3 +165,57 @@ def gelu(lowering, node) -> None:
     out = lowering.output(node.output[0], layout)
     b.operator("GELU", [source], [out], b.options("GeluOptions", approximate=approximate),
                lowering.version("GELU", [source]))
+
+
+@converter("HardSigmoid")
+def hard_sigmoid(lowering, node) -> None:
+    """max(0, min(1, a x + b)) = RELU6(6a x + 6b) / 6: three operators XNNPACK takes."""
+    x, out_name = node.input[0], node.output[0]
+    alpha, beta = float(attribute(node, "alpha", 0.2)), float(attribute(node, "beta", 0.5))
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    b = lowering.builder
+    shape = b.info(source).shape
+    scaled = lowering.activation_tensor(f"{out_name}_scaled", shape, out_name)
+    b.operator("MUL", [source, lowering.scalar_like(x, 6 * alpha)], [scaled], b.options("MulOptions"),
+               lowering.version("MUL", [source]))
+    clamped = lowering.activation_tensor(f"{out_name}_relu6", shape, out_name)
+    b.operator("ADD", [scaled, scalar(lowering, scaled, 6 * beta)], [clamped],
+               b.options("AddOptions", fusedActivationFunction=b.schema.ActivationFunctionType.RELU6),
+               lowering.version("ADD", [scaled]))
+    out = lowering.output(out_name, layout)
+    b.operator("MUL", [clamped, scalar(lowering, clamped, 1 / 6)], [out], b.options("MulOptions"),
+               lowering.version("MUL", [clamped]))
+
+
+@converter("LayerNormalization")
+def layer_norm(lowering, node) -> None:
+    """(x - mean) / sqrt(var + eps) * scale + bias over the trailing axes from ``axis``."""
+    x, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(x)
+    axis = attribute(node, "axis", -1) % rank
+    layout = lowering.ordered_layout(x) if lowering.layout_of(x)[axis:] == tuple(range(axis, rank)) else \
+        tuple(range(rank))
+    source = lowering.value(x, layout)
+    b = lowering.builder
+    shape = b.info(source).shape
+    axes = lowering.int32("axes", [layout.index(a) for a in range(axis, rank)])
+    reduced = tuple(1 if i in [layout.index(a) for a in range(axis, rank)] else d for i, d in enumerate(shape))
+
+    def step(op, inputs, out_shape, options=None):
+        index = lowering.activation_tensor(f"{out_name}_{op.lower()}", out_shape, out_name)
+        b.operator(op, inputs, [index], options, lowering.version(op, inputs[:1]))
+        return index
+
+    keep = b.options("ReducerOptions", keepDims=True)
+    mean = step("MEAN", [source, axes], reduced, keep)
+    centred = step("SUB", [source, mean], shape, b.options("SubOptions"))
+    variance = step("MEAN", [step("MUL", [centred, centred], shape, b.options("MulOptions")), axes], reduced, keep)
+    epsilon = scalar(lowering, variance, float(attribute(node, "epsilon", 1e-5)))
+    inverse = step("RSQRT", [step("ADD", [variance, epsilon], reduced, b.options("AddOptions"))], reduced)
+    current = step("MUL", [centred, inverse], shape, b.options("MulOptions"))
+    for position, op, options in ((1, "MUL", "MulOptions"), (2, "ADD", "AddOptions")):
+        if len(node.input) > position and node.input[position]:
+            operand = lowering.broadcast(node.input[position], layout, rank, like=out_name)
+            current = step(op, [current, operand], shape, b.options(options))
+    lowering.bind(out_name, layout, current)
