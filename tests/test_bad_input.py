@@ -42,6 +42,13 @@ def workspace(tmp_path: pathlib.Path, conv_files) -> pathlib.Path:
     np.savez(tmp_path / "relu_calibration.npz", x=np.ones((4, 4), np.float32))
     (tmp_path / "not_an_archive.npz").write_bytes(b"this is not a zip file")
     (tmp_path / "a_folder").mkdir()
+    (tmp_path / "random.tflite").write_bytes(np.random.default_rng(1).bytes(4096))
+    unranked = models.conv_net()
+    unranked.graph.input[0].type.tensor_type.ClearField("shape")
+    onnx.save(unranked, str(tmp_path / "no_rank.onnx"))
+    wide = models.conv_net()
+    wide.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "width"
+    onnx.save(wide, str(tmp_path / "dynamic_width.onnx"))
     return tmp_path
 
 
@@ -131,6 +138,17 @@ def _cases():
         "cluster data wrong shape": ["cluster", conv, *out, "--data", "wrong_shape.npz"],
         "cluster output equals the model": ["cluster", conv, "-o", conv],
         "cluster not an ONNX file": ["cluster", "random.onnx", *out],
+        "export an unsupported operator (LSTM)": ["export", "lstm.onnx", "-o", "out.tflite"],
+        "export an input without a rank": ["export", "no_rank.onnx", "-o", "out.tflite"],
+        "export a dynamic width without --input-shape": ["export", "dynamic_width.onnx", "-o", "out.tflite"],
+        "export --input-shape naming no input": ["export", conv, "-o", "out.tflite", "--input-shape", "x:1,3,16,16"],
+        "export --input-shape malformed": ["export", conv, "-o", "out.tflite", "--input-shape", "input:1,3,a"],
+        "export --input-shape of the wrong rank": ["export", conv, "-o", "out.tflite", "--input-shape", "input:1,3"],
+        "export not an ONNX file": ["export", "random.onnx", "-o", "out.tflite"],
+        "export to a folder that does not exist": ["export", conv, "-o", "missing/out.tflite"],
+        "export to a name that is not .tflite": ["export", conv, "-o", "out.onnx"],
+        "quantize int8 to .tflite without calibration": ["quantize", conv, "-o", "out.tflite", "--mode", "int8"],
+        "evaluate a .tflite that is not one": ["evaluate", "random.tflite", "--data", "wrong_name.npz"],
     }
 
 

@@ -260,3 +260,44 @@ def test_same_model_gives_the_same_bytes_and_the_schema_rules_hold():
     for index in range(root.OperatorCodesLength()):
         code = root.OperatorCodes(index)
         assert code.DeprecatedBuiltinCode() == min(code.BuiltinCode(), 127)
+
+
+def test_writing_and_running_never_import_tensorflow(tmp_path):
+    """TensorFlow is blocked in a fresh interpreter: the writer and LiteRT must not need it."""
+    import subprocess
+    import sys
+
+    conv, inits = _conv("c", "x", "y", (4, 3, 3, 3), pads=[1, 1, 1, 1])
+    onnx.save(_graph([conv], [("x", [1, 3, 8, 8])], ["y"], inits), str(tmp_path / "m.onnx"))
+    script = ("import sys; sys.modules['tensorflow'] = None\n"
+              "import numpy as np, edgeopt\n"
+              "from edgeopt.runtimes.litert import LiteRTRunner\n"
+              f"result = edgeopt.export({str(tmp_path / 'm.onnx')!r})\n"
+              "out = LiteRTRunner(result.data).run({'x': np.ones((1, 3, 8, 8), np.float32)})\n"
+              "assert out[0].shape == (1, 4, 8, 8)\n"
+              "assert sys.modules['tensorflow'] is None\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_export_then_evaluate_has_the_onnx_keys(tmp_path, monkeypatch, capsys):
+    import json
+
+    from edgeopt.cli import entry_point
+
+    monkeypatch.chdir(tmp_path)
+    conv, inits = _conv("c", "x", "h", (4, 3, 3, 3), pads=[1, 1, 1, 1])
+    nodes = [conv, helper.make_node("GlobalAveragePool", ["h"], ["g"]), helper.make_node("Flatten", ["g"], ["y"])]
+    onnx.save(_graph(nodes, [("x", [1, 3, 8, 8])], ["y"], inits), "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez("data.npz", x=rng.standard_normal((6, 3, 8, 8)).astype(np.float32), labels=np.arange(6) % 4)
+    assert entry_point(["export", "m.onnx", "-o", "m.tflite", "--report", "r.json"]) == 0
+    assert "m.tflite: " in capsys.readouterr().out
+    assert json.loads(open("r.json").read())["size_bytes"] == (tmp_path / "m.tflite").stat().st_size
+    for model in ("m.onnx", "m.tflite"):
+        assert entry_point(["evaluate", model, "--data", "data.npz", "--reference", "m.onnx", "--json",
+                            f"{model}.json", "--runs", "2", "--warmup", "0"]) == 0
+    onnx_result, tflite_result = (json.loads(open(f"{m}.json").read()) for m in ("m.onnx", "m.tflite"))
+    assert set(tflite_result) == set(onnx_result)
+    assert tflite_result["top1"] == onnx_result["top1"]
+    assert tflite_result["fidelity"]["cosine_worst"] > 0.99999

@@ -45,7 +45,9 @@ def binary(lowering, node) -> None:
     out_name = node.output[0]
     rank = lowering.rank(out_name)
     layout = common_layout(lowering, node.input, rank)
-    operands = [lowering.broadcast(name, layout, rank, like=out_name) for name in node.input]
+    # constants take the type of the computed operand (a comparison's output is bool)
+    like = next((n for n in node.input if n and not lowering.is_constant(n)), out_name)
+    operands = [lowering.broadcast(name, layout, rank, like=like) for name in node.input]
     if node.op_type == "Pow" and lowering.is_constant(node.input[1]) and np.all(lowering.constant(node.input[1]) == 2):
         op, options_name, operands = "MUL", "MulOptions", [operands[0], operands[0]]
     b = lowering.builder
@@ -219,3 +221,16 @@ def layer_norm(lowering, node) -> None:
             operand = lowering.broadcast(node.input[position], layout, rank, like=out_name)
             current = step(op, [current, operand], shape, b.options(options))
     lowering.bind(out_name, layout, current)
+
+
+@converter("Cast")
+def cast(lowering, node) -> None:
+    x, out_name = node.input[0], node.output[0]
+    layout = lowering.layout_of(x)
+    source = lowering.value(x, layout)
+    out = lowering.output(out_name, layout)
+    b = lowering.builder
+    if b.info(source).dtype == b.info(out).dtype:
+        lowering.bind(out_name, layout, source)
+        return
+    b.operator("CAST", [source], [out], None, 1)
