@@ -50,9 +50,15 @@ def interpreter(content: bytes, threads: int | None = 1, kernels: str = "default
     try:
         with quiet_stderr():
             loaded = Interpreter(model_content=content, num_threads=threads, experimental_op_resolver_type=resolver)
-            loaded.allocate_tensors()
     except ValueError as exc:
         raise EdgeoptError(f"LiteRT cannot load the model: {str(exc).strip().splitlines()[0][:240]}") from None
+    try:
+        with quiet_stderr():
+            loaded.allocate_tensors()
+    except RuntimeError as exc:
+        dynamic = any(-1 in d["shape_signature"] for d in loaded.get_input_details())
+        if not dynamic:  # a model with dynamic inputs is allocated once the data gives their sizes
+            raise EdgeoptError(f"LiteRT cannot prepare the model: {str(exc).strip().splitlines()[0][:240]}") from None
     return loaded
 
 
@@ -98,9 +104,13 @@ class LiteRTRunner:
     def run_prepared(self, prepared: list) -> list:
         results = []
         for pairs in prepared:
-            for index, value in pairs:
-                self.interpreter.set_tensor(index, value)
-            self.interpreter.invoke()
+            try:
+                for index, value in pairs:
+                    self.interpreter.set_tensor(index, value)
+                self.interpreter.invoke()
+            except (RuntimeError, ValueError) as exc:
+                raise EdgeoptError(f"LiteRT cannot run the data through the model: "
+                                   f"{str(exc).strip().splitlines()[0][:200]}") from None
             results.append([self.interpreter.get_tensor(d["index"]) for d in self.outputs])
         if len(results) == 1:
             return results[0]
@@ -114,7 +124,28 @@ class LiteRTRunner:
         outputs = self.run_prepared(self.prepare(feed))
         return [_decode(value, detail) for value, detail in zip(outputs, self.outputs)]
 
+    def _resize_dynamic(self, feed: dict) -> None:
+        """Inputs declared with dynamic dimensions (-1) take the feed's sizes there."""
+        changed = False
+        for detail in self.inputs:
+            value = np.asarray(feed[detail["name"]])
+            signature = tuple(int(n) for n in detail["shape_signature"])
+            if (-1 in signature and value.ndim == len(signature) and value.shape != tuple(detail["shape"])
+                    and all(s in (-1, v) for s, v in zip(signature, value.shape))):
+                self.interpreter.resize_tensor_input(detail["index"], list(value.shape), strict=True)
+                changed = True
+        if changed:
+            try:
+                with quiet_stderr():
+                    self.interpreter.allocate_tensors()
+            except RuntimeError as exc:
+                raise EdgeoptError(f"LiteRT cannot run the model at the data's shapes: "
+                                   f"{str(exc).strip().splitlines()[0][:200]}") from None
+            self.inputs = self.interpreter.get_input_details()
+            self.outputs = self.interpreter.get_output_details()
+
     def _rows(self, feed: dict) -> int:
+        self._resize_dynamic(feed)
         rows = set()
         for detail in self.inputs:
             value = np.asarray(feed[detail["name"]])
