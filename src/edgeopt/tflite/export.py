@@ -69,7 +69,7 @@ def export(model, config: TFLiteConfig | None = None) -> TFLiteResult:
         lowering = Lowering(static_model(model, shapes), config.io_layout)
         lowering.float16_weights = float16
     data = fb.serialize(lowering.run())
-    fb.parse(data, "the TFLite model edgeopt wrote")
+    _check_written(data)
     counts = lowering.builder.operator_counts()
     report = {"format": "tflite", "io_layout": config.io_layout, "operators": counts,
               "quantized": plan is not None, "integer_only": lowering.integer_only,
@@ -120,3 +120,13 @@ def float16_weights(model) -> set[str]:
     return {node.output[0] for node in model.graph.node
             if node.op_type == "Cast" and node.input and node.input[0] in halves
             and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)}
+
+
+def _check_written(data: bytes) -> None:
+    """Every file edgeopt writes follows the specification (:mod:`.validate`), warnings included."""
+    from .validate import validate
+
+    found = validate(data, "the TFLite model edgeopt wrote")
+    if found:
+        raise EdgeoptError(f"internal: the TFLite model edgeopt wrote breaks {len(found)} rule(s) of the TFLite "
+                           f"specification, first: {found[0]}; please report this with the model")
