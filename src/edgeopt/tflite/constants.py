@@ -83,6 +83,13 @@ def weight_tensor(lowering, node, index: int, transform, axis: int, scale: float
         if scale != 1.0:
             quantization = Quantization(tuple(s * scale for s in quantization.scale), quantization.zero_point, axis)
         return lowering.builder.constant(name, values, quantization)
+    stored = lowering.int8_weights.get(name) if scale == 1.0 else None
+    if stored is not None and _per_output_channel(stored, onnx_axis):
+        integers, storage_scale = stored
+        values = np.ascontiguousarray(transform(integers)).astype(np.int8)
+        scales = np.asarray(storage_scale, np.float64).reshape(-1)
+        quantization = Quantization(tuple(float(s) for s in scales), (0,) * scales.size, axis if scales.size > 1 else 0)
+        return lowering.builder.constant(name, values, quantization)
     array = np.ascontiguousarray(transform(float_weight(lowering, name, node).astype(np.float64) * scale))
     if name in lowering.float16_weights:
         stored = lowering.builder.constant(f"{name}_float16", array.astype(np.float16))
@@ -90,6 +97,18 @@ def weight_tensor(lowering, node, index: int, transform, axis: int, scale: float
         lowering.builder.operator("DEQUANTIZE", [stored], [index], None, lowering.version("DEQUANTIZE", [stored]))
         return index
     return lowering.builder.constant(name, array.astype(np.float32))
+
+
+def _per_output_channel(stored, onnx_axis: int) -> bool:
+    """A dynamic-range weight's scales are one per tensor or one per output channel."""
+    integers, scale = stored
+    scale = np.asarray(scale)
+    if scale.size == 1:
+        return True
+    shape = [1] * integers.ndim
+    shape[onnx_axis] = integers.shape[onnx_axis]
+    return scale.size == integers.shape[onnx_axis] and (scale.ndim == 1 and onnx_axis == integers.ndim - 1
+                                                        or list(scale.shape) == shape)
 
 
 def bias_tensor(lowering, node, channels: int, source: int, weights: int, values=None, scale: float = 1.0) -> int:

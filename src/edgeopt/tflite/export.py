@@ -65,9 +65,7 @@ def export(model, config: TFLiteConfig | None = None) -> TFLiteResult:
     if plan is not None:
         lowering = _quantized_lowering(model, plan, shapes, config)
     else:
-        float16 = float16_weights(model)
-        lowering = Lowering(static_model(model, shapes), config.io_layout)
-        lowering.float16_weights = float16
+        lowering = _float_lowering(model, shapes, config)
     data = fb.serialize(lowering.run())
     _check_written(data)
     counts = lowering.builder.operator_counts()
@@ -87,7 +85,9 @@ def _plan_of(model):
     if _is_qdq(model):
         return read_plan(model)
     found = sorted({node.op_type for node in model.graph.node} & QUANTIZED_OPERATORS)
-    if found:
+    ours_dynamic = set(found) <= {"MatMulInteger", "DynamicQuantizeLinear"} and all(
+        node.name.endswith("_MatMulInteger") for node in model.graph.node if node.op_type == "MatMulInteger")
+    if found and not ours_dynamic:
         raise EdgeoptError(f"the model is quantized ({', '.join(found)}) but not by edgeopt; the TFLite writer takes "
                            "float models and edgeopt's QDQ models (quantize the float model with edgeopt)")
     return None
@@ -130,3 +130,20 @@ def _check_written(data: bytes) -> None:
     if found:
         raise EdgeoptError(f"internal: the TFLite model edgeopt wrote breaks {len(found)} rule(s) of the TFLite "
                            f"specification, first: {found[0]}; please report this with the model")
+
+
+def _float_lowering(model, shapes, config: TFLiteConfig) -> Lowering:
+    """A float model's lowering; float16 and int8 (dynamic range) weights stay as stored."""
+    import onnx
+
+    from . import dynamic
+
+    float16, int8 = float16_weights(model), {}
+    if dynamic.is_dynamic(model):
+        edited = onnx.ModelProto()
+        edited.CopyFrom(model)
+        int8 = dynamic.int8_weights(edited)
+        model = edited
+    lowering = Lowering(static_model(model, shapes), config.io_layout)
+    lowering.float16_weights, lowering.int8_weights = float16, int8
+    return lowering

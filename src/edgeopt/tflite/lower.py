@@ -50,6 +50,7 @@ class Lowering:
         self.quantized = quantized
         self.integer_only = integer_only
         self.float16_weights: set[str] = set()
+        self.int8_weights: dict[str, tuple] = {}  # dynamic range: weight -> (integers, scale)
         self.layouts: dict[str, lay.Layout] = {}
         self.produced_quantized: dict[str, bool] = {}
         self._tensors: dict[tuple[str, lay.Layout, bool], int] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ...errors import EdgeoptError
 from . import converter
 from .common import activation_code, attribute, fuse_activation
@@ -31,7 +33,7 @@ def matmul(lowering, node) -> None:
         if weight.ndim == 2:
             keep = lowering.rank(a) > 2
             _fully_connected(lowering, node, lowering.value(a, lowering.ordered_layout(a)), weight.shape[1],
-                             lambda w: w.T, 1, keep=keep)
+                             lambda w: w.T, 1, keep=keep, bias_add=_bias_add(lowering, node, weight.shape[1]))
             return
     b = lowering.builder
     sources = [lowering.value(name, lowering.ordered_layout(name)) for name in node.input]
@@ -39,14 +41,39 @@ def matmul(lowering, node) -> None:
     b.operator("BATCH_MATMUL", sources, [out], b.options("BatchMatMulOptions"), lowering.version("BATCH_MATMUL", sources))
 
 
+def _bias_add(lowering, node, channels: int):
+    """A float MatMul's only reader adding a constant of N values: it becomes the bias."""
+    reader = lowering.only_consumer(node.output[0])
+    if lowering.node_quantized or reader is None or reader.op_type != "Add":
+        return None
+    other = [n for n in reader.input if n != node.output[0]]
+    if len(other) != 1 or not lowering.is_constant(other[0]) or lowering.constant(other[0]).size != channels:
+        return None
+    if lowering.constant(other[0]).shape[-1:] != (channels,):
+        return None
+    return reader, lowering.constant(other[0]).reshape(-1)
+
+
 def _fully_connected(lowering, node, source, channels: int, transform, onnx_axis: int, keep: bool,
-                     alpha: float = 1.0, beta: float = 1.0) -> None:
-    """FULLY_CONNECTED of ``source`` [..., K] with ``node``'s weights made [N, K] by ``transform``."""
+                     alpha: float = 1.0, beta: float = 1.0, bias_add=None) -> None:
+    """FULLY_CONNECTED of ``source`` [..., K] with ``node``'s weights made [N, K] by ``transform``
+    (``bias_add``: an Add after a MatMul that becomes its bias)."""
     b = lowering.builder
     weights = lowering.weight_tensor(node, 1, transform, 0, scale=alpha, onnx_axis=onnx_axis)
-    bias_index = lowering.bias(node, channels, source, weights, scale=beta)
-    kind, output = fuse_activation(lowering, node.output[0])
+    result = node.output[0]
+    if bias_add is not None:
+        reader, values = bias_add
+        lowering.consumed.add(reader.name)
+        result = reader.output[0]
+        bias_index = lowering.bias(node, channels, source, weights, values=values)
+    else:
+        bias_index = lowering.bias(node, channels, source, weights, scale=beta)
+    kind, output = fuse_activation(lowering, result)
     out = lowering.output(output)
-    options = b.options("FullyConnectedOptions", fusedActivationFunction=activation_code(lowering, kind), keepNumDims=keep)
+    # dynamic range: float input, int8 weights; each input row gets its own asymmetric range
+    hybrid = b.info(source).dtype == np.float32 and b.info(weights).dtype == np.int8
+    options = b.options("FullyConnectedOptions", fusedActivationFunction=activation_code(lowering, kind),
+                        keepNumDims=keep, asymmetricQuantizeInputs=hybrid)
     inputs = [source, weights, bias_index]
-    b.operator("FULLY_CONNECTED", inputs, [out], options, lowering.version("FULLY_CONNECTED", inputs, keep_num_dims=keep))
+    b.operator("FULLY_CONNECTED", inputs, [out], options,
+               lowering.version("FULLY_CONNECTED", inputs, keep_num_dims=keep, asymmetric_quantize_inputs=hybrid))
