@@ -43,6 +43,9 @@ def default_datasets() -> tuple[Dataset, Dataset]:
                                                                              where="evaluation")
 
 
+#: Printed instead of the LiteRT columns when ai-edge-litert is missing.
+NO_LITERT_HINT = "the LiteRT columns (.tflite files) need the tflite extra: pip install 'edgeopt[tflite]'"
+
 #: Printed instead of the QAT row when PyTorch is missing.
 NO_TORCH_HINT = "the QAT int8 row needs PyTorch: pip install 'edgeopt[torch]'"
 
@@ -88,6 +91,8 @@ def run_demo(output_dir: str | pathlib.Path = "edgeopt-demo", threads: int = 1, 
         else:
             rows.insert(4, row)  # after int8, before integer-only
             rows.extend(_compression_rows(source, calibration, evaluation, output_dir, threads, runs))
+    if not _litert_columns(rows, output_dir, evaluation, threads, runs):
+        notes.append(NO_LITERT_HINT)
     table = summarise(rows)
     result = {"model": "fashion_cnn (embedded default, Fashion-MNIST)", "threads": threads,
               "evaluation_samples": len(evaluation), "calibration_samples": len(calibration),
@@ -125,6 +130,28 @@ def _compression_rows(source, calibration: Dataset, evaluation: Dataset, output_
     return rows
 
 
+def _litert_columns(rows: list[dict], output_dir: pathlib.Path, evaluation: Dataset, threads: int,
+                    runs: int) -> bool:
+    """Write each row's model as .tflite and measure it on LiteRT (``row["litert"]``); False when
+    the tflite extra is missing."""
+    from importlib.util import find_spec
+
+    if find_spec("ai_edge_litert") is None:
+        logger.info(NO_LITERT_HINT)
+        return False
+    from .tflite.export import export
+
+    for row in rows:
+        onnx_path = output_dir / row["model"]
+        path = onnx_path.with_suffix(".tflite")
+        result = export(onnx_path)
+        result.save(path)
+        measured = evaluate(path, evaluation, threads=threads, runs=runs)
+        row["litert"] = {"model": path.name, "measurement": measured, "operators": result.report["operators"]}
+        logger.info("%s on LiteRT: top-1 %.4f", row["row"], measured["top1"])
+    return True
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     base = rows[0]["measurement"]
     int8 = next((row["measurement"] for row in rows if row["row"] == "int8"), base)
@@ -147,18 +174,39 @@ def summarise(rows: list[dict]) -> list[dict]:
             "sparsity": (m.get("weights") or {}).get("sparsity"),
             "distinct_per_channel_max": (m.get("weights") or {}).get("distinct_per_channel_max"),
         })
+        table[-1].update(_litert_summary(row, rows[0]))
     return table
 
 
+def _litert_summary(row: dict, base: dict) -> dict:
+    if "litert" not in row:
+        return {}
+    m, float_m = row["litert"]["measurement"], base["litert"]["measurement"]
+    return {"litert_top1": m["top1"], "litert_latency_ms": m["latency_ms"]["median"],
+            "litert_latency_ratio": m["latency_ms"]["median"] / float_m["latency_ms"]["median"],
+            "tflite_bytes": m["size"]["raw_bytes"], "tflite_gzip_bytes": m["size"]["gzip_bytes"]}
+
+
 def markdown_table(table: list[dict]) -> str:
-    lines = [("| model | top-1 | change | latency ms (x float) | size KB (x float) | gzip KB (x float) | gzip x int8 "
-              "| sparsity | distinct weights / channel |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+    litert = any("litert_top1" in r for r in table)
+    head = ("| model | top-1 | change | latency ms (x float) | size KB (x float) | gzip KB (x float) | gzip x int8 "
+            "| sparsity | distinct weights / channel |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if litert:
+        head += " LiteRT top-1 | LiteRT ms (x float) | .tflite KB | .tflite gzip KB |"
+        rule += "---|---|---|---|"
+    lines = [head, rule]
     for r in table:
         sparsity = "" if r.get("sparsity") is None else f"{100 * r['sparsity']:.1f}%"
         distinct = "" if r.get("distinct_per_channel_max") is None else str(r["distinct_per_channel_max"])
-        lines.append(f"| {r['row']} | {100 * r['top1']:.2f}% | {r['top1_change_points']:+.2f} | "
-                     f"{r['latency_ms']:.3f} ({r['latency_ratio']:.2f}x) | {r['size_bytes'] / 1000:.1f} "
-                     f"({r['size_ratio']:.3f}x) | {r['gzip_bytes'] / 1000:.1f} ({r['gzip_ratio']:.3f}x) | "
-                     f"{r.get('gzip_vs_int8', float('nan')):.3f}x | {sparsity} | {distinct} |")
+        line = (f"| {r['row']} | {100 * r['top1']:.2f}% | {r['top1_change_points']:+.2f} | "
+                f"{r['latency_ms']:.3f} ({r['latency_ratio']:.2f}x) | {r['size_bytes'] / 1000:.1f} "
+                f"({r['size_ratio']:.3f}x) | {r['gzip_bytes'] / 1000:.1f} ({r['gzip_ratio']:.3f}x) | "
+                f"{r.get('gzip_vs_int8', float('nan')):.3f}x | {sparsity} | {distinct} |")
+        if litert and "litert_top1" in r:
+            line += (f" {100 * r['litert_top1']:.2f}% | {r['litert_latency_ms']:.3f} ({r['litert_latency_ratio']:.2f}x)"
+                     f" | {r['tflite_bytes'] / 1000:.1f} | {r['tflite_gzip_bytes'] / 1000:.1f} |")
+        elif litert:
+            line += " | | | |"
+        lines.append(line)
     return "\n".join(lines)
