@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edgeopt.demo import NO_TORCH_HINT, run_demo
+from edgeopt.demo import NO_LITERT_HINT, NO_TORCH_HINT, run_demo
 
 
 def test_demo_table(tmp_path):
@@ -51,6 +51,19 @@ def test_demo_table(tmp_path):
     assert table.count("\n") == 2 + len(rows)  # header, separator, the rows
     details = {row["row"]: row for row in saved["details"]}
     assert details["QAT int8"]["report"]["qat"]["epochs"] == 1
+    _check_litert(rows, tmp_path)
+
+
+def _check_litert(rows: dict, folder) -> None:
+    """Every row also as .tflite, measured on LiteRT: the same decisions give the same top-1 (the
+    integer rows compute what ONNX Runtime computes to one step of each output: at most 2 of the
+    2,000 images move; dynamic quantizes rows at run time in both, rounding differently)."""
+    pytest.importorskip("ai_edge_litert")
+    assert len([p for p in folder.iterdir() if p.suffix == ".tflite"]) == len(rows)
+    for label, row in rows.items():
+        bound = 0.5 if label == "dynamic" else 0.1
+        assert abs(100 * (row["litert_top1"] - row["top1"])) <= bound, label
+        assert row["tflite_gzip_bytes"] <= 1.02 * row["gzip_bytes"] + 2000, label  # the same weights, stored alike
 
 
 CODED_50, CODED_80 = "pruned 50% + 128 clusters at 3 bits + int8", "pruned 80% + 128 clusters at 1.5 bits + int8"
@@ -94,3 +107,15 @@ def test_demo_without_torch_prints_the_post_training_rows_and_a_hint(tmp_path, m
     result = run_demo(tmp_path, runs=5)
     assert [row["row"] for row in result["rows"]] == ["float", "float16", "dynamic", "int8", "int8 integer-only"]
     assert result["notes"] == [NO_TORCH_HINT]
+
+
+def test_demo_without_litert_has_no_litert_columns_and_a_hint(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "ai_edge_litert" else real(name, *args))
+    result = run_demo(tmp_path, runs=5, qat=False)
+    assert result["notes"] == [NO_LITERT_HINT]
+    assert not any("litert_top1" in row for row in result["rows"])
+    assert not list(tmp_path.glob("*.tflite"))
