@@ -181,3 +181,23 @@ def _decode(value: np.ndarray, detail) -> np.ndarray:
     if scale:
         return ((value.astype(np.float32) - detail["quantization"][1]) * scale).astype(np.float32)
     return value
+
+
+def delegation(runner: LiteRTRunner) -> dict:
+    """How the default delegate (XNNPACK) took the graph: its partitions, and whether one of them
+    covers it whole (its inputs are the graph's inputs, its outputs the graph's outputs)."""
+    ops = runner.interpreter._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    graph_inputs = {d["index"] for d in runner.inputs}
+    graph_outputs = {d["index"] for d in runner.outputs}
+    constants = {t["index"] for t in runner.interpreter.get_tensor_details()
+                 if t["index"] not in graph_inputs and _is_constant(runner, t["index"])}
+    whole = (len(delegates) == 1 and set(delegates[0]["outputs"]) == graph_outputs
+             and set(delegates[0]["inputs"]) - constants <= graph_inputs)
+    return {"partitions": len(delegates), "operators": len(ops) - len(delegates), "whole": whole}
+
+
+def _is_constant(runner: LiteRTRunner, index: int) -> bool:
+    produced = {i for op in runner.interpreter._get_ops_details() if op["op_name"] != "DELEGATE"
+                for i in op["outputs"]}
+    return index not in produced

@@ -125,7 +125,26 @@ class ModelBuilder:
         model.buffers = self.buffers
         codes = sorted(self._codes.items(), key=lambda item: item[1])
         model.operatorCodes = [self._code_entry(code, version) for (code, version), _ in codes]
+        model.signatureDefs = [self._signature(inputs, outputs)]
         return model
+
+    def _signature(self, inputs: list[int], outputs: list[int]):
+        """The ``serving_default`` signature LiteRT's signature runner and ai-edge-quantizer read,
+        naming each input and output as the ONNX model does."""
+        def entries(indices):
+            found = []
+            for index in indices:
+                entry = self.schema.TensorMapT()
+                entry.name = self.tensors[index].name
+                entry.tensorIndex = int(index)
+                found.append(entry)
+            return found
+
+        signature = self.schema.SignatureDefT()
+        signature.inputs, signature.outputs = entries(inputs), entries(outputs)
+        signature.signatureKey = "serving_default"
+        signature.subgraphIndex = 0
+        return signature
 
     def _in_execution_order(self) -> list:
         """The operators sorted so each runs after the producers of its inputs (TFLite runs them

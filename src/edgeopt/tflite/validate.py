@@ -41,8 +41,9 @@ class Violation:
 class _File:
     """Read access to one parsed model for the rules."""
 
-    def __init__(self, model):
+    def __init__(self, model, data: bytes):
         self.model = model
+        self.bytes = data
         self.graph = model.subgraphs[0]
         self.codes = model.operatorCodes
 
@@ -69,17 +70,27 @@ class _File:
         tensor = self.tensor(index)
         if tensor is None:
             return None
-        buffer = self.model.buffers[tensor.buffer]
-        if buffer.data is None or len(buffer.data) == 0:
+        raw = buffer_bytes(self.model.buffers[tensor.buffer], self.bytes)
+        if raw is None:
             return None
         if tensor.sparsity is not None:  # stored compressed (DENSIFY expands it): not read here
             return np.zeros(0)
         dtype = fb.numpy_dtype(tensor.type)
-        return np.frombuffer(bytes(buffer.data), dtype=dtype).reshape(tensor.shape)
+        return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
 
     def where(self, position: int, op) -> str:
         outputs = [self.tensor(i).name.decode(errors="replace") for i in op.outputs if i >= 0]
         return f"operator {position} {self.op_name(op)} ({', '.join(outputs)})"
+
+
+def buffer_bytes(buffer, data: bytes) -> bytes | None:
+    """A buffer's bytes: inside the flatbuffer, or after it at ``offset`` (files over 2 GB, and
+    ai-edge-quantizer's output, keep constants there); None for a buffer without data."""
+    if buffer.data is not None and len(buffer.data):
+        return bytes(buffer.data)
+    if buffer.offset and buffer.size:
+        return data[buffer.offset:buffer.offset + buffer.size]
+    return None
 
 
 # -- per-operator rules ------------------------------------------------------------------------
@@ -227,7 +238,8 @@ def _file_rules(data: bytes, f: _File):
     root = fb.module().Model.GetRootAs(data, 0)
     for index in range(1, root.BuffersLength()):
         buffer = root.Buffers(index)
-        if buffer.DataLength() and buffer._tab.Vector(buffer._tab.Offset(4)) % fb.BUFFER_ALIGNMENT:
+        start = buffer._tab.Vector(buffer._tab.Offset(4)) if buffer.DataLength() else buffer.Offset()
+        if start and start % fb.BUFFER_ALIGNMENT:
             yield Violation("alignment", f"buffer {index}", f"constant data must start at a multiple of "
                                                              f"{fb.BUFFER_ALIGNMENT} bytes")
 
@@ -235,7 +247,7 @@ def _file_rules(data: bytes, f: _File):
 def validate(data: bytes, where: str = "the file") -> list[Violation]:
     """Every violation of the file-format and quantization rules in ``data`` (a .tflite file)."""
     model = fb.parse(data, where)
-    f = _File(model)
+    f = _File(model, data)
     found = list(_file_rules(data, f))
     for position, op in enumerate(f.graph.operators or []):
         name = f.op_name(op)
