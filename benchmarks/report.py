@@ -330,6 +330,9 @@ def render(results: dict, here: pathlib.Path) -> None:
 
     lines += prune_section(here / "prune.json")
     lines += compress_section(here / "compress.json")
+    from .tflite import section as tflite_section
+
+    lines += tflite_section(here / "tflite.json")
     lines += section(everything)
     (here / "RESULTS.md").write_text("\n".join(lines))
     figure(results, here / "results.png")
