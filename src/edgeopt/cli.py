@@ -202,8 +202,8 @@ def main(args: argparse.Namespace) -> int:
         result = quantize(args.model, config, calibration=args.calibration)
         _write_outputs(args, result)
         r = result.report
-        print(f"{args.output}: {args.mode}, {r['size_bytes']['quantized']:,} bytes "
-              f"({r['size_bytes']['quantized'] / r['size_bytes']['float']:.3f}x float)")
+        written = pathlib.Path(args.output).stat().st_size
+        print(f"{args.output}: {args.mode}, {written:,} bytes ({written / r['size_bytes']['float']:.3f}x float)")
         if r.get("worst_output_cosine_on_calibration") is not None:
             print(f"worst output cosine on calibration data: {r['worst_output_cosine_on_calibration']:.4f}")
         for name, reason in r.get("kept_float", {}).items():
