@@ -46,8 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_arguments(commands)
     _cluster_arguments(commands)
     _export_arguments(commands)
+    _check_arguments(commands)
     _evaluate_and_demo_arguments(commands)
     return parser
+
+
+def _check_arguments(commands) -> None:
+    c = commands.add_parser("check", help="check a .tflite file against the TFLite specification and a target")
+    c.add_argument("model", help=".tflite file (edgeopt's or any other)")
+    c.add_argument("--target", choices=("xnnpack", "edgetpu", "gpu"),
+                   help="also list what this target does not take as it stands")
 
 
 def _export_arguments(commands) -> None:
@@ -212,6 +220,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.command == "export":
         return _export(args)
+    if args.command == "check":
+        return _check(args)
     if args.command == "prune":
         return _prune(args)
     if args.command == "cluster":
@@ -264,6 +274,26 @@ def _write_outputs(args, result) -> None:
     result.save(args.output)
     if args.report:
         write_bytes_atomic(args.report, (json.dumps(result.report, indent=2) + "\n").encode())
+
+
+def _check(args) -> int:
+    """Exit status 1 when the file breaks the specification or the target's constraints."""
+    from .tflite.targets import check
+    from .tflite.validate import validate
+
+    path = pathlib.Path(args.model)
+    if not path.is_file():
+        raise EdgeoptError(f"{path}: no such file (expected a .tflite model)")
+    data = path.read_bytes()
+    findings = check(data, args.target, str(path))
+    warnings = [v for v in validate(data, str(path)) if v.severity == "warning"]
+    against = f"the TFLite specification{' and ' + args.target if args.target else ''}"
+    for finding in findings:
+        print(finding)
+    if warnings:
+        print(f"warning: {len(warnings)} x {warnings[0].message} (first: {warnings[0].where})")
+    print(f"{path}: {len(findings)} problem(s) against {against}")
+    return 1 if findings else 0
 
 
 def _export(args) -> int:

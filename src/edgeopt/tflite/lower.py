@@ -81,6 +81,18 @@ class Lowering:
         """The plan's TFLite parameters of activation ``name`` (None: float, or no plan)."""
         return self.quantized.params(name) if self.quantized is not None else None
 
+    def non_negative(self, name: str) -> bool:
+        """Whether ``name`` is known to hold no negative value (the output of Relu, Sigmoid or a
+        Clip at 0 or above)."""
+        from .operators.common import clip_bounds
+
+        producer = self.view.producer.get(name)
+        if producer is None:
+            return False
+        if producer.op_type in ("Relu", "Sigmoid", "Softmax"):
+            return True
+        return producer.op_type == "Clip" and (clip_bounds(self, producer)[0] or -1) >= 0
+
     def layout_of(self, name: str) -> lay.Layout:
         """The layout ``name`` was lowered in (a constant's is the identity until asked otherwise)."""
         if name in self.layouts:

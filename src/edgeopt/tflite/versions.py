@@ -126,7 +126,7 @@ RULES = {
     "SOFTMAX": _by_type(2, 3), "RELU6": _by_type(2, 3), "RELU": _by_type(2, 3), "LOGISTIC": _by_type(2, 3),
     "TANH": _by_type(2, 3), "GELU": _by_type(2, 1), "LEAKY_RELU": _by_type(1, 2), "TRANSPOSE": _transpose,
     "PAD": _ranked(4, 2, 3), "PADV2": _ranked(4, 2, 3), "SLICE": _ranked(5, 2, 4),
-    "STRIDED_SLICE": lambda s: 4 if s.max_rank > 4 else _by_type(2, 1)(s), "SPLIT_V": _by_type(2, 3),
+    "STRIDED_SLICE": lambda s: 4 if s.max_rank > 4 else _by_type(2, 1)(s), "SPLIT_V": _by_type(2, 3), "SPLIT": _by_type(2, 4),
     "GATHER": _by_type(2, 4), "RESIZE_BILINEAR": _resize(False), "RESIZE_NEAREST_NEIGHBOR": _resize(True),
     "DEQUANTIZE": _dequantize, "QUANTIZE": _quantize, "MAXIMUM": _by_type(2, 4), "MINIMUM": _by_type(2, 4),
     "REDUCE_MAX": _by_type(2, 3), "SUM": _by_type(2, 3), "LOG_SOFTMAX": _by_type(2, 1),

@@ -22,8 +22,27 @@ def concat(lowering, node) -> None:
     b = lowering.builder
     out = lowering.output(out_name, layout)
     sources = [_rescaled(lowering, source, b.info(out).quantization) for source in sources]
+    while len(sources) > MAX_CONCAT_INPUTS:  # XNNPACK concatenates at most this many at once
+        sources = [_concatenated(lowering, sources[i:i + MAX_CONCAT_INPUTS], axis, out)
+                   if len(sources[i:i + MAX_CONCAT_INPUTS]) > 1 else sources[i]
+                   for i in range(0, len(sources), MAX_CONCAT_INPUTS)]
     b.operator("CONCATENATION", sources, [out], b.options("ConcatenationOptions", axis=axis),
                lowering.version("CONCATENATION", sources))
+
+
+#: inputs of one CONCATENATION that XNNPACK delegates; more are concatenated in a tree
+MAX_CONCAT_INPUTS = 4
+
+
+def _concatenated(lowering, sources: list[int], axis: int, like: int) -> int:
+    b = lowering.builder
+    shape = list(b.info(sources[0]).shape)
+    shape[axis] = sum(b.info(s).shape[axis] for s in sources)
+    index = b.tensor(f"{b.tensors[like].name}_part", shape, b.info(like).dtype,
+                     quantization=b.info(like).quantization)
+    b.operator("CONCATENATION", sources, [index], b.options("ConcatenationOptions", axis=axis),
+               lowering.version("CONCATENATION", sources))
+    return index
 
 
 def _rescaled(lowering, source: int, quantization) -> int:
@@ -162,9 +181,19 @@ def split(lowering, node) -> None:
     source = lowering.value(x, layout)
     outputs = [lowering.output_like(name, layout, source) for name in node.output]
     b = lowering.builder
-    where = lowering.int32("axis", [lay.tflite_axis(axis, layout)])
-    b.operator("SPLIT_V", [source, lowering.int32("sizes", sizes), where], outputs,
-               b.options("SplitVOptions", numSplits=len(outputs)), lowering.version("SPLIT_V", [source]))
+    where = lay.tflite_axis(axis, layout)
+    if len(set(sizes)) == 1:  # SPLIT, which XNNPACK delegates (it has no SPLIT_V)
+        b.operator("SPLIT", [lowering.int32("axis", [where]), source], outputs,
+                   b.options("SplitOptions", numSplits=len(outputs)), lowering.version("SPLIT", [source]))
+        return
+    stored = b.info(source).shape
+    start = 0
+    for size, out in zip(sizes, outputs):  # unequal parts: one SLICE each (delegated too)
+        begin = [start if i == where else 0 for i in range(len(stored))]
+        extent = [size if i == where else d for i, d in enumerate(stored)]
+        b.operator("SLICE", [source, lowering.int32("begin", begin), lowering.int32("size", extent)], [out], None,
+                   lowering.version("SLICE", [source]))
+        start += size
 
 
 @converter("Gather")

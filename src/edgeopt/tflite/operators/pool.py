@@ -37,7 +37,9 @@ def pool(lowering, node) -> None:
         raise EdgeoptError(f"AveragePool {node.name!r}: padding that excludes the padded elements from the average "
                            "and is not TFLite's SAME cannot be lowered")
     if explicit:
-        source, in_shape = explicit_pad(lowering, source, in_shape, explicit, lowest=is_max)
+        # a max pool over values >= 0 may pad with 0 (PAD, which XNNPACK takes; PADV2 it does not)
+        lowest = is_max and not lowering.non_negative(x)
+        source, in_shape = explicit_pad(lowering, source, in_shape, explicit, lowest=lowest)
     kind, output = fuse_activation(lowering, node.output[0])
     b = lowering.builder
     op = "MAX_POOL_2D" if is_max else "AVERAGE_POOL_2D"
