@@ -66,6 +66,12 @@ def _check(model, io_layout="nchw", config=None):
     return result
 
 
+def _whole(data: bytes) -> bool:
+    from edgeopt.runtimes.litert import delegation
+
+    return delegation(LiteRTRunner(data))["whole"]
+
+
 def _conv(name, x, out, weight_shape, seed=0, **attrs):
     return helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [out], name=name, **attrs), {
         f"{name}_w": _w(*weight_shape, seed=seed), f"{name}_b": _w(weight_shape[0], seed=seed + 1)}
@@ -216,12 +222,16 @@ def test_transposes_from_an_nhwc_exporter_vanish():
     assert result.report["operators"] == {"CONV_2D": 1}
 
 
-@pytest.mark.parametrize("mode,transform", [("nearest", "asymmetric"), ("linear", "half_pixel"),
-                                            ("linear", "align_corners")])
-def test_resize(mode, transform):
+@pytest.mark.parametrize("mode,transform,factor", [("nearest", "asymmetric", 2), ("nearest", "asymmetric", 8),
+                                                   ("linear", "half_pixel", 2), ("linear", "align_corners", 2)])
+def test_resize(mode, transform, factor):
     node = helper.make_node("Resize", ["x", "", "scales"], ["y"], mode=mode, coordinate_transformation_mode=transform,
                             nearest_mode="floor")
-    _check(_graph([node], [("x", [1, 3, 5, 5])], ["y"], {"scales": np.array([1, 1, 2, 2], np.float32)}))
+    scales = np.array([1, 1, factor, factor], np.float32)
+    result = _check(_graph([node], [("x", [1, 3, 5, 5])], ["y"], {"scales": scales}), io_layout="nhwc")
+    if mode == "nearest":  # copies concatenated, in groups XNNPACK takes
+        assert "RESIZE_NEAREST_NEIGHBOR" not in result.report["operators"]
+        assert LiteRTRunner(result.data) and _whole(result.data)
 
 
 def test_matmul_fully_connected_keeps_dims_and_batch_matmul():
