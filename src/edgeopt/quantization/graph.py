@@ -167,20 +167,15 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
     return subgraph_inputs(wrapper)
 
 
-def topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder nodes so each comes after the producers of its inputs, including the names its
-    control-flow bodies read (passes may append nodes). Stable (Kahn's algorithm taking ready
-    nodes in their current order); a cycle keeps the original order of the nodes it holds."""
+def stable_order(needs: list[set[int]]) -> list[int]:
+    """Kahn's algorithm over items ``0..n-1``, item ``i`` after every item in ``needs[i]``, ready
+    items taken lowest index first (so an order that is already valid is kept). Items on a cycle
+    are left out."""
     import heapq
 
-    nodes = list(graph.node)
-    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
-    waiting = [0] * len(nodes)
-    readers: list[list[int]] = [[] for _ in nodes]
-    for index, node in enumerate(nodes):
-        needed = {producer[name] for name in list(node.input) + sorted(_outer_reads(node))
-                  if name in producer and producer[name] != index}
-        waiting[index] = len(needed)
+    waiting = [len(needed) for needed in needs]
+    readers: list[list[int]] = [[] for _ in needs]
+    for index, needed in enumerate(needs):
         for source in needed:
             readers[source].append(index)
     ready = [index for index, count in enumerate(waiting) if count == 0]
@@ -193,6 +188,18 @@ def topological_sort(graph: onnx.GraphProto) -> None:
             waiting[reader] -= 1
             if waiting[reader] == 0:
                 heapq.heappush(ready, reader)
+    return order
+
+
+def topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes so each comes after the producers of its inputs, including the names its
+    control-flow bodies read (passes may append nodes). Stable (Kahn's algorithm taking ready
+    nodes in their current order); a cycle keeps the original order of the nodes it holds."""
+    nodes = list(graph.node)
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    needs = [{producer[name] for name in list(node.input) + sorted(_outer_reads(node))
+              if name in producer and producer[name] != index} for index, node in enumerate(nodes)]
+    order = stable_order(needs)
     placed = set(order)
     order += [index for index in range(len(nodes)) if index not in placed]
     ordered = [onnx.NodeProto.FromString(nodes[index].SerializeToString()) for index in order]

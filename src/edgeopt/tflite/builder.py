@@ -150,26 +150,11 @@ class ModelBuilder:
         """The operators sorted so each runs after the producers of its inputs (TFLite runs them
         in list order; converters may add a rescaling QUANTIZE before the operator it follows).
         Stable: operators already in order keep it."""
-        import heapq
+        from ..quantization.graph import stable_order
 
         producer = {t: i for i, op in enumerate(self.operators) for t in op.outputs}
-        waiting = [0] * len(self.operators)
-        readers: list[list[int]] = [[] for _ in self.operators]
-        for i, op in enumerate(self.operators):
-            sources = {producer[t] for t in op.inputs if t in producer and producer[t] != i}
-            waiting[i] = len(sources)
-            for source in sources:
-                readers[source].append(i)
-        ready = [i for i, count in enumerate(waiting) if count == 0]
-        heapq.heapify(ready)
-        order = []
-        while ready:
-            i = heapq.heappop(ready)
-            order.append(i)
-            for reader in readers[i]:
-                waiting[reader] -= 1
-                if waiting[reader] == 0:
-                    heapq.heappush(ready, reader)
+        order = stable_order([{producer[t] for t in op.inputs if t in producer and producer[t] != i}
+                              for i, op in enumerate(self.operators)])
         if len(order) != len(self.operators):
             raise RuntimeError("internal: the TFLite operators form a cycle")
         return [self.operators[i] for i in order]
