@@ -9,12 +9,14 @@ ONNX model; the float16 row is also compared with ONNX Runtime running the float
 was written from, which separates the writer's share from float16 rounding). Counted in the file:
 operators, TRANSPOSEs, XNNPACK partitions and whether one covers the whole graph, validator errors.
 
-The labelled CNN cases also get int8: edgeopt's int8 ONNX model (``Int8Config`` on the case's
-calibration images) written as .tflite, compared with ONNX Runtime running that ONNX model (share
-of output elements within one step of the output's scale), and the anchor: ai-edge-quantizer's
-static int8 recipe (``static_wi8_ai8``) on edgeopt's float .tflite with the same calibration
-images. Top-1 on every evaluation image; LiteRT latency at 1 thread in interleaved rounds, as
-ratios to the float .tflite of the same run; sizes raw and ``gzip -9``. Writes benchmarks/tflite.json.
+The labelled CNN cases also get int8: edgeopt's int8 ONNX models (``Int8Config`` on the case's
+calibration images, with float inputs and outputs and ``integer_only``) written as .tflite, each
+compared with ONNX Runtime running that ONNX model on every evaluation image (share of output
+elements within one step of the output's scale, and the worst difference in steps), and the
+anchor: ai-edge-quantizer's static int8 recipe (``static_wi8_ai8``, int8 inputs and outputs) on
+edgeopt's float .tflite with the same calibration images. Top-1 on every evaluation image; LiteRT
+latency at 1 thread in interleaved rounds, as ratios to the float .tflite of the same run; sizes
+raw and ``gzip -9``. Writes benchmarks/tflite.json.
 """
 
 from __future__ import annotations
@@ -101,42 +103,52 @@ def float_rows(case, folder: pathlib.Path, samples: int) -> tuple[list[dict], di
     return rows, paths
 
 
-def _within_one_step(ours: list[list[np.ndarray]], reference: list[list[np.ndarray]], step: float) -> float:
-    a = np.concatenate([np.ravel(o[0]) for o in ours])
-    b = np.concatenate([np.ravel(r[0]) for r in reference])
-    return float(np.mean(np.abs(a - b) <= step * (1 + 1e-3)))
+def _step_agreement(ours: np.ndarray, reference: np.ndarray, step: float) -> dict:
+    """The share of output elements within one quantization step, the worst difference in steps."""
+    steps = np.abs(np.asarray(ours, np.float64) - np.asarray(reference, np.float64)) / step
+    return {"within_one_step": float(np.mean(steps <= 1 + 1e-3)), "max_steps": round(float(steps.max()), 2),
+            "elements_compared": int(steps.size)}
 
 
-def _top1(path, case) -> float:
+def _labelled_outputs(paths: dict, case) -> dict:
+    """Each file's first output on the whole evaluation set (LiteRT or ONNX Runtime, 1 thread)."""
     from .__main__ import outputs_of
 
-    return float(np.mean(outputs_of(str(path), case.evaluation, threads=1)[0].argmax(1) == case.evaluation.labels))
+    return {variant: outputs_of(str(path), case.evaluation, threads=1)[0] for variant, path in paths.items()}
 
 
-def int8_rows(case, folder: pathlib.Path, samples: int) -> tuple[list[dict], dict]:
-    """edgeopt's int8 .tflite (against ONNX Runtime on the same plan) and ai-edge-quantizer's."""
+#: edgeopt's int8 variants: (.tflite row, the ONNX Runtime row it is compared with, config)
+INT8_VARIANTS = (("edgeopt int8 .tflite", "int8 .onnx (ONNX Runtime)", {}),
+                 ("edgeopt int8 integer-only .tflite", "int8 integer-only .onnx (ONNX Runtime)",
+                  {"integer_only": True}))
+
+
+def int8_rows(case, folder: pathlib.Path) -> tuple[list[dict], dict]:
+    """edgeopt's int8 .tflite files (float and int8 inputs and outputs) and ai-edge-quantizer's;
+    each edgeopt file is later compared with ONNX Runtime running the int8 ONNX model it came from."""
     import edgeopt
 
-    feeds = _feeds(case, samples)
-    shapes = {name: value.shape for name, value in feeds[0].items()}
-    started = time.perf_counter()
-    result = edgeopt.quantize(str(case.model), edgeopt.Int8Config(), calibration=case.calibration)
-    int8_onnx = folder / "int8.onnx"
-    result.save(int8_onnx)
-    onnx_seconds = time.perf_counter() - started
-    path = folder / "int8.tflite"
-    report = _export(int8_onnx, path, shapes)
-    output = result.model.graph.output[0].name
-    step = float(np.asarray(result.plan.activations[output].scale).reshape(-1)[0])
-    share = _within_one_step(_run(path, feeds), _run(int8_onnx, feeds), step)
-    rows = [{"variant": "edgeopt int8 .tflite", "within_one_step": share, "quantize_seconds": round(onnx_seconds, 1),
-             **_file_facts(path, report)}]
+    shapes = {name: value.shape for name, value in _feeds(case, 1)[0].items()}
+    rows, paths = [], {}
+    for variant, onnx_variant, options in INT8_VARIANTS:
+        started = time.perf_counter()
+        result = edgeopt.quantize(str(case.model), edgeopt.Int8Config(**options), calibration=case.calibration)
+        onnx_path = folder / f"{len(paths)}.onnx"
+        result.save(onnx_path)
+        seconds = time.perf_counter() - started
+        path = onnx_path.with_suffix(".tflite")
+        report = _export(onnx_path, path, shapes)
+        output = result.model.graph.output[0].name
+        step = float(np.asarray(result.plan.activations[output].scale).reshape(-1)[0])
+        rows.append({"variant": variant, "compared_with": onnx_variant, "output_step": step,
+                     "quantize_seconds": round(seconds, 1), **_file_facts(path, report)})
+        paths.update({variant: str(path), onnx_variant: str(onnx_path)})
     anchor = folder / "aeq_int8.tflite"
     seconds = _ai_edge_quantizer(folder / "float.tflite", anchor, case)
     rows.append({"variant": "ai-edge-quantizer static int8", "quantize_seconds": round(seconds, 1),
                  **_file_facts(anchor)})
-    return rows, {"edgeopt int8 .tflite": str(path), "ai-edge-quantizer static int8": str(anchor),
-                  "int8 .onnx (ONNX Runtime)": str(int8_onnx)}
+    paths["ai-edge-quantizer static int8"] = str(anchor)
+    return rows, paths
 
 
 def _ai_edge_quantizer(float_path: pathlib.Path, output: pathlib.Path, case) -> float:
@@ -162,21 +174,22 @@ def run_case(name: str, samples: int, folder: pathlib.Path) -> dict:
     rows, paths = float_rows(case, folder, samples)
     labelled = name in CNN_CASES
     if labelled:
-        more, more_paths = int8_rows(case, folder, samples)
+        more, more_paths = int8_rows(case, folder)
         rows += more
         paths.update(more_paths)
-        for row in rows:
-            row["top1"] = _top1(paths[row["variant"]], case)
+        outputs = _labelled_outputs({**paths, "float .onnx": case.model}, case)
         latency = interleaved_latency(paths, case.evaluation, threads=1, rounds=8, runs=30)
-        base = latency["float .tflite"]["median"]
-        for row in rows:
+        onnx_rows = [{"variant": onnx_variant} for _, onnx_variant, _ in INT8_VARIANTS]
+        for row in rows + onnx_rows:
+            row["top1"] = float(np.mean(outputs[row["variant"]].argmax(1) == case.evaluation.labels))
+            if "output_step" in row:  # over every evaluation input, against the int8 ONNX model it came from
+                row.update(_step_agreement(outputs[row["variant"]], outputs[row["compared_with"]],
+                                           row["output_step"]))
             row["latency_ms"] = latency[row["variant"]]["median"]
-            row["latency_ratio"] = row["latency_ms"] / base
-        rows.append({"variant": "int8 .onnx (ONNX Runtime)", "top1": _top1(paths["int8 .onnx (ONNX Runtime)"], case),
-                     "latency_ms": latency["int8 .onnx (ONNX Runtime)"]["median"],
-                     "latency_ratio": latency["int8 .onnx (ONNX Runtime)"]["median"] / base})
+            row["latency_ratio"] = row["latency_ms"] / latency["float .tflite"]["median"]
+        rows += onnx_rows
     return {"case": name, "title": case.title, "model": str(case.model), "samples": samples, "rows": rows,
-            "float_top1": _top1(case.model, case) if labelled else None}
+            "float_top1": float(np.mean(outputs["float .onnx"].argmax(1) == case.evaluation.labels)) if labelled else None}
 
 
 def main(argv=None) -> int:
@@ -195,11 +208,18 @@ def _cell(value, form: str) -> str:
     return "" if value is None else format(value, form)
 
 
+def _step_cell(row: dict) -> str:
+    cell = f"{100 * row['within_one_step']:.2f}% within one step"
+    if "max_steps" in row:
+        cell += f" of {row['elements_compared']:,} elements (worst {row['max_steps']:g} steps)"
+    return cell
+
+
 def _row_line(row: dict, float_top1) -> str:
     xnnpack = row.get("xnnpack") or {}
     delegated = "" if not xnnpack else ("whole" if xnnpack["whole"] else f"{xnnpack['partitions']} partitions")
     agreement = (f"{row['relative_difference']:.1e} (bound {row['bound']:.0e})" if "relative_difference" in row
-                 else f"{100 * row['within_one_step']:.2f}% within one step" if "within_one_step" in row else "")
+                 else _step_cell(row) if "within_one_step" in row else "")
     if "relative_to_source" in row:
         agreement += f"; {row['relative_to_source']:.1e} against the float16 ONNX model"
     change = "" if row.get("top1") is None or float_top1 is None else f" ({100 * (row['top1'] - float_top1):+.2f})"
@@ -224,7 +244,7 @@ def section(path: pathlib.Path) -> list[str]:
               "LiteRT 2.3 with XNNPACK (as apps run it), 1 thread. Agreement: float and float16 rows, the worst "
               "max |tflite - onnx| / max |onnx| against the float ONNX model on ONNX Runtime over the compared "
               "inputs; int8, the share of output elements within one step of the output's scale of ONNX Runtime "
-              "running the same int8 ONNX model. Latency: median, rounds interleaved, x the float .tflite. The "
+              "running the same int8 ONNX model, over every evaluation image. Latency: median, rounds interleaved, x the float .tflite. The "
               "anchor is ai-edge-quantizer 0.10's static int8 recipe on edgeopt's float .tflite with the same "
               "calibration images."), "",
              "Not lowered (no TFLite builtin for their recurrent operators yet): "

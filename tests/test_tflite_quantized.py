@@ -152,3 +152,27 @@ def test_dynamic_range_keeps_int8_weights_and_follows_float(conv_net):
     # measured 0.9994 (ONNX Runtime's dynamic model 0.9996): both quantize each input row at run
     # time; 0.99 is the third-party suite's dynamic bound
     assert cosine.min() >= 0.99 and cosine_onnx.min() >= 0.99
+
+
+def test_float16_weight_above_the_folding_limit():
+    """An unrolled recurrent cell reads one weight in every step; above constant folding's 4 MiB
+    limit its Cast from float16 stays in the graph, and the writer reads the float16 initializer
+    behind it (captcha-crnn's LSTM)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(size=(1040, 1040)).astype(np.float32) / 32, "cell.weight")
+    nodes = [helper.make_node("Gemm", ["x", "cell.weight"], ["h1"], transB=1, name="step1"),
+             helper.make_node("Tanh", ["h1"], ["t1"]),
+             helper.make_node("Gemm", ["t1", "cell.weight"], ["h2"], name="step2")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1040])],
+                              [helper.make_tensor_value_info("h2", TensorProto.FLOAT, [1, 1040])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    half = edgeopt.quantize(model, edgeopt.Float16Config()).model
+    tflite = edgeopt.export(half)
+    assert "FLOAT16" in _tensor_types(tflite.data)["constant"]
+    feeds = {"x": rng.normal(size=(4, 1040)).astype(np.float32)}
+    expected = _outputs(OnnxRuntimeRunner(half), feeds)
+    got = _outputs(LiteRTRunner(tflite.data), feeds)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()  # the same float16 values in both

@@ -62,6 +62,9 @@ def scalar(lowering, like: int, value: float) -> int:
 
 
 def float_weight(lowering, name: str, node) -> np.ndarray:
+    if name in lowering.float16_weights and not lowering.is_constant(name):
+        # a float16 initializer behind its Cast that constant folding left alone (shared or large)
+        return lowering.constant(lowering.view.producer[name].input[0]).astype(np.float32)
     if not lowering.is_constant(name):
         raise EdgeoptError(f"{node.op_type} {node.name!r}: its weights {name!r} are computed at run time; the "
                            "TFLite writer needs constant weights")
