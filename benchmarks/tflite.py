@@ -120,7 +120,10 @@ def _labelled_outputs(paths: dict, case) -> dict:
 #: edgeopt's int8 variants: (.tflite row, the ONNX Runtime row it is compared with, config)
 INT8_VARIANTS = (("edgeopt int8 .tflite", "int8 .onnx (ONNX Runtime)", {}),
                  ("edgeopt int8 integer-only .tflite", "int8 integer-only .onnx (ONNX Runtime)",
-                  {"integer_only": True}))
+                  {"integer_only": True}),
+                 ("edgeopt int8 integer-only shared Add scale .tflite",
+                  "int8 integer-only shared Add scale .onnx (ONNX Runtime)",
+                  {"integer_only": True, "shared_add_scale": True}))
 
 
 def int8_rows(case, folder: pathlib.Path) -> tuple[list[dict], dict]:
@@ -244,7 +247,13 @@ def section(path: pathlib.Path) -> list[str]:
               "LiteRT 2.3 with XNNPACK (as apps run it), 1 thread. Agreement: float and float16 rows, the worst "
               "max |tflite - onnx| / max |onnx| against the float ONNX model on ONNX Runtime over the compared "
               "inputs; int8, the share of output elements within one step of the output's scale of ONNX Runtime "
-              "running the same int8 ONNX model, over every evaluation image. Latency: median, rounds interleaved, x the float .tflite. The "
+              "running the same int8 ONNX model, over every evaluation image. An int8 file with float inputs "
+              "quantizes them in LiteRT, where XNNPACK multiplies by 1 / scale and ONNX Runtime divides: an input "
+              "next to a half step then lands one step apart now and then, and that step travels to the output; "
+              "integer-only files take the same integers in both runtimes. The shared Add scale rows tie each "
+              "residual Add's operands and result to one scale (`Int8Config(shared_add_scale=True)`), so the "
+              "Add rescales nothing and the two runtimes' roundings cannot part. "
+              "Latency: median, rounds interleaved, x the float .tflite. The "
               "anchor is ai-edge-quantizer 0.10's static int8 recipe on edgeopt's float .tflite with the same "
               "calibration images."), "",
              "Not lowered (no TFLite builtin for their recurrent operators yet): "

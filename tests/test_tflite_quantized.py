@@ -96,7 +96,7 @@ def test_integer_only_flag_on_a_qdq_model_gives_the_same_file(conv_net):
 
 def test_float16_weights_stay_float16(conv_net):
     model, _, held_out = conv_net
-    result = _quantized(conv_net, edgeopt.Float16Config())
+    result = _quantized(conv_net, edgeopt.Float16Config(min_elements=16))  # its layers are tiny
     tflite = edgeopt.export(result.model)
     assert "FLOAT16" in _tensor_types(tflite.data)["constant"]
     assert tflite.report["operators"]["DEQUANTIZE"] >= 4

@@ -79,6 +79,8 @@ def _quantize_arguments(commands) -> None:
                    help="how activation ranges are chosen (auto: the method closest to float on the check samples)")
     q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
     q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
+    q.add_argument("--shared-add-scale", action="store_true",
+                   help="int8: one scale for each Add's operands and result (LiteRT then computes what ONNX Runtime does)")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
                    help="dynamic: one activation range per row (default) or per tensor")
@@ -177,7 +179,8 @@ def _config(args) -> object:
             common["weight_range"] = args.weight_range
         return DynamicConfig(per_channel=not args.per_tensor, **common)
     options = dict(common, per_channel=not args.per_tensor, integer_only=args.integer_only,
-                   fallback=not args.no_fallback, attribution=args.attribution)
+                   fallback=not args.no_fallback, attribution=args.attribution,
+                   shared_add_scale=args.shared_add_scale)
     if args.weight_range:
         options["weight_range"] = args.weight_range
     if args.calibration_method:
@@ -199,8 +202,10 @@ def main(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         from .api import quantize
 
-        if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope or args.attribution):
-            raise EdgeoptError("--integer-only, --activation-type, --scope and --attribution apply to --mode int8 only")
+        if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope or args.attribution
+                                    or args.shared_add_scale):
+            raise EdgeoptError("--integer-only, --activation-type, --scope, --attribution and --shared-add-scale apply "
+                               "to --mode int8 only")
         if args.weight_range and args.mode not in ("int8", "dynamic"):
             raise EdgeoptError("--weight-range applies to --mode int8 and dynamic only")
         config = _config(args)

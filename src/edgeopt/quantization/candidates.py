@@ -96,7 +96,7 @@ class CandidateBuilder:
 
     def _ranges(self, candidate: Candidate) -> Ranges:
         return Ranges(candidate.method, self.config.percentile, self.config.activation_type,
-                      self.config.weight_range, candidate.bias_correction)
+                      self.config.weight_range, candidate.bias_correction, self.config.shared_add_scale)
 
     def plan(self, candidate: Candidate, absorb: bool = True) -> QuantizationPlan:
         selection = self.selection(candidate)

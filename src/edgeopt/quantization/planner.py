@@ -26,6 +26,7 @@ from .operators import FLOAT_WEIGHT_READERS, activation_bounds, rule_for
 from .plan import QuantizationPlan, QuantizedConstant
 from .saturation import WEIGHT_LIMITS, fit_pairs, from_kernel_order, paired_params, to_kernel_order
 from .select import Selection
+from .shared_scales import share_add_scales
 from .structure import proportional_scales, row_structure, shared_codebook
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Ranges:
     activation_type: str
     weight_range: str = "safe"
     correct_biases: bool = True
+    #: one scale for each Add's activation operands and result (:mod:`.shared_scales`)
+    shared_add_scale: bool = False
 
 
 def _is_depthwise(node, view: GraphView) -> bool:
@@ -155,6 +158,8 @@ def plan_activations(view: GraphView, selection: Selection, observers: dict[str,
     """The activation part of :func:`plan`: nodes, activation parameters, absorbed Relu/Clip."""
     result = QuantizationPlan(ranges.activation_type)
     _plan_activations(selection, observers, ranges, result, {} if memo is None else memo)
+    if ranges.shared_add_scale:
+        share_add_scales(view, selection, result)
     if absorb:
         _absorb_activations(view, selection, result)
     return result

@@ -75,7 +75,7 @@ class LiteRTRunner:
                             for d in self.inputs]
 
     @classmethod
-    def open(cls, model, threads: int | None = 1) -> "LiteRTRunner":
+    def open(cls, model, threads: int | None = 1) -> LiteRTRunner:
         if isinstance(model, (bytes, bytearray)):
             return cls(bytes(model), threads)
         path = pathlib.Path(model)
@@ -172,7 +172,10 @@ def _encode(value: np.ndarray, detail) -> np.ndarray:
     if scale:
         zero = detail["quantization"][1]
         info = np.iinfo(dtype)
-        return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+        # in float32, as edgeopt's quantize and ONNX Runtime's QuantizeLinear divide (float64 rounds
+        # a value next to a half step the other way now and then)
+        steps = np.asarray(value, np.float32) / np.float32(scale)
+        return np.clip(np.rint(steps) + zero, info.min, info.max).astype(dtype)
     return value.astype(dtype, copy=False)
 
 
