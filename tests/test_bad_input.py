@@ -91,7 +91,7 @@ def _cases():
         "report equals the model": ["quantize", conv, *out, *float16, "--report", conv],
         "integer-only with float16": ["quantize", conv, *out, *float16, "--integer-only"],
         "integer-only with int16x8": ["quantize", conv, *out, *int16x8, "calibration.npz", "--integer-only"],
-        "shared Add scale with dynamic": ["quantize", conv, *out, "--mode", "dynamic", "--shared-add-scale"],
+        "shared Add scale with dynamic": ["quantize", conv, *out, "--mode", "dynamic", "--add-scales", "shared"],
         "integer-only impossible (LSTM)": ["quantize", "lstm.onnx", *out, *int8("lstm_calibration.npz"),
                                            "--integer-only"],
         "exclude matches nothing": ["quantize", conv, *out, *int8("calibration.npz"), "--exclude", "nope"],

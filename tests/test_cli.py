@@ -24,7 +24,7 @@ MODE_ARGS = {
     "dynamic": ["--mode", "dynamic"],
     "int8": ["--mode", "int8", "--calibration", "calibration.npz"],
     "int8-integer-only": ["--mode", "int8", "--integer-only", "--calibration", "calibration.npz"],
-    "int8-shared-add-scale": ["--mode", "int8", "--shared-add-scale", "--calibration", "calibration.npz"],
+    "int8-shared-add-scale": ["--mode", "int8", "--add-scales", "shared", "--calibration", "calibration.npz"],
     "int16x8": ["--mode", "int16x8", "--calibration", "calibration.npz"],
 }
 EVALUATION_KEYS = {"schema_version", "model", "samples", "threads", "size", "latency_ms", "top1", "fidelity"}

@@ -119,3 +119,29 @@ def test_litert_inputs_are_quantized_like_onnx_runtime():
     detail = {"dtype": np.int8, "quantization": (float(scale), -14)}
     expected = quantize(values, QuantParams(scale, np.array(-14, np.int8), "int8"))
     np.testing.assert_array_equal(_encode(values, detail), expected)
+
+
+def _add_scales(path) -> list[set]:
+    """The distinct scales of each ADD's operands and result in a .tflite file."""
+    from edgeopt.tflite import schema as fb
+
+    model = fb.parse(path.read_bytes())
+    graph = model.subgraphs[0]
+    adds = [op for op in graph.operators if fb.builtin_name(model.operatorCodes[op.opcodeIndex].builtinCode) == "ADD"]
+    return [{float(graph.tensors[i].quantization.scale[0]) for i in [*op.inputs, *op.outputs]} for op in adds]
+
+
+@pytest.mark.parametrize("choice, shared", [(None, True), ("independent", False), ("shared", True)])
+def test_cli_shares_add_scales_for_tflite_outputs_by_default(choice, shared, tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgeopt.cli import entry_point
+
+    onnx.save(_residual_net(), str(tmp_path / "residual.onnx"))
+    np.savez(tmp_path / "calibration.npz", **_calibration())
+    output = tmp_path / "residual.tflite"
+    args = ["quantize", str(tmp_path / "residual.onnx"), "-o", str(output), "--mode", "int8",
+            "--calibration", str(tmp_path / "calibration.npz")] + (["--add-scales", choice] if choice else [])
+    assert entry_point(args) == 0
+    scales = _add_scales(output)
+    assert len(scales) == 2
+    assert all(len(group) == 1 for group in scales) == shared, scales

@@ -30,6 +30,9 @@ from .config import (
 )
 from .errors import EdgeoptError
 
+#: --add-scales: Int8Config.shared_add_scale on (shared) or off (independent)
+ADD_SCALES = ("shared", "independent")
+
 EXIT_ERROR = 2
 
 
@@ -79,8 +82,9 @@ def _quantize_arguments(commands) -> None:
                    help="how activation ranges are chosen (auto: the method closest to float on the check samples)")
     q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
     q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
-    q.add_argument("--shared-add-scale", action="store_true",
-                   help="int8: one scale for each Add's operands and result (LiteRT then computes what ONNX Runtime does)")
+    q.add_argument("--add-scales", choices=ADD_SCALES,
+                   help="int8: one scale for each Add's operands and result, so LiteRT computes what ONNX Runtime "
+                        "does (shared), or each its own (independent); default: shared for a .tflite output")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
                    help="dynamic: one activation range per row (default) or per tensor")
@@ -180,7 +184,7 @@ def _config(args) -> object:
         return DynamicConfig(per_channel=not args.per_tensor, **common)
     options = dict(common, per_channel=not args.per_tensor, integer_only=args.integer_only,
                    fallback=not args.no_fallback, attribution=args.attribution,
-                   shared_add_scale=args.shared_add_scale)
+                   shared_add_scale=_shared_add_scale(args))
     if args.weight_range:
         options["weight_range"] = args.weight_range
     if args.calibration_method:
@@ -196,6 +200,14 @@ def _config(args) -> object:
     return Int16x8Config(**options)
 
 
+def _shared_add_scale(args: argparse.Namespace) -> bool:
+    """--add-scales, by default shared when the output is a .tflite file: LiteRT's XNNPACK and
+    ONNX Runtime round a rescaling Add differently, and ONNX Runtime is where the plan was checked."""
+    if args.add_scales:
+        return args.add_scales == "shared"
+    return args.mode == "int8" and pathlib.Path(args.output).suffix.lower() == ".tflite"
+
+
 def main(args: argparse.Namespace) -> int:
     from .model_io import check_writable, write_bytes_atomic
 
@@ -203,8 +215,8 @@ def main(args: argparse.Namespace) -> int:
         from .api import quantize
 
         if args.mode != "int8" and (args.integer_only or args.activation_type or args.scope or args.attribution
-                                    or args.shared_add_scale):
-            raise EdgeoptError("--integer-only, --activation-type, --scope, --attribution and --shared-add-scale apply "
+                                    or args.add_scales):
+            raise EdgeoptError("--integer-only, --activation-type, --scope, --attribution and --add-scales apply "
                                "to --mode int8 only")
         if args.weight_range and args.mode not in ("int8", "dynamic"):
             raise EdgeoptError("--weight-range applies to --mode int8 and dynamic only")
