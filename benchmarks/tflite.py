@@ -10,7 +10,8 @@ was written from, which separates the writer's share from float16 rounding). Cou
 operators, TRANSPOSEs, XNNPACK partitions and whether one covers the whole graph, validator errors.
 
 The labelled CNN cases also get int8: edgeopt's int8 ONNX models (``Int8Config`` on the case's
-calibration images, with float inputs and outputs and ``integer_only``) written as .tflite, each
+calibration images, with float inputs and outputs and ``integer_only``, each with Add scales
+independent and shared (``shared_add_scale``, what ``edgeopt quantize -o X.tflite`` does)) written as .tflite, each
 compared with ONNX Runtime running that ONNX model on every evaluation image (share of output
 elements within one step of the output's scale, and the worst difference in steps), and the
 anchor: ai-edge-quantizer's static int8 recipe (``static_wi8_ai8``, int8 inputs and outputs) on
@@ -30,9 +31,10 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).parent
 CNN_CASES = ("default-cnn", "mobilenet-v2-fashion", "efficientnet-lite0-fashion")
-#: the third-party suite's models the writer lowers (its recurrent ones are listed as not lowered)
+#: the third-party models the writer lowers: the suite's (its recurrent ones are listed as not
+#: lowered) and the reference group's MiniLM, a BERT encoder from sentence-transformers
 THIRD_PARTY = ("ddddocr-det", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", "ppocr-det", "ppocr-rec", "ppocr-cls",
-               "ppocrv5-det", "captcha-crnn", "magika")
+               "ppocrv5-det", "captcha-crnn", "magika", "minilm")
 NOT_LOWERED = {"ddddocr-ocr": "LSTM", "lac": "GRU", "chars2vec": "Loop (Keras LSTM)", "silero-vad": "If + LSTM"}
 CASES = CNN_CASES + THIRD_PARTY
 FLOAT_BOUND, FLOAT16_BOUND = 1e-4, 1e-2
@@ -119,6 +121,8 @@ def _labelled_outputs(paths: dict, case) -> dict:
 
 #: edgeopt's int8 variants: (.tflite row, the ONNX Runtime row it is compared with, config)
 INT8_VARIANTS = (("edgeopt int8 .tflite", "int8 .onnx (ONNX Runtime)", {}),
+                 ("edgeopt int8 shared Add scale .tflite (the CLI's default)", "int8 shared Add scale .onnx (ONNX Runtime)",
+                  {"shared_add_scale": True}),
                  ("edgeopt int8 integer-only .tflite", "int8 integer-only .onnx (ONNX Runtime)",
                   {"integer_only": True}),
                  ("edgeopt int8 integer-only shared Add scale .tflite",

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("ai_edge_litert")
 
+from edgeopt.errors import EdgeoptError
 from edgeopt.runtimes.litert import LiteRTRunner
 from edgeopt.tflite import schema as fb
 from edgeopt.tflite.export import TFLiteConfig, export
@@ -211,6 +212,63 @@ def test_reduce_without_keepdims_and_gather():
              helper.make_node("Gather", ["m", "i"], ["g"], axis=2), helper.make_node("Gather", ["g", "j"], ["y"], axis=1)]
     inits.update(i=np.array(-1, np.int64), j=np.array([4, 0, 2], np.int64))
     _check(_graph(nodes, [("x", [1, 3, 4, 6])], ["y"], inits))
+
+
+def test_reduce_l2_on_channels_last_tensors():
+    conv, inits = _conv("c", "x", "h", (5, 3, 1, 1))
+    nodes = [conv, helper.make_node("ReduceL2", ["h"], ["n"], axes=[1], keepdims=1),
+             helper.make_node("Div", ["h", "n"], ["y"])]
+    result = _check(_graph(nodes, [("x", [1, 3, 4, 6])], ["y"], inits))
+    assert {"SQRT", "SUM"} <= set(result.report["operators"])
+
+
+def test_masking_with_where_and_or_isnan():
+    """An attention mask as newer exporters write it: comparisons combined with And/Or, Where
+    choosing a large negative score, IsNaN (TFLite has none: NOT_EQUAL(x, x))."""
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["pos"]), helper.make_node("Less", ["x", "one"], ["small"]),
+             helper.make_node("And", ["pos", "small"], ["both"]), helper.make_node("IsNaN", ["x"], ["nan"]),
+             helper.make_node("Or", ["both", "nan"], ["keep"]),
+             helper.make_node("Where", ["keep", "x", "low"], ["y"])]
+    inits = {"zero": np.float32(0.0), "one": np.float32(1.0), "low": np.float32(-1e4)}
+    result = _check(_graph(nodes, [("x", [2, 8])], ["y"], inits))
+    assert {"LOGICAL_AND", "LOGICAL_OR", "NOT_EQUAL", "SELECT_V2"} <= set(result.report["operators"])
+
+
+@pytest.mark.parametrize("form", ["div, (x * (1 + erf)) * 0.5", "mul, (x * 0.5) * (1 + erf)"])
+def test_erf_gelu_becomes_one_gelu(form):
+    """x * 0.5 * (1 + erf(x / sqrt(2))) spelt out as exporters before opset 20 write it."""
+    divide = form.startswith("div")
+    scaled = helper.make_node("Div" if divide else "Mul", ["h", "c"], ["t"])
+    tail = ([helper.make_node("Mul", ["h", "e1"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])] if divide
+            else [helper.make_node("Mul", ["h", "half"], ["m"]), helper.make_node("Mul", ["m", "e1"], ["y"])])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), scaled, helper.make_node("Erf", ["t"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), *tail]
+    inits = {"w": _w(16, 32), "c": np.float32(np.sqrt(2.0) if divide else 1 / np.sqrt(2.0)),
+             "one": np.float32(1.0), "half": np.float32(0.5)}
+    result = _check(_graph(nodes, [("x", [4, 16])], ["y"], inits))
+    assert result.report["operators"].get("GELU") == 1 and "MUL" not in result.report["operators"]
+
+
+def test_erf_alone_is_refused_by_name():
+    model = _graph([helper.make_node("Erf", ["x"], ["y"], name="lonely")], [("x", [1, 4])], ["y"])
+    with pytest.raises(EdgeoptError, match="Erf 'lonely'.*GELU"):
+        export(model)
+
+
+def test_constant_folding_falls_back_to_onnx_runtime():
+    """onnx's reference evaluator fails on this GatherElements (onnx 1.23); ONNX Runtime folds it,
+    so the writer sees a constant and needs no GATHER_ELEMENTS (TFLite has none)."""
+    from edgeopt.quantization.prepare import fold_constants
+
+    positions = np.arange(512, dtype=np.int64).reshape(1, 512)
+    nodes = [helper.make_node("GatherElements", ["positions", "index"], ["picked"], axis=1),
+             helper.make_node("Cast", ["picked"], ["offset"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "offset"], ["y"])]
+    model = _graph(nodes, [("x", [1, 48])], ["y"],
+                   {"positions": positions, "index": np.arange(48, dtype=np.int64).reshape(1, 48)})
+    assert fold_constants(model)
+    assert "GatherElements" not in {node.op_type for node in model.graph.node}
+    _check(model)
 
 
 def test_transposes_from_an_nhwc_exporter_vanish():

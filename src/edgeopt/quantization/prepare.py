@@ -157,10 +157,7 @@ def fold_constants(model: onnx.ModelProto) -> bool:
                     and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                                 for a in node.attribute))
         if foldable:
-            try:
-                results = _evaluate_node(ReferenceEvaluator, model, node, constants)
-            except Exception:
-                results = None
+            results = _folded(model, node, constants, ReferenceEvaluator)
             if results is not None and all(r.nbytes <= FOLD_LIMIT_BYTES for r in results):
                 for name, value in zip(node.output, results):
                     tensor = numpy_helper.from_array(np.asarray(value), name)
@@ -178,6 +175,39 @@ def fold_constants(model: onnx.ModelProto) -> bool:
         GraphView(model).remove_unused_initializers()
         logger.info("folded %d constant nodes", folded)
     return bool(folded)
+
+
+def _folded(model, node, constants, evaluator_type) -> list | None:
+    """The node's outputs from onnx's reference evaluator, else from ONNX Runtime (the evaluator
+    fails on some nodes it should run: GatherElements on (1, 512) positions, onnx 1.23); None when
+    neither runs it."""
+    for evaluator in (evaluator_type, _OnnxRuntimeEvaluator):
+        try:
+            return _evaluate_node(evaluator, model, node, constants)
+        except Exception as exc:  # noqa: BLE001 (whatever fails, the node stays as it is)
+            logger.debug("%s cannot fold %s %r: %s", evaluator.__name__, node.op_type, node.name, exc)
+    return None
+
+
+class _OnnxRuntimeEvaluator:
+    """The part of ``ReferenceEvaluator``'s interface ``_evaluate_node`` uses, on ONNX Runtime."""
+
+    def __init__(self, model: onnx.ModelProto):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        typed = onnx.ModelProto()
+        typed.CopyFrom(model)
+        graph = onnx.shape_inference.infer_shapes(model).graph
+        inferred = {value.name: value for value in [*graph.value_info, *graph.output]}
+        for output in typed.graph.output:  # ONNX Runtime wants typed outputs; the evaluator does not
+            output.CopyFrom(inferred[output.name])
+        self.session = ort.InferenceSession(typed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def run(self, names, feeds):
+        return self.session.run(names, feeds)
 
 
 def _evaluate_node(evaluator_type, model, node, constants):

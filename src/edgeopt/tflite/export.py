@@ -137,6 +137,7 @@ def _float_lowering(model, shapes, config: TFLiteConfig) -> Lowering:
     import onnx
 
     from . import dynamic
+    from .patterns import fuse_erf_gelu
 
     float16, int8 = float16_weights(model), {}
     if dynamic.is_dynamic(model):
@@ -144,6 +145,8 @@ def _float_lowering(model, shapes, config: TFLiteConfig) -> Lowering:
         edited.CopyFrom(model)
         int8 = dynamic.int8_weights(edited)
         model = edited
-    lowering = Lowering(static_model(model, shapes), config.io_layout)
+    static = static_model(model, shapes)
+    fuse_erf_gelu(static.model)
+    lowering = Lowering(static, config.io_layout)
     lowering.float16_weights, lowering.int8_weights = float16, int8
     return lowering

@@ -79,7 +79,7 @@ _REDUCERS = {"ReduceMean": "MEAN", "ReduceMax": "REDUCE_MAX", "ReduceMin": "REDU
              "ReduceProd": "REDUCE_PROD"}
 
 
-@converter(*_REDUCERS)
+@converter(*_REDUCERS, "ReduceL2")
 def reduce(lowering, node) -> None:
     x, out_name = node.input[0], node.output[0]
     rank = lowering.rank(x)
@@ -95,10 +95,20 @@ def reduce(lowering, node) -> None:
     source = lowering.value(x, layout)
     out_layout = layout if keep else lay.drop_axes(layout, axes)
     b = lowering.builder
-    op = _REDUCERS[node.op_type]
     out = lowering.output(out_name, out_layout)
-    b.operator(op, [source, lowering.int32("axes", [lay.tflite_axis(a, layout) for a in axes])], [out],
-               b.options("ReducerOptions", keepDims=keep), lowering.version(op, [source]))
+    tflite_axes = lowering.int32("axes", [lay.tflite_axis(a, layout) for a in axes])
+    if node.op_type == "ReduceL2":  # sqrt(sum(x * x)): TFLite's L2_NORMALIZATION also divides
+        if lowering.node_quantized:
+            raise EdgeoptError(f"ReduceL2 {node.name!r}: the TFLite writer lowers ReduceL2 in float only")
+        squares = lowering.activation_tensor(f"{out_name}_squares", b.info(source).shape, x)
+        b.operator("MUL", [source, source], [squares], b.options("MulOptions"), lowering.version("MUL", [source, source]))
+        sums = lowering.activation_tensor(f"{out_name}_sums", b.info(out).shape, x)
+        b.operator("SUM", [squares, tflite_axes], [sums], b.options("ReducerOptions", keepDims=keep),
+                   lowering.version("SUM", [squares]))
+        b.operator("SQRT", [sums], [out], None, lowering.version("SQRT", [sums]))
+        return
+    op = _REDUCERS[node.op_type]
+    b.operator(op, [source, tflite_axes], [out], b.options("ReducerOptions", keepDims=keep), lowering.version(op, [source]))
 
 
 @converter("Pad")

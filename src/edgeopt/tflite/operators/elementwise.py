@@ -14,7 +14,8 @@ from .common import activation_code, activation_of, attribute, clip_bounds, fuse
 
 _BINARY = {"Add": ("ADD", "AddOptions"), "Sub": ("SUB", "SubOptions"), "Mul": ("MUL", "MulOptions"),
            "Div": ("DIV", "DivOptions"), "Max": ("MAXIMUM", None), "Min": ("MINIMUM", None),
-           "Pow": ("POW", None), "Equal": ("EQUAL", None), "Less": ("LESS", None), "Greater": ("GREATER", None)}
+           "Pow": ("POW", None), "Equal": ("EQUAL", None), "Less": ("LESS", None), "Greater": ("GREATER", None),
+           "And": ("LOGICAL_AND", None), "Or": ("LOGICAL_OR", None)}
 _UNARY = {"Sigmoid": "LOGISTIC", "Tanh": "TANH", "Exp": "EXP", "Log": "LOG", "Sqrt": "SQRT", "Abs": "ABS",
           "Neg": "NEG", "HardSwish": "HARD_SWISH", "Floor": "FLOOR", "Ceil": "CEIL", "Sin": "SIN", "Cos": "COS",
           "Reciprocal": None, "Erf": None, "Not": "LOGICAL_NOT"}
@@ -74,7 +75,7 @@ def unary(lowering, node) -> None:
         return
     if node.op_type == "Erf":
         raise EdgeoptError(f"Erf {node.name!r}: TFLite has no ERF operator; the writer lowers Erf only inside "
-                           "x * 0.5 * (1 + erf(x / sqrt(2))), which becomes GELU")
+                           "x * 0.5 * (1 + erf(x / sqrt(2))) of a float model, which becomes GELU")
     op = _UNARY[node.op_type]
     out = lowering.output_with(out_name, layout, fixed_output(lowering, op))
     b.operator(op, [source], [out], None, lowering.version(op, [source]))
@@ -234,3 +235,25 @@ def cast(lowering, node) -> None:
         lowering.bind(out_name, layout, source)
         return
     b.operator("CAST", [source], [out], None, 1)
+
+
+@converter("Where")
+def where(lowering, node) -> None:
+    """SELECT_V2, which broadcasts its three operands as ONNX's Where does."""
+    condition, out_name = node.input[0], node.output[0]
+    rank = lowering.rank(out_name)
+    layout = common_layout(lowering, node.input, rank)
+    like = next((n for n in node.input[1:] if not lowering.is_constant(n)), out_name)
+    operands = [lowering.broadcast(condition, layout, rank, like=condition)]
+    operands += [lowering.broadcast(name, layout, rank, like=like) for name in node.input[1:]]
+    out = lowering.output(out_name, layout)
+    lowering.builder.operator("SELECT_V2", operands, [out], None, lowering.version("SELECT_V2", operands))
+
+
+@converter("IsNaN")
+def is_nan(lowering, node) -> None:
+    """TFLite has no ISNAN: NOT_EQUAL(x, x) is true exactly where x is NaN."""
+    layout = lowering.layout_of(node.input[0])
+    source = lowering.value(node.input[0], layout)
+    out = lowering.output(node.output[0], layout)
+    lowering.builder.operator("NOT_EQUAL", [source, source], [out], None, lowering.version("NOT_EQUAL", [source, source]))
