@@ -98,9 +98,10 @@ class Float16Config(_Config):
 
     #: Tensors with fewer elements stay float32: biases, depthwise and first-layer kernels, where a
     #: rounded weight is not averaged over a long dot product. They are a few percent of a CNN's
-    #: file and most of its float16 error: on MobileNetV2-Fashion, storing them too moves the worst
-    #: logit by 1.1e-2 of the largest, keeping them 1.0e-3, at 2.5% more bytes
-    #: (``python -m benchmarks.tflite``, the float16 rows). 16 stores nearly everything.
+    #: file and most of its float16 error: MobileNetV2-Fashion's float16 .tflite moved the worst
+    #: logit by 1.1e-2 of the largest with 16 (which stores nearly everything), by 7.1e-4 with
+    #: 4096, at 1.7% more bytes (``python -m benchmarks.tflite``, the float16 rows, before and
+    #: after this default).
     min_elements: int = 4096
     mode = "float16"
 
