@@ -98,10 +98,9 @@ class Float16Config(_Config):
 
     #: Tensors with fewer elements stay float32: biases, depthwise and first-layer kernels, where a
     #: rounded weight is not averaged over a long dot product. They are a few percent of a CNN's
-    #: file and most of its float16 error: MobileNetV2-Fashion's float16 .tflite moved the worst
-    #: logit by 1.1e-2 of the largest with 16 (which stores nearly everything), by 7.1e-4 with
-    #: 4096, at 1.7% more bytes (``python -m benchmarks.tflite``, the float16 rows, before and
-    #: after this default).
+    #: file and most of its float16 error: MobileNetV2-Fashion's float16 .tflite moves the worst
+    #: logit by 2.3e-2 of the largest with 16 (which stores nearly everything), by 7.1e-4 with
+    #: 4096, at 1.7% more bytes (the float16 row of ``python -m benchmarks.tflite``, 16 inputs).
     min_elements: int = 4096
     mode = "float16"
 
