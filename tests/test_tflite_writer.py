@@ -229,9 +229,19 @@ def test_masking_with_where_and_or_isnan():
              helper.make_node("And", ["pos", "small"], ["both"]), helper.make_node("IsNaN", ["x"], ["nan"]),
              helper.make_node("Or", ["both", "nan"], ["keep"]),
              helper.make_node("Where", ["keep", "x", "low"], ["y"])]
-    inits = {"zero": np.float32(0.0), "one": np.float32(1.0), "low": np.float32(-1e4)}
+    inits = {"zero": np.float32(0.0), "one": np.float32(1.0), "low": np.float32(-10.0)}
     result = _check(_graph(nodes, [("x", [2, 8])], ["y"], inits))
     assert {"LOGICAL_AND", "LOGICAL_OR", "NOT_EQUAL", "SELECT_V2"} <= set(result.report["operators"])
+
+
+def test_isnan_finds_the_nans():
+    nodes = [helper.make_node("IsNaN", ["x"], ["nan"]), helper.make_node("Where", ["nan", "zero", "x"], ["y"])]
+    model = _graph(nodes, [("x", [2, 8])], ["y"], {"zero": np.float32(0.0)})
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    x[0, 1] = x[1, 5] = np.nan
+    got = LiteRTRunner(export(model).data).run({"x": x})[0]
+    np.testing.assert_array_equal(got, run(model, {"x": x})[0])
+    assert got[0, 1] == 0 and got[1, 5] == 0
 
 
 @pytest.mark.parametrize("form", ["div, (x * (1 + erf)) * 0.5", "mul, (x * 0.5) * (1 + erf)"])
@@ -247,6 +257,17 @@ def test_erf_gelu_becomes_one_gelu(form):
              "one": np.float32(1.0), "half": np.float32(0.5)}
     result = _check(_graph(nodes, [("x", [4, 16])], ["y"], inits))
     assert result.report["operators"].get("GELU") == 1 and "MUL" not in result.report["operators"]
+
+
+def test_erf_gelu_with_an_intermediate_graph_output_is_left_alone():
+    """x / sqrt(2) is also a graph output: fusing would drop its producer, so the chain stays and
+    the lone Erf is refused by name."""
+    nodes = [helper.make_node("Div", ["x", "c"], ["t"]), helper.make_node("Erf", ["t"], ["e"], name="erf"),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"])]
+    inits = {"c": np.float32(np.sqrt(2.0)), "one": np.float32(1.0), "half": np.float32(0.5)}
+    with pytest.raises(EdgeoptError, match="Erf 'erf'"):
+        export(_graph(nodes, [("x", [4, 16])], ["y", "t"], inits))
 
 
 def test_erf_alone_is_refused_by_name():

@@ -407,6 +407,9 @@ def _from_plan(model: onnx.ModelProto, config: Int8Config, given: QuantizationPl
     if given.activation_type != config.activation_type:
         raise EdgeoptError(f"the plan quantizes activations to {given.activation_type}; the config asks for "
                            f"{config.activation_type}")
+    if config.shared_add_scale:
+        raise EdgeoptError("shared_add_scale applies when calibrating; a given plan (or the plan of an edgeopt "
+                           "QDQ model) keeps its own scales: quantize the float model with calibration data")
     builder = CandidateBuilder(model, config, Calibration({}, 0), {})
     built = builder.build_plan(given)
     report = {"quantized_nodes": _count_ops(model, given.nodes), "absorbed_activations": len(given.absorbed),

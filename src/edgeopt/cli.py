@@ -83,8 +83,9 @@ def _quantize_arguments(commands) -> None:
     q.add_argument("--integer-only", action="store_true", help="int8: integer inputs/outputs, no float operator")
     q.add_argument("--activation-type", choices=("uint8", "int8"), help="int8: activation integer type")
     q.add_argument("--add-scales", choices=ADD_SCALES,
-                   help="int8: one scale for each Add's operands and result, so LiteRT computes what ONNX Runtime "
-                        "does (shared), or each its own (independent); default: shared for a .tflite output")
+                   help="int8: one scale for each Add's two activation operands and result, so LiteRT's Adds compute "
+                        "what ONNX Runtime's do (shared), or each its own (independent); default: shared when "
+                        "calibrating for a .tflite output")
     q.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     q.add_argument("--activation-granularity", choices=ACTIVATION_GRANULARITIES,
                    help="dynamic: one activation range per row (default) or per tensor")
@@ -201,11 +202,13 @@ def _config(args) -> object:
 
 
 def _shared_add_scale(args: argparse.Namespace) -> bool:
-    """--add-scales, by default shared when the output is a .tflite file: LiteRT's XNNPACK and
-    ONNX Runtime round a rescaling Add differently, and ONNX Runtime is where the plan was checked."""
+    """--add-scales, by default shared when calibrating for a .tflite file: LiteRT's XNNPACK and
+    ONNX Runtime round a rescaling Add differently, and ONNX Runtime is where the plan was checked.
+    A QDQ model rebuilt from its own plan keeps the scales it has."""
     if args.add_scales:
         return args.add_scales == "shared"
-    return args.mode == "int8" and pathlib.Path(args.output).suffix.lower() == ".tflite"
+    return (args.mode == "int8" and args.calibration is not None
+            and pathlib.Path(args.output).suffix.lower() == ".tflite")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -144,7 +144,8 @@ def remove_initializer_inputs(model: onnx.ModelProto) -> bool:
 
 
 def fold_constants(model: onnx.ModelProto) -> bool:
-    """Evaluate nodes whose inputs are all constants (onnx's reference evaluator, numpy)."""
+    """Evaluate nodes whose inputs are all constants (onnx's reference evaluator, numpy; ONNX
+    Runtime where the evaluator fails)."""
     from onnx.reference import ReferenceEvaluator
 
     view = GraphView(model)

@@ -10,8 +10,10 @@ within one step, 99.84% equal, without it; ``python -m benchmarks.tflite``).
 
 The cost is range: the group's scale is the widest member's, so the narrower tensors lose
 resolution (MobileNetV2-Fashion: top-1 91.26% against 91.35%). Each tensor keeps its own zero
-point, so a Relu after the Add still clamps at the integer range's end and is absorbed. A
-residual stream is one group: each block's output is the next block's input.
+point, so a Relu after the Add still clamps at the integer range's end and is absorbed; a
+Clip(0, 6) whose range the group widens past 6 stays as an operator. A residual stream is one
+group: each block's output is the next block's input. Left as they are: an Add of a tensor to
+itself, Adds of a constant, per-channel parameters.
 """
 
 from __future__ import annotations
@@ -66,39 +68,35 @@ def _groups(view: GraphView, selection: Selection, activations: dict) -> tuple[l
     return [sorted(names) for names in grouped.values() if len(names) > 1], clamped
 
 
-def _real_range(params: QuantParams) -> tuple[float, float]:
-    qmin, qmax = INTEGER_RANGES[params.dtype]
-    scale, zero_point = float(params.scale), int(params.zero_point)
-    return (qmin - zero_point) * scale, (qmax - zero_point) * scale
+def _tie(plan: QuantizationPlan, names: list[str]) -> bool:
+    """Give ``names`` the largest of their scales (for one integer type, the widest range), each
+    keeping its low end through its zero point (symmetric int16 keeps zero point 0). False, and
+    nothing changed, for per-channel parameters."""
+    originals = {id(plan.activations[name]): plan.activations[name] for name in names}
+    if any(params.per_channel for params in originals.values()):
+        return False
+    dtype = next(iter(originals.values())).dtype
+    qmin, qmax = INTEGER_RANGES[dtype]
+    scale = np.float32(max(max(float(params.scale) for params in originals.values()), MIN_SCALE))
+    symmetric = dtype == "int16" and all(int(params.zero_point) == 0 for params in originals.values())
+    replaced = {}
+    for key, params in originals.items():
+        low = (qmin - int(params.zero_point)) * float(params.scale)
+        zero_point = 0 if symmetric else int(np.clip(np.rint(qmin - low / scale), qmin, qmax))
+        replaced[key] = QuantParams(scale, np.array(zero_point, dtype=dtype), dtype)
+    for name in names:
+        plan.activations[name] = replaced[id(plan.activations[name])]
+    return True
 
 
 def share_add_scales(view: GraphView, selection: Selection, plan: QuantizationPlan) -> int:
-    """Give each group of :func:`_groups` the widest member's scale, each member keeping its range
-    through its own zero point (0 for symmetric int16); an Add result a clamp reads takes the
+    """Tie each group of :func:`_groups` (:func:`_tie`); an Add result a clamp reads takes the
     clamp's parameters (quantizing to that range clamps as the Relu/Clip does, and the absorption
     pass then drops it). Returns how many groups were tied."""
     groups, clamped = _groups(view, selection, plan.activations)
-    for names in groups:
-        originals = {id(plan.activations[name]): plan.activations[name] for name in names}
-        if any(params.per_channel for params in originals.values()):
-            continue
-        dtype = next(iter(originals.values())).dtype
-        qmin, qmax = INTEGER_RANGES[dtype]
-        ranges = {key: _real_range(params) for key, params in originals.items()}
-        symmetric = all(int(params.zero_point) == 0 for params in originals.values()) and dtype == "int16"
-        if symmetric:
-            scale = np.float32(max(max(abs(low), abs(high)) for low, high in ranges.values()) / qmax)
-        else:
-            scale = np.float32(max(high - low for low, high in ranges.values()) / (qmax - qmin))
-        scale = np.float32(max(scale, MIN_SCALE))
-        replaced = {}
-        for key, (low, _) in ranges.items():
-            zero_point = 0 if symmetric else int(np.clip(np.rint(qmin - low / scale), qmin, qmax))
-            replaced[key] = QuantParams(scale, np.array(zero_point, dtype=dtype), dtype)
-        for name in names:
-            plan.activations[name] = replaced[id(plan.activations[name])]
-    tied = {name for names in groups for name in names}
+    tied = [names for names in groups if _tie(plan, names)]
+    members = {name for names in tied for name in names}
     for result, clamp in clamped.items():
-        if clamp in tied:
+        if clamp in members:
             plan.activations[result] = plan.activations[clamp]
-    return len(groups)
+    return len(tied)

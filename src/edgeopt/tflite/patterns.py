@@ -33,17 +33,21 @@ def _other(node: onnx.NodeProto, name: str) -> str | None:
     return node.input[1] if node.input[0] == name else node.input[0]
 
 
+def _internal(view: GraphView, name: str) -> bool:
+    """Whether ``name`` has one reader and is not a graph output (a chain may drop it)."""
+    return len(view.consumers.get(name, [])) == 1 and name not in view.graph_outputs
+
+
 def _only_reader(view: GraphView, name: str, op_type: str) -> onnx.NodeProto | None:
-    readers = view.consumers.get(name, [])
-    if len(readers) != 1 or readers[0].op_type != op_type or name in view.graph_outputs:
+    if not _internal(view, name) or view.consumers[name][0].op_type != op_type:
         return None
-    return readers[0]
+    return view.consumers[name][0]
 
 
 def _erf_input(view: GraphView, erf: onnx.NodeProto) -> tuple[str, onnx.NodeProto] | None:
     """(x, the Div/Mul node) when Erf reads x / sqrt(2) or x * (1 / sqrt(2))."""
     scaled = view.producer.get(erf.input[0])
-    if scaled is None or scaled.op_type not in ("Div", "Mul") or len(view.consumers.get(erf.input[0], [])) != 1:
+    if scaled is None or scaled.op_type not in ("Div", "Mul") or not _internal(view, erf.input[0]):
         return None
     x, c = scaled.input
     if scaled.op_type == "Mul" and _scalar(view, x) is not None:
@@ -72,7 +76,7 @@ def _match(view: GraphView, erf: onnx.NodeProto) -> tuple[str, str, list] | None
             return None
         return x, half.output[0], [scaled, erf, add, mul, half]
     half = view.producer.get(operand or "")  # (x * 0.5) * (1 + erf)
-    if half is None or half.op_type != "Mul" or _other(half, x) is None or len(view.consumers[operand]) != 1:
+    if half is None or half.op_type != "Mul" or _other(half, x) is None or not _internal(view, operand):
         return None
     if _scalar(view, _other(half, x)) != 0.5:
         return None

@@ -86,7 +86,13 @@ def reduce(lowering, node) -> None:
     axes = constant_int_list(lowering, node, 1, "axes")
     if axes is None or not axes:
         if attribute(node, "noop_with_empty_axes", 0):
-            lowering.alias(out_name, x)
+            if node.op_type != "ReduceL2":
+                lowering.alias(out_name, x)
+                return
+            layout = lowering.layout_of(x)  # the L2 norm of each element alone: |x|
+            source = lowering.value(x, layout)
+            out = lowering.output(out_name, layout)
+            lowering.builder.operator("ABS", [source], [out], None, lowering.version("ABS", [source]))
             return
         axes = list(range(rank))
     axes = sorted(a % rank for a in axes)
@@ -98,8 +104,7 @@ def reduce(lowering, node) -> None:
     out = lowering.output(out_name, out_layout)
     tflite_axes = lowering.int32("axes", [lay.tflite_axis(a, layout) for a in axes])
     if node.op_type == "ReduceL2":  # sqrt(sum(x * x)): TFLite's L2_NORMALIZATION also divides
-        if lowering.node_quantized:
-            raise EdgeoptError(f"ReduceL2 {node.name!r}: the TFLite writer lowers ReduceL2 in float only")
+        # (not an integer operator in edgeopt's plans: a quantized model runs it in float)
         squares = lowering.activation_tensor(f"{out_name}_squares", b.info(source).shape, x)
         b.operator("MUL", [source, source], [squares], b.options("MulOptions"), lowering.version("MUL", [source, source]))
         sums = lowering.activation_tensor(f"{out_name}_sums", b.info(out).shape, x)
