@@ -150,6 +150,10 @@ class Lowering:
             index = self._new_tensor(f"{name}_quantized", info.shape, self.quantized.dtype, params)
             self.builder.operator("QUANTIZE", [source], [index], None, self.version("QUANTIZE", [source], out=index))
         else:
+            if self.integer_only:  # edgeopt's integer-only plans quantize every operator; another would leak float
+                where = f"{self.node.op_type} {self.node.name!r}" if self.node is not None else "an output"
+                raise EdgeoptError(f"integer-only: {where} reads {name!r} in float; an integer-only TFLite file has "
+                                   "no float tensor (quantize the operator, or write the model with float inputs)")
             index = self._new_tensor(f"{name}_dequantized", info.shape, np.float32)
             self.builder.operator("DEQUANTIZE", [source], [index], None, self.version("DEQUANTIZE", [source]))
         return index
