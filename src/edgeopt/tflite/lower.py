@@ -148,6 +148,7 @@ class Lowering:
             if params is None:
                 raise EdgeoptError(f"internal: {name!r} is read quantized but has no parameters")
             index = self._new_tensor(f"{name}_quantized", info.shape, self.quantized.dtype, params)
+            source = self._on_grid(name, source, float(params.scale[0]))
             self.builder.operator("QUANTIZE", [source], [index], None, self.version("QUANTIZE", [source], out=index))
         else:
             if self.integer_only:  # edgeopt's integer-only plans quantize every operator; another would leak float
@@ -157,6 +158,25 @@ class Lowering:
             index = self._new_tensor(f"{name}_dequantized", info.shape, np.float32)
             self.builder.operator("DEQUANTIZE", [source], [index], None, self.version("DEQUANTIZE", [source]))
         return index
+
+    def _on_grid(self, name: str, source: int, scale: float) -> int:
+        """round(x / scale) * scale in float, so that QUANTIZE rounds as ONNX's QuantizeLinear.
+
+        QuantizeLinear divides by the scale and rounds half to even; XNNPACK's QUANTIZE multiplies
+        by 1 / scale, which puts a value next to a half step on the other side now and then (on
+        MobileNetV2-Fashion's float input, one element in some images, and the step travels to
+        the output). DIV and ROUND (half to even) compute QuantizeLinear's integer exactly; times
+        the scale it is a value QUANTIZE maps back to that integer whatever its own rounding.
+        Three float element-wise operators on a tensor entering the integer graph."""
+        b = self.builder
+        info = b.info(source)
+        step = b.constant(f"{name}_step", np.array([scale], np.float32))
+        steps, rounded, snapped = (self._new_tensor(f"{name}_{kind}", info.shape, np.float32)
+                                   for kind in ("steps", "rounded", "on_grid"))
+        b.operator("DIV", [source, step], [steps], b.options("DivOptions"), self.version("DIV", [source, step]))
+        b.operator("ROUND", [steps], [rounded], None, 1)
+        b.operator("MUL", [rounded, step], [snapped], b.options("MulOptions"), self.version("MUL", [rounded, step]))
+        return snapped
 
     def _permuted(self, name: str, source: int, current: lay.Layout, layout: lay.Layout) -> int:
         info = self.builder.info(source)
